@@ -1,0 +1,46 @@
+# The README's two commands: `make serve` and `make test`. Everything else is a helper of theirs.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL_DIR ?= exported_models/default
+HOST ?= 127.0.0.1
+PORT ?= 3000
+# pip prints one warning per missing local index folder; keep the log readable.
+PIP := $(BIN)/pip --disable-pip-version-check
+
+.PHONY: install serve test model bento clean
+.DEFAULT_GOAL := serve
+
+# One venv with every extra (train + serve + dev); re-installed when pyproject.toml changes.
+$(BIN)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) with $(PY)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "==> installing the project with extras train, serve, dev (torch comes from this machine's disk)"
+	$(PIP) install -q -e '.[train,serve,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -c "import fastai, torch, onnxruntime, bentoml" || { echo "install failed: see the pip output above" >&2; exit 1; }
+	@touch $@
+
+install: $(BIN)/.installed
+
+# Build the default model when exported_models/ holds none: synth -> fit -> export.
+model: install
+	@if ls exported_models/*/model.onnx >/dev/null 2>&1; then \
+	  echo "==> exported_models/ already holds a model: $$(ls exported_models/*/model.onnx | head -1)"; \
+	else \
+	  echo "==> no exported model yet: building the default one (python -m training demo)"; \
+	  $(BIN)/python -m training demo --out $(MODEL_DIR); \
+	fi
+
+serve: model
+	@echo "==> serving $${SEG_MODEL_DIR:-$$(dirname $$(ls exported_models/*/model.onnx | head -1))} on http://$(HOST):$(PORT)"
+	SEG_MODEL_DIR=$${SEG_MODEL_DIR:-$$(dirname $$(ls exported_models/*/model.onnx | head -1))} \
+	  $(BIN)/bentoml serve serving.service:SegmentationService --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bento: model
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache
