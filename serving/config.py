@@ -1,0 +1,81 @@
+"""Serving configuration: one dataclass, defaults in code, environment variables override.
+
+| variable            | default                  | meaning                                                        |
+|---------------------|--------------------------|----------------------------------------------------------------|
+| SEG_MODEL_DIR       | exported_models/default  | folder holding model.onnx (+ model.int8.onnx, model.fp16.onnx)   |
+| SEG_DEVICE          | auto                     | auto (CUDA if it really loads, else CPU), cuda (fail without), cpu |
+| SEG_VARIANT         | auto                     | auto (fp16 on CUDA, fp32 on CPU), fp32, int8, fp16             |
+| SEG_THREADS         | cores / workers          | ONNX Runtime intra-op threads (threads x workers <= cores)     |
+| SEG_WORKERS         | 1                        | BentoML worker processes                                       |
+| SEG_MAX_BATCH_SIZE  | 8                        | adaptive batching: largest batch (1 turns batching off)        |
+| SEG_MAX_LATENCY_MS  | 10000                    | adaptive batching: a request waiting longer is shed with 503   |
+| SEG_MAX_BYTES       | 20000000                 | largest upload accepted (413 above)                            |
+| SEG_MAX_PIXELS      | 40000000                 | largest decoded image (width x height) accepted (413 above)    |
+| SEG_API_TOKEN       | (unset)                  | when set, inference endpoints need `Authorization: Bearer ...` |
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_dir: Path = Path("exported_models/default")
+    device: str = "auto"
+    variant: str = "auto"
+    threads: int = 0  # 0: cores // workers
+    workers: int = 1
+    max_batch_size: int = 8
+    max_latency_ms: int = 10000
+    max_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+    api_token: str | None = None
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"SEG_DEVICE={self.device!r}: use auto, cuda or cpu")
+        if self.variant not in ("auto", "fp32", "int8", "fp16"):
+            raise ConfigError(f"SEG_VARIANT={self.variant!r}: use auto, fp32, int8 or fp16")
+        for name in ("workers", "max_batch_size", "max_latency_ms", "max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
+        if self.threads < 0:
+            raise ConfigError(f"SEG_THREADS={self.threads}: must be >= 0 (0 = cores / workers)")
+        if self.threads * self.workers > _cores():
+            raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.workers} exceeds the {_cores()} cores; lower one of them")
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.threads or max(1, _cores() // self.workers)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "ServeConfig":
+        env = os.environ if env is None else env
+        kwargs = {}
+        for f in fields(cls):
+            raw = env.get(f"SEG_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if f.type in ("int", int):
+                try:
+                    kwargs[f.name] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"SEG_{f.name.upper()}={raw!r}: must be an integer") from None
+            elif f.name == "model_dir":
+                kwargs[f.name] = Path(raw)
+            else:
+                kwargs[f.name] = raw
+        return cls(**kwargs)

@@ -1,0 +1,163 @@
+"""Pure image functions for the data path: decode and validate uploads, resize, encode masks.
+
+Upload bytes -> validated RGB image (limits, EXIF orientation, modes) -> squish to the model size
+(PIL bilinear, exactly as training's validation did) ... mask -> original size (nearest) -> PNG / overlay /
+JSON / RLE. Each error is an ImageError whose message says what to fix and whose `status` is the HTTP code.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Our own pixel cap (checked from the header, before any pixel is decoded) replaces Pillow's.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+_DIRECT_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV", "La"}
+_WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+class ImageError(ValueError):
+    """An upload that cannot be used; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Upload bytes -> RGB PIL image with EXIF orientation applied (GIF/animated: first frame).
+
+    Raises ImageError: empty (400), over `max_bytes` (413), not an image or unsupported format (415),
+    over `max_pixels` or 0 pixels (413/400), truncated or corrupt (400), unsupported mode (415).
+    """
+    if not data:
+        raise ImageError("empty upload: send the image file in the multipart field `image`")
+    if len(data) > max_bytes:
+        raise ImageError(f"upload is {len(data)} bytes, over the {max_bytes}-byte limit: send a smaller or more compressed image", 413)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image Pillow can read: send PNG, JPEG, WebP, BMP, TIFF or GIF (got {len(data)} bytes starting {data[:8]!r})", 415) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"image header is corrupt ({exc}): re-save the image and upload it again") from None
+    if im.format not in FORMATS:
+        raise ImageError(f"{im.format} images are not accepted: send PNG, JPEG, WebP, BMP, TIFF or GIF", 415)
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageError(f"image is {w}x{h} pixels: it must be at least 1x1")
+    if w * h > max_pixels:
+        raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit: downscale it first", 413)
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Warning) as exc:
+        raise ImageError(f"image data is truncated or corrupt ({str(exc)[:80]}): upload the complete file") from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block must not lose the image: keep the stored orientation
+        pass
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any supported mode -> RGB. Alpha is dropped (the colour channels are kept as stored); 16-bit and
+    32-bit grey are scaled to 8 bits by their range (0..65535 -> 0..255)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in _WIDE_MODES:
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f":
+            arr = np.clip(arr, 0, 255) if arr.max(initial=0) > 1.0 else arr * 255.0
+        elif arr.max(initial=0) > 255:
+            arr = arr.astype(np.float32) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in _DIRECT_MODES:
+        if im.mode in ("P", "PA") and "transparency" in im.info:
+            im = im.convert("RGBA")
+        return im.convert("RGB")
+    raise ImageError(f"image mode {im.mode} is not supported: save it as 8-bit RGB, grey or palette", 415)
+
+
+def resize_to_model(img: Image.Image, size_hw: tuple[int, int]) -> np.ndarray:
+    """RGB image -> (H, W, 3) uint8, squished to `size_hw` with PIL bilinear (training's validation resize)."""
+    h, w = size_hw
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img)
+
+
+def resize_mask(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """(h, w) uint8 class ids -> (H, W) uint8 at `size_wh` = (W, H), nearest neighbour (ids never blend)."""
+    if (mask.shape[1], mask.shape[0]) == tuple(size_wh):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(tuple(size_wh), Image.NEAREST))
+
+
+def _palette(colours) -> list[int]:
+    flat = [int(v) for c in colours for v in c]
+    return flat + [0] * (768 - len(flat))
+
+
+def palette_png(mask: np.ndarray, colours) -> bytes:
+    """(H, W) uint8 class ids -> PNG bytes, mode P: pixel values are class ids, the palette is the class colours."""
+    im = Image.frombuffer("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask), "raw", "P", 0, 1)
+    im.putpalette(_palette(colours))
+    buf = io.BytesIO()
+    im.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def overlay_png(img: Image.Image, mask: np.ndarray, colours, alpha: float = 0.5) -> bytes:
+    """RGB image + (H, W) mask of the same size -> PNG bytes: class colours blended over the photo
+    (background, class 0, left as it is)."""
+    colour = Image.frombuffer("P", img.size, np.ascontiguousarray(mask), "raw", "P", 0, 1)
+    colour.putpalette(_palette(colours))
+    blended = Image.blend(img, colour.convert("RGB"), alpha)
+    fg = Image.frombuffer("L", img.size, np.ascontiguousarray((mask > 0).astype(np.uint8) * 255), "raw", "L", 0, 1)
+    out = Image.composite(blended, img, fg)
+    buf = io.BytesIO()
+    out.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def rle_encode(binary: np.ndarray) -> dict:
+    """COCO-style uncompressed RLE of a (H, W) bool mask: column-major run lengths, starting with a 0-run."""
+    flat = np.asarray(binary, dtype=np.uint8).ravel(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [int(binary.shape[0]), int(binary.shape[1])], "counts": counts}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """Inverse of rle_encode: (H, W) bool."""
+    h, w = rle["size"]
+    values = np.zeros(sum(rle["counts"]), dtype=bool)
+    pos, val = 0, False
+    for c in rle["counts"]:
+        values[pos : pos + c] = val
+        pos, val = pos + c, not val
+    return values.reshape((h, w), order="F")
+
+
+def class_stats(mask: np.ndarray, classes, rle: bool = False) -> dict:
+    """(H, W) class ids -> {"width", "height", "classes": [{"id", "name", "pixels", "fraction"[, "rle"]}]}."""
+    counts = np.bincount(mask.ravel(), minlength=len(classes))
+    total = int(mask.size)
+    out = []
+    for i, name in enumerate(classes):
+        row = {"id": i, "name": name, "pixels": int(counts[i]), "fraction": float(counts[i] / total) if total else 0.0}
+        if rle:
+            row["rle"] = rle_encode(mask == i)
+        out.append(row)
+    return {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "classes": out}

@@ -1,0 +1,213 @@
+"""ONNX Runtime sessions for exported models: variant and provider choice, contract checks, warm-up.
+
+ONNX Runtime lists CUDAExecutionProvider as available even without a GPU, and falls back to CPU
+silently when it cannot load it; only `session.get_providers()` tells what is really in use, so that
+is what we check and log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("serving.runtime")
+
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+REQUIRED_KEYS = ("classes", "colours", "input_size")
+
+
+class ContractError(RuntimeError):
+    """The model (or the device asked for) cannot be served; the message is one line saying what to fix."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What the exported model says about itself (ONNX metadata_props)."""
+
+    classes: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...]
+    input_size: tuple[int, int]  # (H, W)
+    dynamic_hw: bool = False
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    resize: str = "squish-bilinear"
+    encoder: str = ""
+    exporter: str = ""
+    variant: str = "fp32"
+    versions: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_props(cls, props: dict, source: str = "model") -> "ModelMeta":
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            raise ContractError(f"{source}: metadata lacks {', '.join(missing)}; export it with `python -m training export` or add them (see exported_models/README.md)")
+
+        def j(key, default=None):
+            if key not in props:
+                return default
+            try:
+                return json.loads(props[key])
+            except json.JSONDecodeError:
+                raise ContractError(f"{source}: metadata {key!r} is not JSON ({props[key][:40]!r})") from None
+
+        classes, colours, size = j("classes"), j("colours"), j("input_size")
+        if not isinstance(classes, list) or not classes:
+            raise ContractError(f"{source}: metadata 'classes' must be a non-empty JSON list of names")
+        if not isinstance(colours, list) or len(colours) != len(classes) or not all(len(c) == 3 for c in colours):
+            raise ContractError(f"{source}: metadata 'colours' must hold one [r, g, b] per class ({len(classes)})")
+        if not isinstance(size, list) or len(size) != 2 or any(int(s) % 32 for s in size):
+            raise ContractError(f"{source}: metadata 'input_size' must be [H, W], multiples of 32")
+        return cls(
+            classes=tuple(str(c) for c in classes),
+            colours=tuple(tuple(int(v) for v in c) for c in colours),
+            input_size=(int(size[0]), int(size[1])),
+            dynamic_hw=props.get("dynamic_hw", "false").lower() == "true",
+            mean=tuple(j("mean", [])), std=tuple(j("std", [])),
+            resize=props.get("resize", "squish-bilinear"),
+            encoder=props.get("encoder", ""), exporter=props.get("exporter", ""),
+            variant=props.get("variant", "fp32"),
+            versions=j("versions", {}) or {}, metrics=j("metrics", {}) or {},
+            raw=dict(props),
+        )
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict:
+        """JSON-friendly view for /model."""
+        d = {k: v for k, v in self.raw.items()}
+        for key in ("classes", "colours", "input_size", "mean", "std", "versions", "metrics", "parity", "int8"):
+            if key in d:
+                try:
+                    d[key] = json.loads(d[key])
+                except (json.JSONDecodeError, TypeError):
+                    pass
+        return d
+
+
+def choose_providers(device: str, available: list[str], device_id: int = 0) -> list:
+    """Providers to ask ONNX Runtime for, in order. `cuda` missing from `available` raises ContractError."""
+    cuda = ("CUDAExecutionProvider", {
+        "device_id": device_id,
+        # EXHAUSTIVE (the default) re-tunes for every new input shape, and every batch size is one.
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "arena_extend_strategy": "kSameAsRequested",
+        "do_copy_in_default_stream": True,
+    })
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ContractError("SEG_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu or use SEG_DEVICE=auto")
+        return [cuda, "CPUExecutionProvider"]
+    if device == "auto":
+        return ([cuda] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    raise ContractError(f"device {device!r}: use auto, cuda or cpu")
+
+
+def _pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> str:
+    if variant != "auto":
+        if not (model_dir / VARIANT_FILES[variant]).is_file():
+            raise ContractError(f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it (--{variant}) or use SEG_VARIANT=auto")
+        return variant
+    if on_cuda and (model_dir / VARIANT_FILES["fp16"]).is_file():
+        return "fp16"
+    return "fp32"
+
+
+class SegmentationRuntime:
+    """One ONNX Runtime session over an exported model; `run` maps (N, H, W, 3) uint8 -> (N, H, W) uint8."""
+
+    def __init__(self, session, meta: ModelMeta, variant: str, path: Path, io_binding: bool = False):
+        self.session, self.meta, self.variant, self.path = session, meta, variant, path
+        self.provider = session.get_providers()[0]
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._io_binding = io_binding and self.provider == "CUDAExecutionProvider"
+
+    @classmethod
+    def load(cls, model_dir: Path | str, device: str = "auto", variant: str = "auto", threads: int | None = None,
+             available: list[str] | None = None, _session_factory=None) -> "SegmentationRuntime":
+        """Open the model in `model_dir` on `device` ("auto" | "cuda" | "cpu"), checking its contract.
+
+        `available` and `_session_factory` exist for tests (faked provider availability)."""
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ContractError(f"{model_dir}: model folder not found; set SEG_MODEL_DIR or build one with `python -m training demo`")
+        if not (model_dir / "model.onnx").is_file():
+            raise ContractError(f"{model_dir}: no model.onnx inside; set SEG_MODEL_DIR to a folder written by `python -m training export`")
+        ort.set_default_logger_severity(3)  # the CUDA-load failure is reported by us, in one line
+        available = ort.get_available_providers() if available is None else available
+        providers = choose_providers(device, available)
+        wants_cuda = any(isinstance(p, tuple) for p in providers)
+        chosen = _pick_variant(model_dir, variant, wants_cuda)
+        path = model_dir / VARIANT_FILES[chosen]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        factory = _session_factory or ort.InferenceSession
+        try:
+            session = factory(str(path), so, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+            raise ContractError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the model") from None
+        in_use = session.get_providers()
+        if wants_cuda and in_use[0] != "CUDAExecutionProvider":
+            if device == "cuda":
+                raise ContractError("SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu")
+            log.warning("CUDA execution provider listed but not usable here; running on CPU")
+            if variant == "auto" and chosen == "fp16":  # fp16 is for GPUs; reload fp32 on CPU
+                return cls.load(model_dir, "cpu", "fp32", threads, available, _session_factory)
+        _check_io(session, path)
+        meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+        rt = cls(session, meta, chosen, path, io_binding=True)
+        log.warning("model %s: provider %s, variant %s, input %s, classes %s", path, rt.provider, chosen, meta.input_size, ", ".join(meta.classes))
+        return rt
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, H, W) uint8 class ids."""
+        if self._io_binding:
+            return self._run_bound(images)[0]
+        return self.session.run(["mask"], {"image": images})[0]
+
+    def run_probs(self, images: np.ndarray) -> np.ndarray | None:
+        """(N, H, W, 3) uint8 -> (N, C, H, W) float32 probabilities, or None when the model has no `probs` output."""
+        if "probs" not in self._outputs:
+            return None
+        return self.session.run(["probs"], {"image": images})[0]
+
+    def _run_bound(self, images: np.ndarray) -> list[np.ndarray]:
+        # IO binding: the input goes to the GPU once and the output is fetched once per batch.
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("image", np.ascontiguousarray(images))
+        binding.bind_output("mask", "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def warmup(self, batch_sizes) -> None:
+        """Run every batch size once so the first real requests do not pay allocation/tuning."""
+        h, w = self.meta.input_size
+        for n in batch_sizes:
+            self.run(np.zeros((n, h, w, 3), dtype=np.uint8))
+
+
+def _check_io(session, path: Path) -> None:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
+        got = ", ".join(f"{i.name} {i.type} rank {len(i.shape)}" for i in inputs)
+        raise ContractError(f"{path}: input must be `image` uint8 (N, H, W, 3), got {got}; export with `python -m training export`")
+    if inputs[0].shape[3] != 3:
+        raise ContractError(f"{path}: input `image` must end with 3 channels (RGB), got shape {inputs[0].shape}")
+    mask = [o for o in outputs if o.name == "mask"]
+    if not mask or mask[0].type != "tensor(uint8)" or len(mask[0].shape) != 3:
+        raise ContractError(f"{path}: output `mask` uint8 (N, H, W) is missing; export with `python -m training export`")

@@ -1,0 +1,266 @@
+"""The BentoML service: HTTP in, batched ONNX Runtime, PNG/JSON out. It wires pure functions together.
+
+Batching: every request's image (already decoded and squished to the model size) goes through one
+`CorkDispatcher`, BentoML's own adaptive-batching dispatcher, held in this process. We do not route it
+through a `batchable=True` API called from another API: in BentoML that call goes through the service's
+internal proxy, which serialises the arrays to JSON (1.4.30) or loses 4-10 % of requests under load
+(aiohttp disconnects, 1.4.31+, BentoML issue 5540). Calling the dispatcher directly keeps its algorithm
+(latency-aware batch windows, `max_batch_size`, load shedding after `max_latency_ms`) with zero copies.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from PIL import Image
+from starlette.responses import JSONResponse, Response
+
+from . import imaging
+from .config import ConfigError, ServeConfig
+from .runtime import ContractError, SegmentationRuntime
+
+log = logging.getLogger("serving.service")
+
+try:
+    CONFIG = ServeConfig.from_env()
+except ConfigError as exc:  # a bad setting stops `bentoml serve` with one line
+    raise SystemExit(f"error: {exc}") from None
+
+_SHED = object()
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+RETRY_AFTER_S = "1"
+_batch_hist = bentoml.metrics.Histogram(
+    name="seg_batch_size", documentation="Images per ONNX Runtime call (adaptive batching)",
+    buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
+)
+_infer_hist = bentoml.metrics.Histogram(
+    name="seg_batch_seconds", documentation="Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3],
+)
+
+
+def _error(ctx: bentoml.Context, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    # BentoML copies ctx.response.status_code onto the response of APIs that take `ctx`: set both.
+    ctx.response.status_code = status
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class EdgeMiddleware:
+    """Checks at the edge, before BentoML parses anything, so bad uploads get a 4xx that says what to fix
+    (BentoML answers a malformed multipart body with 500), plus `Retry-After` on every 503 (our load
+    shedding and BentoML's own max_concurrency refusal)."""
+
+    ROUTES = ("/segment", "/overlay", "/stats")
+
+    def __init__(self, app):
+        self.app = app
+        self.max_body = CONFIG.max_bytes + 65536  # multipart headers around the file
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_retry(message):
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"retry-after" for k, _ in headers):
+                    headers.append((b"retry-after", RETRY_AFTER_S.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if scope["path"] == "/model":  # the info app is mounted at /model/; answer /model without a redirect
+            scope = {**scope, "path": "/model/", "raw_path": b"/model/"}
+        if scope["method"] == "POST" and scope["path"].rstrip("/") in self.ROUTES:
+            headers = dict(scope.get("headers", []))
+            ctype = headers.get(b"content-type", b"").decode("latin-1")
+            boundary = ctype.partition("boundary=")[2].split(";")[0].strip().strip('"')
+            if not ctype.lower().startswith("multipart/form-data") or not boundary:
+                return await JSONResponse({"error": f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), e.g. curl -F image=@photo.jpg"},
+                                          status_code=415)(scope, receive, send_with_retry)
+            length = headers.get(b"content-length")
+            if length and length.isdigit() and int(length) > self.max_body:
+                return await JSONResponse({"error": f"request body is {int(length)} bytes, over the {CONFIG.max_bytes}-byte upload limit: send a smaller image"},
+                                          status_code=413, headers={"Connection": "close"})(scope, receive, send_with_retry)
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    return await JSONResponse({"error": f"request body is over the {CONFIG.max_bytes}-byte upload limit: send a smaller image"},
+                                              status_code=413, headers={"Connection": "close"})(scope, receive, send_with_retry)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            marker = b"--" + boundary.encode("latin-1")
+            if not body.lstrip(b"\r\n").startswith(marker) or marker + b"--" not in body[-len(marker) - 64:]:
+                return await JSONResponse({"error": "malformed multipart body (boundary missing or upload cut off): send the image with a multipart client, e.g. curl -F image=@photo.jpg"},
+                                          status_code=400)(scope, receive, send_with_retry)
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            return await self.app(scope, replay, send_with_retry)
+        await self.app(scope, receive, send_with_retry)
+
+
+async def _model_info(request):
+    """GET /model: the model's metadata, the provider and variant in use, and the batching settings."""
+    svc = bentoml.get_current_service()
+    token = svc.config.api_token
+    if token and request.headers.get("authorization", "") != f"Bearer {token}":
+        return JSONResponse({"error": "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(svc.describe())
+
+
+def _info_app():
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/", _model_info, methods=["GET"])])
+
+
+def _preflight() -> None:
+    """Under `bentoml serve`, check the model once in the main process: a bad model exits in one line."""
+    try:
+        SegmentationRuntime.load(CONFIG.model_dir, CONFIG.device, CONFIG.variant, threads=1)
+    except ContractError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3] and not os.environ.get("SEG_SKIP_PREFLIGHT"):
+    _preflight()
+
+
+@bentoml.service(
+    name="segmentation",
+    workers=CONFIG.workers,
+    traffic={"timeout": 60, "max_concurrency": int(os.environ.get("SEG_MAX_CONCURRENCY", "256"))},
+    http={"port": 3000},
+)
+@bentoml.asgi_app(_info_app(), path="/model")
+class SegmentationService:
+    """Semantic segmentation with a fastai U-Net exported to ONNX."""
+
+    def __init__(self) -> None:
+        self.config = ServeConfig.from_env()
+        try:
+            self.runtime = SegmentationRuntime.load(self.config.model_dir, self.config.device, self.config.variant,
+                                                    threads=self.config.intra_op_threads)
+        except ContractError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            os._exit(3)  # a worker that cannot load the model must not linger half-alive
+        self.meta = self.runtime.meta
+        self._ready = False
+        self._dispatch = CorkDispatcher(
+            max_latency_in_ms=self.config.max_latency_ms,
+            max_batch_size=self.config.max_batch_size,
+            fallback=lambda: _SHED,
+            get_batch_size=lambda item: 1,
+        )(self._infer_batch)
+        t = time.perf_counter()
+        self.runtime.warmup(range(1, self.config.max_batch_size + 1))
+        log.warning("warm-up of batch sizes 1..%d took %.2f s", self.config.max_batch_size, time.perf_counter() - t)
+        self._ready = True
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    async def _infer_batch(self, items) -> list[np.ndarray]:
+        batch = np.stack(items)
+        t = time.perf_counter()
+        masks = await anyio.to_thread.run_sync(self.runtime.run, batch)
+        _batch_hist.observe(len(items))
+        _infer_hist.observe(time.perf_counter() - t)
+        return list(masks)
+
+    def _auth_error(self, ctx: bentoml.Context) -> JSONResponse | None:
+        token = self.config.api_token
+        if not token:
+            return None
+        got = ctx.request.headers.get("authorization", "")
+        if got != f"Bearer {token}":
+            return _error(ctx, 401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`", {"WWW-Authenticate": "Bearer"})
+        return None
+
+    async def _segment(self, image: Path, ctx: bentoml.Context):
+        """Validate the upload and run it: returns (RGB image, full-size mask) or an error response."""
+        if (err := self._auth_error(ctx)) is not None:
+            return err
+        try:
+            data = Path(image).read_bytes()
+            img = imaging.decode_image(data, max_bytes=self.config.max_bytes, max_pixels=self.config.max_pixels)
+        except imaging.ImageError as exc:
+            return _error(ctx, exc.status, str(exc))
+        except OSError:
+            return _error(ctx, 400, "could not read the upload: send the image as a file in the multipart field `image`")
+        small = imaging.resize_to_model(img, self.meta.input_size)
+        mask = await self._dispatch(small)
+        if mask is _SHED:
+            return _error(ctx, 503, "server is overloaded: retry after the Retry-After delay", {"Retry-After": RETRY_AFTER_S})
+        return img, imaging.resize_mask(mask, img.size)
+
+    @bentoml.api(route="/segment")
+    async def segment(self, image: Path, ctx: bentoml.Context) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
+        """Mask as a palette PNG of the upload's size: pixel values are class ids, the palette the class colours."""
+        out = await self._segment(image, ctx)
+        if isinstance(out, Response):
+            return out
+        img, mask = out
+        return Response(imaging.palette_png(mask, self.meta.colours), media_type="image/png")
+
+    @bentoml.api(route="/overlay")
+    async def overlay(self, image: Path, ctx: bentoml.Context) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
+        """The photo with the class colours blended over it, same size, as PNG."""
+        out = await self._segment(image, ctx)
+        if isinstance(out, Response):
+            return out
+        img, mask = out
+        return Response(imaging.overlay_png(img, mask, self.meta.colours), media_type="image/png")
+
+    @bentoml.api(route="/stats")
+    async def stats(self, image: Path, ctx: bentoml.Context, rle: bool = False) -> dict:
+        """Per-class pixel counts and fractions (and COCO RLE with rle=true) as JSON."""
+        query = ctx.request.query_params.get("rle")
+        if query is not None:  # ?rle=... works as well as the form field
+            if query.lower() not in _BOOLS:
+                return _error(ctx, 400, f"rle={query!r} is not a boolean: use rle=true or rle=false")
+            rle = _BOOLS[query.lower()]
+        out = await self._segment(image, ctx)
+        if isinstance(out, Response):
+            return out
+        img, mask = out
+        return JSONResponse(imaging.class_stats(mask, self.meta.classes, rle=rle))
+
+    def describe(self) -> dict:
+        """The model's metadata, the provider and variant in use, and the batching settings (GET /model)."""
+        return {
+            "metadata": self.meta.describe(),
+            "provider": self.runtime.provider,
+            "variant": self.runtime.variant,
+            "model_file": str(self.runtime.path),
+            "batching": {"max_batch_size": self.config.max_batch_size, "max_latency_ms": self.config.max_latency_ms,
+                         "dispatcher": "bentoml CorkDispatcher (in-process)"},
+            "threads": self.config.intra_op_threads,
+            "workers": self.config.workers,
+            "limits": {"max_bytes": self.config.max_bytes, "max_pixels": self.config.max_pixels},
+        }
+
+
+SegmentationService.add_asgi_middleware(EdgeMiddleware)
