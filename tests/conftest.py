@@ -1,0 +1,55 @@
+"""Session fixtures shared by every test folder: a tiny synthetic data set, a one-epoch fastai run, its export,
+and a rule-based contract model (no training) for fast serving tests."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # contract_model
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+PY = str(Path(sys.executable))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """12 synthetic 64 px scenes (generic layout)."""
+    from training.synth import SynthConfig, synth
+
+    return synth(SynthConfig(out=tmp_path_factory.mktemp("data") / "synth", n=12, size=64, seed=7))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_dataset) -> Path:
+    """A one-epoch fit (frozen) + one unfrozen epoch on the tiny data set, at 64 px."""
+    from training.train import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    fit(TrainConfig(data=tiny_dataset, out=out, size=64, bs=4, frozen_epochs=1, unfrozen_epochs=1, valid_pct=0.25, n_show=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_run) -> Path:
+    """The tiny run exported to ONNX (fp32 + int8 when it agrees), parity-checked by export itself."""
+    from training.export import export_run
+
+    out = tmp_path_factory.mktemp("exported") / "tiny"
+    export_run(tiny_run, out, int8=True, fp16=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rule_model_dir(tmp_path_factory) -> Path:
+    """A 32 px rule-based model that follows the contract: exact expected masks, no training."""
+    from contract_model import make_contract_model
+
+    d = tmp_path_factory.mktemp("rule_model")
+    make_contract_model(d / "model.onnx", size=32)
+    return d
