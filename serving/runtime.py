@@ -143,7 +143,7 @@ class SegmentationRuntime:
             raise ContractError(f"{model_dir}: model folder not found; set SEG_MODEL_DIR or build one with `python -m training demo`")
         if not (model_dir / "model.onnx").is_file():
             raise ContractError(f"{model_dir}: no model.onnx inside; set SEG_MODEL_DIR to a folder written by `python -m training export`")
-        ort.set_default_logger_severity(3)  # the CUDA-load failure is reported by us, in one line
+        ort.set_default_logger_severity(4)  # the CUDA-load failure is reported by us, in one line
         available = ort.get_available_providers() if available is None else available
         providers = choose_providers(device, available)
         wants_cuda = any(isinstance(p, tuple) for p in providers)

@@ -10,6 +10,7 @@ internal proxy, which serialises the arrays to JSON (1.4.30) or loses 4-10 % of 
 from __future__ import annotations
 
 import logging
+import re
 import os
 import sys
 import time
@@ -35,6 +36,8 @@ except ConfigError as exc:  # a bad setting stops `bentoml serve` with one line
     raise SystemExit(f"error: {exc}") from None
 
 _SHED = object()
+_FIELD_NAME = re.compile(rb'(?i)content-disposition:\s*form-data;[^\r\n]*?\bname="([^"]*)"')
+_FIELDS = {"/stats": {"image", "rle"}}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 RETRY_AFTER_S = "1"
 _batch_hist = bentoml.metrics.Histogram(
@@ -105,6 +108,14 @@ class EdgeMiddleware:
             marker = b"--" + boundary.encode("latin-1")
             if not body.lstrip(b"\r\n").startswith(marker) or marker + b"--" not in body[-len(marker) - 64:]:
                 return await JSONResponse({"error": "malformed multipart body (boundary missing or upload cut off): send the image with a multipart client, e.g. curl -F image=@photo.jpg"},
+                                          status_code=400)(scope, receive, send_with_retry)
+            # BentoML answers unknown binary fields with 500 (it tries to JSON-decode them): name the fix here.
+            names = {m.decode("latin-1") for m in _FIELD_NAME.findall(body)}
+            allowed = _FIELDS.get(scope["path"].rstrip("/"), {"image"})
+            if "image" not in names or not names <= allowed:
+                extra = sorted(names - allowed)
+                why = f"unknown form field(s) {', '.join(map(repr, extra))}" if extra else "no form field `image`"
+                return await JSONResponse({"error": f"{why}: send the image file in the multipart field `image`" + (" (and optionally `rle`)" if "rle" in allowed else "")},
                                           status_code=400)(scope, receive, send_with_retry)
             sent = False
 

@@ -67,3 +67,15 @@ def make_contract_model(path: Path, size: int = 32, *, metadata: dict | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def png_bytes(arr_or_im, fmt: str = "PNG", **kw) -> bytes:
+    """An array or PIL image encoded as `fmt` bytes (for uploads in tests)."""
+    import io
+
+    from PIL import Image
+
+    im = arr_or_im if isinstance(arr_or_im, Image.Image) else Image.fromarray(arr_or_im)
+    b = io.BytesIO()
+    im.save(b, fmt, **kw)
+    return b.getvalue()

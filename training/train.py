@@ -44,9 +44,9 @@ class TrainConfig:
     valid_pct: float = 0.2
     seed: int = 42
     frozen_epochs: int = 3
-    unfrozen_epochs: int = 6
-    lr: float = 2e-3  # head learning rate (frozen phase)
-    lr_unfrozen: tuple[float, float] = (1e-5, 5e-4)  # slice(lo, hi) for the unfrozen phase
+    unfrozen_epochs: int = 12
+    lr: float = 4e-3  # head learning rate (frozen phase)
+    lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
     augment: bool = True
     lr_find: bool = False
     last_cross: bool = True
