@@ -1,0 +1,116 @@
+"""A real `bentoml serve` on 127.0.0.1: the trained tiny model on real photos, batching, token and caps, start-up faults."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import skimage.data
+from PIL import Image
+
+from contract_model import png_bytes
+from serve_process import BENTOML, ROOT, free_port, served
+from serving import imaging
+from serving.runtime import SegmentationRuntime
+
+PHOTOS = {name: getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
+
+
+def offline_mask(rt: SegmentationRuntime, data: bytes) -> np.ndarray:
+    """The same data path without the server: decode, squish, ONNX Runtime, back to full size."""
+    img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
+    small = imaging.resize_to_model(img, rt.meta.input_size)
+    return imaging.resize_mask(rt.run(small[None])[0], img.size)
+
+
+@pytest.fixture(scope="module")
+def real_server(tiny_export):
+    with served(tiny_export, SEG_MAX_BATCH_SIZE=4) as proc:
+        yield proc
+
+
+def test_real_photos_segmented_like_offline_ort(real_server, tiny_export):
+    rt = SegmentationRuntime.load(tiny_export, "cpu")
+    for name, photo in PHOTOS.items():
+        data = png_bytes(photo)
+        r = requests.post(real_server.url + "/segment", files={"image": (f"{name}.png", data)}, timeout=30)
+        assert r.status_code == 200, (name, r.text)
+        im = Image.open(io.BytesIO(r.content))
+        assert im.mode == "P" and im.size == (photo.shape[1], photo.shape[0])
+        mask = np.asarray(im)
+        assert mask.max() < 3
+        assert np.array_equal(mask, offline_mask(rt, data)), name
+
+
+def test_concurrent_requests_are_batched_and_all_correct(real_server, tiny_export):
+    rt = SegmentationRuntime.load(tiny_export, "cpu")
+    payloads = [png_bytes(p) for p in PHOTOS.values()] * 6
+    expected = [offline_mask(rt, d) for d in payloads]
+    before = _batch_metric(real_server.url)
+
+    def call(data):
+        r = requests.post(real_server.url + "/segment", files={"image": ("x.png", data)}, timeout=60)
+        return r.status_code, np.asarray(Image.open(io.BytesIO(r.content))) if r.status_code == 200 else r.text
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(call, payloads))
+    assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:2]
+    assert all(np.array_equal(m, e) for (_, m), e in zip(results, expected))
+    after = _batch_metric(real_server.url)
+    # every image went through the dispatcher exactly once: the batch sizes add up to the request count
+    assert after["sum"] - before["sum"] == len(payloads)
+    assert after["count"] - before["count"] <= len(payloads)
+
+
+def _batch_metric(url: str) -> dict:
+    text = requests.get(url + "/metrics", timeout=10).text
+    out = {}
+    for key in ("sum", "count"):
+        vals = re.findall(rf"^seg_batch_size_{key}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M) or re.findall(rf"^seg_batch_size_{key} ([0-9.e+]+)$", text, re.M)
+        out[key] = sum(float(v) for v in vals)
+    return out
+
+
+def test_token_and_caps_on_a_real_server(rule_model_dir):
+    with served(rule_model_dir, SEG_API_TOKEN="s3cret", SEG_MAX_PIXELS=1000, SEG_MAX_BYTES=100000) as proc:
+        small = png_bytes(np.zeros((20, 20, 3), np.uint8))
+        auth = {"Authorization": "Bearer s3cret"}
+        assert requests.post(proc.url + "/segment", files={"image": ("x.png", small)}).status_code == 401
+        assert requests.post(proc.url + "/segment", files={"image": ("x.png", small)}, headers={"Authorization": "Bearer no"}).status_code == 401
+        assert requests.get(proc.url + "/model").status_code == 401
+        assert requests.post(proc.url + "/segment", files={"image": ("x.png", small)}, headers=auth).status_code == 200
+        for path in ("/readyz", "/livez", "/healthz", "/metrics"):
+            assert requests.get(proc.url + path).status_code == 200, path
+        r = requests.post(proc.url + "/segment", files={"image": ("x.png", png_bytes(np.zeros((50, 50, 3), np.uint8)))}, headers=auth)
+        assert r.status_code == 413 and "1000-pixel limit" in r.json()["error"]
+        noise = png_bytes(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+        r = requests.post(proc.url + "/segment", files={"image": ("x.png", noise)}, headers=auth)
+        assert r.status_code == 413 and "byte" in r.json()["error"]
+        r = requests.post(proc.url + "/segment", files={"image": ("x.png", noise * 4)}, headers=auth)
+        assert r.status_code == 413 and "byte" in r.json()["error"]
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing", "model folder not found"),
+    ("corrupt", "cannot load it"),
+    ("no_metadata", "metadata lacks"),
+])
+def test_startup_faults_exit_nonzero_in_one_line(tmp_path, case, needle):
+    from contract_model import make_contract_model
+
+    d = tmp_path / "m"
+    if case == "corrupt":
+        d.mkdir()
+        (d / "model.onnx").write_bytes(b"not an onnx file")
+    elif case == "no_metadata":
+        make_contract_model(d / "model.onnx", drop_keys=("classes", "colours"))
+    r = subprocess.run([BENTOML, "serve", "serving.service:SegmentationService", "--host", "127.0.0.1", "--port", str(free_port())],
+                       cwd=ROOT, env={**os.environ, "SEG_MODEL_DIR": str(d)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr[-500:]
