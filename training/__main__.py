@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="synth -> fit -> export: the default model `make serve` serves")
     p.add_argument("--out", type=Path, default=Path("exported_models/default"))
     p.add_argument("--work", type=Path, default=Path("runs/demo"), help="where the data set and the run go")
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=int, default=300, help="synthetic scenes (80 %% train, 20 %% held out)")
     _add_fit_args(p)
     _add_export_args(p)
 

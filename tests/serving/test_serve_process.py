@@ -14,7 +14,7 @@ import skimage.data
 from PIL import Image
 
 from contract_model import png_bytes
-from serve_process import BENTOML, ROOT, free_port, served
+from loadtest.server import BENTOML, ROOT, free_port, served
 from serving import imaging
 from serving.runtime import SegmentationRuntime
 

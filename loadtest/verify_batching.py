@@ -1,0 +1,131 @@
+"""Batching check against a real `bentoml serve`: N requests at concurrency C, every mask compared with
+the offline ONNX Runtime result, batch sizes read from the service's own Prometheus histogram.
+
+    .venv/bin/python -m loadtest.verify_batching --model exported_models/default --requests 2000 --concurrency 32
+
+Prints a table and writes loadtest/results/verify_batching-<date>.json. All traffic goes to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from loadtest.server import served
+from serving import imaging
+from serving.runtime import SegmentationRuntime
+
+
+def photos(sizes=(128, 256, 384)) -> list[bytes]:
+    """Real photos from skimage.data, each at a few sizes, as PNG bytes."""
+    import skimage.data
+
+    out = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        im = Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3])
+        for s in sizes:
+            b = io.BytesIO()
+            im.resize((s, s * im.height // im.width)).save(b, "PNG", compress_level=1)
+            out.append(b.getvalue())
+    return out
+
+
+def batch_histogram(url: str) -> dict[str, float]:
+    """Cumulative bucket counts of seg_batch_size (le -> count), plus sum and count."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    hist: dict[str, float] = {}
+    for le, v in re.findall(r'^seg_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)$', text, re.M):
+        hist[le] = hist.get(le, 0.0) + float(v)
+    for key in ("sum", "count"):
+        hist[key] = sum(float(v) for v in re.findall(rf"^seg_batch_size_{key}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M))
+    return hist
+
+
+def run(model: Path, n: int, concurrency: int, env: dict | None = None) -> dict:
+    payloads = photos()
+    rt = SegmentationRuntime.load(model, "cpu")
+    expected = []
+    for data in payloads:
+        img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
+        expected.append(imaging.resize_mask(rt.run(imaging.resize_to_model(img, rt.meta.input_size)[None])[0], img.size))
+    del rt
+    with served(model, **(env or {})) as proc:
+        before = batch_histogram(proc.url)
+        lat, errors, wrong = [], [], 0
+        lock = threading.Lock()
+        local = threading.local()
+
+        def one(i: int):
+            nonlocal wrong
+            s = getattr(local, "s", None) or requests.Session()
+            local.s = s
+            k = i % len(payloads)
+            t = time.perf_counter()
+            try:
+                r = s.post(proc.url + "/segment", files={"image": ("x.png", payloads[k])}, timeout=60)
+                dt = time.perf_counter() - t
+                ok = r.status_code == 200
+                same = ok and np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[k])
+                with lock:
+                    lat.append(dt)
+                    if not ok:
+                        errors.append(f"{r.status_code} {r.text[:100]}")
+                    elif not same:
+                        wrong += 1
+            except requests.RequestException as exc:
+                with lock:
+                    errors.append(exc.__class__.__name__)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(n)))
+        wall = time.perf_counter() - t0
+        after = batch_histogram(proc.url)
+    sizes = {}
+    prev = 0.0
+    for le in sorted((k for k in after if k not in ("sum", "count")), key=lambda x: float("inf") if x == "+Inf" else float(x)):
+        cum = after[le] - before.get(le, 0.0)
+        if cum - prev:
+            sizes[le] = int(cum - prev)
+        prev = cum
+    batches = after["count"] - before["count"]
+    lat_ms = np.array(lat) * 1000
+    return {
+        "requests": n, "concurrency": concurrency, "errors": len(errors), "error_samples": errors[:5], "wrong_masks": wrong,
+        "throughput_rps": n / wall, "p50_ms": float(np.percentile(lat_ms, 50)), "p95_ms": float(np.percentile(lat_ms, 95)),
+        "p99_ms": float(np.percentile(lat_ms, 99)), "batches": int(batches), "images_batched": int(after["sum"] - before["sum"]),
+        "mean_batch": float((after["sum"] - before["sum"]) / max(batches, 1)), "batch_size_histogram": sizes, "wall_s": wall,
+        "model": str(model), "env": env or {},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=Path("exported_models/default"))
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path("loadtest/results"))
+    a = p.parse_args(argv)
+    res = run(a.model, a.requests, a.concurrency, {"SEG_MAX_BATCH_SIZE": a.max_batch_size})
+    print(f"{'requests':>10} {'conc':>5} {'errors':>6} {'wrong':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'batches':>7} {'mean batch':>10}")
+    print(f"{res['requests']:>10} {res['concurrency']:>5} {res['errors']:>6} {res['wrong_masks']:>6} {res['throughput_rps']:>7.1f} {res['p50_ms']:>7.1f} {res['p95_ms']:>7.1f} {res['p99_ms']:>7.1f} {res['batches']:>7} {res['mean_batch']:>10.2f}")
+    print("batch sizes seen (upper bucket bound: batches):", res["batch_size_histogram"])
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / time.strftime("verify_batching-%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(res, indent=2))
+    print(f"report: {path}")
+    return 0 if res["errors"] == 0 and res["wrong_masks"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
