@@ -12,6 +12,8 @@
 | SEG_MAX_BYTES       | 20000000                 | largest upload accepted (413 above)                            |
 | SEG_MAX_PIXELS      | 40000000                 | largest decoded image (width x height) accepted (413 above)    |
 | SEG_API_TOKEN       | (unset)                  | when set, inference endpoints need `Authorization: Bearer ...` |
+| SEG_TILE_ABOVE      | 0 (off)                  | images with more pixels than this are segmented by tiles        |
+| SEG_TILE_OVERLAP    | 0 (a quarter of the tile)| overlap between neighbouring tiles, in pixels                   |
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class ServeConfig:
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
     api_token: str | None = None
+    tile_above: int = 0
+    tile_overlap: int = 0
 
     def __post_init__(self):
         if self.device not in ("auto", "cuda", "cpu"):
@@ -52,6 +56,8 @@ class ServeConfig:
         for name in ("workers", "max_batch_size", "max_latency_ms", "max_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
+        if self.tile_above < 0 or self.tile_overlap < 0:
+            raise ConfigError("SEG_TILE_ABOVE and SEG_TILE_OVERLAP must be >= 0")
         if self.threads < 0:
             raise ConfigError(f"SEG_THREADS={self.threads}: must be >= 0 (0 = cores / workers)")
         if self.threads * self.workers > _cores():

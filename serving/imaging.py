@@ -52,6 +52,11 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise ImageError(f"image is {w}x{h} pixels: it must be at least 1x1")
     if w * h > max_pixels:
         raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit: downscale it first", 413)
+    if im.format == "PNG":  # Pillow skips chunk CRCs when decoding; verify() checks them without decoding
+        try:
+            Image.open(io.BytesIO(data)).verify()
+        except Exception as exc:
+            raise ImageError(f"PNG data is truncated or corrupt ({str(exc)[:80]}): upload the complete, intact file") from None
     try:
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)

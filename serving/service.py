@@ -9,6 +9,7 @@ internal proxy, which serialises the arrays to JSON (1.4.30) or loses 4-10 % of 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import os
@@ -24,7 +25,7 @@ from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from PIL import Image
 from starlette.responses import JSONResponse, Response
 
-from . import imaging
+from . import imaging, tiling
 from .config import ConfigError, ServeConfig
 from .runtime import ContractError, SegmentationRuntime
 
@@ -37,7 +38,7 @@ except ConfigError as exc:  # a bad setting stops `bentoml serve` with one line
 
 _SHED = object()
 _FIELD_NAME = re.compile(rb'(?i)content-disposition:\s*form-data;[^\r\n]*?\bname="([^"]*)"')
-_FIELDS = {"/stats": {"image", "rle"}}
+_FIELDS = {"/stats": {"image", "rle", "tile"}, "/segment": {"image", "tile"}, "/overlay": {"image", "tile"}}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 RETRY_AFTER_S = "1"
 _batch_hist = bentoml.metrics.Histogram(
@@ -115,7 +116,7 @@ class EdgeMiddleware:
             if "image" not in names or not names <= allowed:
                 extra = sorted(names - allowed)
                 why = f"unknown form field(s) {', '.join(map(repr, extra))}" if extra else "no form field `image`"
-                return await JSONResponse({"error": f"{why}: send the image file in the multipart field `image`" + (" (and optionally `rle`)" if "rle" in allowed else "")},
+                return await JSONResponse({"error": f"{why}: send the image file in the multipart field `image` (optional fields: {', '.join(sorted(allowed - {'image'}))})"},
                                           status_code=400)(scope, receive, send_with_retry)
             sent = False
 
@@ -210,10 +211,15 @@ class SegmentationService:
             return _error(ctx, 401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`", {"WWW-Authenticate": "Bearer"})
         return None
 
-    async def _segment(self, image: Path, ctx: bentoml.Context):
+    async def _segment(self, image: Path, ctx: bentoml.Context, tile: bool = False):
         """Validate the upload and run it: returns (RGB image, full-size mask) or an error response."""
         if (err := self._auth_error(ctx)) is not None:
             return err
+        query = ctx.request.query_params.get("tile")
+        if query is not None:  # ?tile=... works as well as the form field
+            if query.lower() not in _BOOLS:
+                return _error(ctx, 400, f"tile={query!r} is not a boolean: use tile=true or tile=false")
+            tile = _BOOLS[query.lower()]
         try:
             data = Path(image).read_bytes()
             img = imaging.decode_image(data, max_bytes=self.config.max_bytes, max_pixels=self.config.max_pixels)
@@ -221,39 +227,51 @@ class SegmentationService:
             return _error(ctx, exc.status, str(exc))
         except OSError:
             return _error(ctx, 400, "could not read the upload: send the image as a file in the multipart field `image`")
-        small = imaging.resize_to_model(img, self.meta.input_size)
-        mask = await self._dispatch(small)
+        big = self.config.tile_above and img.width * img.height > self.config.tile_above
+        if tile or big:
+            mask = await self._segment_tiled(np.asarray(img))
+        else:
+            mask = await self._dispatch(imaging.resize_to_model(img, self.meta.input_size))
         if mask is _SHED:
             return _error(ctx, 503, "server is overloaded: retry after the Retry-After delay", {"Retry-After": RETRY_AFTER_S})
         return img, imaging.resize_mask(mask, img.size)
 
+    async def _segment_tiled(self, image: np.ndarray):
+        """Full-resolution tiles at the model size, each through the same batcher, blended back."""
+        overlap = self.config.tile_overlap or tiling.default_overlap(self.meta.input_size)
+        tiles, layout = tiling.make_tiles(image, self.meta.input_size, overlap)
+        masks = await asyncio.gather(*(self._dispatch(t) for t in tiles))
+        if any(m is _SHED for m in masks):
+            return _SHED
+        return tiling.blend_masks(np.stack(masks), layout, self.meta.n_classes)
+
     @bentoml.api(route="/segment")
-    async def segment(self, image: Path, ctx: bentoml.Context) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
+    async def segment(self, image: Path, ctx: bentoml.Context, tile: bool = False) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """Mask as a palette PNG of the upload's size: pixel values are class ids, the palette the class colours."""
-        out = await self._segment(image, ctx)
+        out = await self._segment(image, ctx, tile)
         if isinstance(out, Response):
             return out
         img, mask = out
         return Response(imaging.palette_png(mask, self.meta.colours), media_type="image/png")
 
     @bentoml.api(route="/overlay")
-    async def overlay(self, image: Path, ctx: bentoml.Context) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
+    async def overlay(self, image: Path, ctx: bentoml.Context, tile: bool = False) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """The photo with the class colours blended over it, same size, as PNG."""
-        out = await self._segment(image, ctx)
+        out = await self._segment(image, ctx, tile)
         if isinstance(out, Response):
             return out
         img, mask = out
         return Response(imaging.overlay_png(img, mask, self.meta.colours), media_type="image/png")
 
     @bentoml.api(route="/stats")
-    async def stats(self, image: Path, ctx: bentoml.Context, rle: bool = False) -> dict:
+    async def stats(self, image: Path, ctx: bentoml.Context, rle: bool = False, tile: bool = False) -> dict:
         """Per-class pixel counts and fractions (and COCO RLE with rle=true) as JSON."""
         query = ctx.request.query_params.get("rle")
         if query is not None:  # ?rle=... works as well as the form field
             if query.lower() not in _BOOLS:
                 return _error(ctx, 400, f"rle={query!r} is not a boolean: use rle=true or rle=false")
             rle = _BOOLS[query.lower()]
-        out = await self._segment(image, ctx)
+        out = await self._segment(image, ctx, tile)
         if isinstance(out, Response):
             return out
         img, mask = out
@@ -268,6 +286,7 @@ class SegmentationService:
             "model_file": str(self.runtime.path),
             "batching": {"max_batch_size": self.config.max_batch_size, "max_latency_ms": self.config.max_latency_ms,
                          "dispatcher": "bentoml CorkDispatcher (in-process)"},
+            "tiling": {"tile_above_pixels": self.config.tile_above, "overlap": self.config.tile_overlap or tiling.default_overlap(self.meta.input_size)},
             "threads": self.config.intra_op_threads,
             "workers": self.config.workers,
             "limits": {"max_bytes": self.config.max_bytes, "max_pixels": self.config.max_pixels},

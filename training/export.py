@@ -206,6 +206,7 @@ def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.
         def get_next(self):
             return next(self.it, None)
 
+    fp32, out = Path(fp32).resolve(), Path(out).resolve()  # we chdir below
     with tempfile.TemporaryDirectory(prefix="int8-") as tmp, _in_dir(Path(tmp)):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)

@@ -1,0 +1,36 @@
+"""`python -m serving predict INPUT_DIR OUTPUT_DIR ...`: segment a folder without a server."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .predict import PredictConfig, PredictError, predict_folder
+from .runtime import ContractError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("predict", help="segment every image of a folder (batched, resumable)")
+    q.add_argument("input_dir", type=Path)
+    q.add_argument("output_dir", type=Path)
+    q.add_argument("--model", type=Path, default=Path("exported_models/default"))
+    q.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    q.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), default="auto")
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--overlays", action="store_true", help="also write <stem>.overlay.png")
+    q.add_argument("--csv", action="store_true", help="also write classes.csv with class fractions per image")
+    q.add_argument("--tile", action="store_true", help="segment by overlapping tiles at full resolution")
+    a = p.parse_args(argv)
+    try:
+        counts = predict_folder(PredictConfig(a.input_dir, a.output_dir, a.model, a.device, a.variant, a.batch_size, a.overlays, a.csv, a.tile))
+    except (PredictError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{counts['done']} segmented, {counts['skipped']} already done, {counts['failed']} failed -> {a.output_dir}")
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
