@@ -159,6 +159,9 @@ class SegmentationRuntime:
         try:
             session = factory(str(path), so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+            if variant == "auto" and chosen == "fp16" and device == "auto":
+                log.warning("%s did not load (%s); using fp32 on CPU", path, exc.__class__.__name__)
+                return cls.load(model_dir, "cpu", "fp32", threads, available, _session_factory)
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
             raise ContractError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the model") from None
         in_use = session.get_providers()

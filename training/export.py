@@ -227,7 +227,10 @@ def make_fp16(fp32: Path, out: Path, check_images: np.ndarray) -> dict:
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    # Cast stays fp32-typed: converted, our uint8 -> float Cast keeps a float32 output type that no longer
+    # matches and ONNX Runtime refuses the file ("Type (tensor(float16)) of output arg ... does not match").
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + ["Cast"]
+    model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, op_block_list=block)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     result = {"checked": True, "gpu_speed": "unmeasured here (no GPU)"}

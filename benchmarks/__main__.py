@@ -1,0 +1,379 @@
+"""One run, side by side, on this machine: `python -m benchmarks [--quick] [--model DIR] [--run RUN_DIR]`.
+
+1. model: PyTorch eager vs ONNX Runtime fp32 vs int8 (images/s, batch 1 and 8), FLOPs, fraction of CPU peak
+2. service: HTTP throughput and p50/p95/p99 at several concurrencies, batching on and off, vs raw ORT
+3. the naive alternative: fastai `learn.predict` per request behind a plain HTTP server
+4. cold start: process start to /readyz 200
+5. cost per pixel: service latency for uploads from 128^2 to 512^2
+Figures are ratios within this run (the machine is shared and noisy), medians of repeats. Writes
+benchmarks/results/<date>.md and PNG plots; prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from loadtest.server import free_port, served
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_FLOP_PER_CYCLE = 32  # AVX2: 2 FMA units x 8 fp32 lanes x 2 FLOPs
+
+
+def cpu_peak() -> tuple[float, str]:
+    ghz = 0.0
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("cpu MHz"):
+            ghz = float(line.split(":")[1]) / 1000
+            break
+    cores = len(os.sched_getaffinity(0))
+    return cores * ghz * 1e9 * PEAK_FLOP_PER_CYCLE, f"{cores} cores x {ghz:.2f} GHz x {PEAK_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA)"
+
+
+def photos(size: int) -> list[bytes]:
+    import skimage.data
+
+    out = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        im = Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3]).resize((size, size))
+        b = io.BytesIO()
+        im.save(b, "PNG", compress_level=1)
+        out.append(b.getvalue())
+    return out
+
+
+def _rate(fn, n_images: int, repeats: int, min_time: float = 1.0) -> float:
+    fn()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        k, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            k += 1
+            if time.perf_counter() - t0 >= min_time:
+                break
+        rates.append(k * n_images / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def bench_model(model_dir: Path, run_dir: Path | None, repeats: int, threads: int) -> dict:
+    import onnxruntime as ort
+
+    from benchmarks.flops import count_flops
+    from serving.runtime import SegmentationRuntime
+
+    rt = SegmentationRuntime.load(model_dir, "cpu", "fp32", threads=threads)
+    h, w = rt.meta.input_size
+    rows = []
+    variants = {"ORT fp32": SegmentationRuntime.load(model_dir, "cpu", "fp32", threads=threads)}
+    if (model_dir / "model.int8.onnx").is_file():
+        variants["ORT int8"] = SegmentationRuntime.load(model_dir, "cpu", "int8", threads=threads)
+    torch_model = None
+    if run_dir is not None:
+        import torch
+
+        from training.train import load_run
+
+        torch.set_num_threads(threads)
+        learn, meta, _ = load_run(run_dir)
+        torch_model = learn.model.eval()
+        mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    for size in (128, 256, 512):
+        for batch in (1, 8):
+            x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+            row = {"size": size, "batch": batch}
+            if torch_model is not None:
+                import torch
+
+                def eager():
+                    with torch.inference_mode():
+                        t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std
+                        torch_model(t).argmax(1)
+
+                row["PyTorch eager"] = _rate(eager, batch, repeats)
+            for name, r in variants.items():
+                if (size, size) == (h, w) or r.meta.dynamic_hw:
+                    row[name] = _rate(lambda: r.run(x), batch, repeats)
+            rows.append(row)
+    flops = count_flops(model_dir / "model.onnx")
+    peak, how = cpu_peak()
+    best = max(v for r in rows if r["size"] == h for k, v in r.items() if k.startswith("ORT"))
+    return {"rows": rows, "flops_per_image": flops, "peak_flops": peak, "peak_how": how, "input_size": [h, w],
+            "best_ort_img_s": best, "fraction_of_peak": best * flops / peak, "threads": threads}
+
+
+def load(url: str, payloads: list[bytes], concurrency: int, n: int, route: str = "/segment") -> dict:
+    lat, errors = [], 0
+    lock = threading.Lock()
+    local = threading.local()
+
+    def one(i):
+        nonlocal errors
+        s = getattr(local, "s", None) or requests.Session()
+        local.s = s
+        t = time.perf_counter()
+        try:
+            r = s.post(url + route, files={"image": ("x.png", payloads[i % len(payloads)])}, timeout=120)
+            ok = r.status_code == 200
+        except requests.RequestException:
+            ok = False
+        with lock:
+            lat.append(time.perf_counter() - t)
+            errors += not ok
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(min(concurrency, n))))  # warm-up
+    lat.clear()
+    errors = 0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1000
+    return {"concurrency": concurrency, "requests": n, "rps": n / wall, "p50": float(np.percentile(ms, 50)),
+            "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)), "errors": errors}
+
+
+def bench_service(model_dir: Path, concurrencies, n: int, variant: str) -> dict:
+    out = {}
+    payloads = photos(256)
+    for label, bs in (("batching on", 8), ("batching off", 1)):
+        with served(model_dir, SEG_MAX_BATCH_SIZE=bs, SEG_VARIANT=variant) as proc:
+            out[label] = [load(proc.url, payloads, c, n if c > 1 else max(n // 4, 20)) for c in concurrencies]
+    return out
+
+
+def overhead_profile(model_dir: Path, variant: str, repeats: int = 200) -> dict:
+    """CPU milliseconds per 256 px request in each pure step of the data path (no model, no HTTP)."""
+    from serving import imaging
+    from serving.runtime import SegmentationRuntime
+
+    rt = SegmentationRuntime.load(model_dir, "cpu", variant, threads=1)
+    data = photos(256)[0]
+    img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
+    small = imaging.resize_to_model(img, rt.meta.input_size)
+    mask = rt.run(small[None])[0]
+    big = imaging.resize_mask(mask, img.size)
+    steps = {
+        "decode + validate (PNG 256 px)": lambda: imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9),
+        "squish to model size": lambda: imaging.resize_to_model(img, rt.meta.input_size),
+        "mask back to 256 px": lambda: imaging.resize_mask(mask, img.size),
+        "palette PNG encode": lambda: imaging.palette_png(big, rt.meta.colours),
+        "model (ORT, 1 thread, batch 1)": lambda: rt.run(small[None]),
+    }
+    res = {}
+    for name, fn in steps.items():
+        fn()
+        t = time.process_time()
+        for _ in range(repeats):
+            fn()
+        res[name] = (time.process_time() - t) / repeats * 1000
+    return res
+
+
+def server_cpu_per_request(model_dir: Path, variant: str, n: int = 400) -> dict:
+    """CPU seconds the whole server process tree spends per request at concurrency 16, minus the model's own CPU."""
+    import psutil
+
+    from serving.runtime import SegmentationRuntime
+
+    payloads = photos(256)
+    with served(model_dir, SEG_VARIANT=variant, SEG_MAX_BATCH_SIZE=8) as proc:
+        tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+        load(proc.url, payloads, 16, 32)
+
+        def cpu():
+            total = 0.0
+            for p in tree:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+            return total
+
+        c0 = cpu()
+        res = load(proc.url, payloads, 16, n)
+        used = cpu() - c0
+    rt = SegmentationRuntime.load(model_dir, "cpu", variant, threads=2)
+    small = np.random.default_rng(0).integers(0, 256, (8, *rt.meta.input_size, 3), dtype=np.uint8)
+    rt.run(small)
+    t = time.process_time()
+    for _ in range(max(n // 8, 10)):
+        rt.run(small)
+    model_cpu = (time.process_time() - t) / (max(n // 8, 10) * 8)
+    return {"server_cpu_ms_per_request": used / n * 1000, "model_cpu_ms_per_image": model_cpu * 1000,
+            "overhead_cpu_ms_per_request": used / n * 1000 - model_cpu * 1000, "rps": res["rps"]}
+
+
+def bench_naive(run_dir: Path, concurrency: int, n: int) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", "--run", str(run_dir), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        return load(url, photos(256), concurrency, n)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def cold_start(model_dir: Path, variant: str, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        with served(model_dir, SEG_VARIANT=variant):
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def cost_per_pixel(model_dir: Path, variant: str, n: int) -> list[dict]:
+    rows = []
+    with served(model_dir, SEG_VARIANT=variant) as proc:
+        for size in (128, 256, 384, 512):
+            r = load(proc.url, photos(size), 1, n)
+            rows.append({"size": size, "p50_ms": r["p50"], "us_per_kpixel": r["p50"] * 1000 / (size * size / 1000)})
+    return rows
+
+
+def raw_ort(model_dir: Path, variant: str, threads: int, batch: int) -> float:
+    from serving.runtime import SegmentationRuntime
+
+    rt = SegmentationRuntime.load(model_dir, "cpu", variant, threads=threads)
+    x = np.random.default_rng(0).integers(0, 256, (batch, *rt.meta.input_size, 3), dtype=np.uint8)
+    return _rate(lambda: rt.run(x), batch, 3)
+
+
+def plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    m = report["model"]["rows"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"{r['size']}px b{r['batch']}" for r in m]
+    keys = [k for k in ("PyTorch eager", "ORT fp32", "ORT int8") if any(k in r for r in m)]
+    for i, k in enumerate(keys):
+        ax.bar(np.arange(len(m)) + i * 0.27, [r.get(k, 0) for r in m], 0.27, label=k)
+    ax.set_xticks(np.arange(len(m)) + 0.27), ax.set_xticklabels(labels, fontsize=8), ax.set_ylabel("images/s"), ax.legend()
+    ax.set_title("model throughput (CPU)")
+    fig.tight_layout()
+    files.append(out.with_name(out.stem + "-model.png"))
+    fig.savefig(files[-1], dpi=80)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, rows in report["service"].items():
+        ax.plot([r["concurrency"] for r in rows], [r["rps"] for r in rows], "o-", label=f"service, {label}")
+    if "naive" in report:
+        ax.plot([report["naive"]["concurrency"]], [report["naive"]["rps"]], "s", color="red", label="naive fastai server")
+    ax.axhline(report["raw_ort_b1"], ls="--", color="grey", label="raw ORT batch 1")
+    ax.set_xscale("log", base=2), ax.set_xlabel("concurrency"), ax.set_ylabel("requests/s"), ax.legend(fontsize=8)
+    ax.set_title("HTTP throughput, 256 px PNG uploads")
+    fig.tight_layout()
+    files.append(out.with_name(out.stem + "-service.png"))
+    fig.savefig(files[-1], dpi=80)
+    plt.close("all")
+    return files
+
+
+def to_markdown(r: dict, files: list[Path]) -> str:
+    L = [f"# Benchmark {r['date']}", "", f"Machine: {r['machine']}; model {r['model_dir']} ({r['variant']} served); "
+         f"threads {r['model']['threads']}. Client and server share the same 2 cores.", ""]
+    L += ["## 1. Model (images/s)", "", "| size | batch | PyTorch eager | ORT fp32 | ORT int8 |", "|---|---|---|---|---|"]
+    for row in r["model"]["rows"]:
+        L.append(f"| {row['size']} | {row['batch']} | " + " | ".join(f"{row[k]:.1f}" if k in row else "n/a (fixed 128 px graph)" for k in ("PyTorch eager", "ORT fp32", "ORT int8")) + " |")
+    m = r["model"]
+    L += ["", f"FLOPs per image at {m['input_size'][0]} px: {m['flops_per_image'] / 1e9:.2f} GFLOP; CPU peak {m['peak_flops'] / 1e9:.0f} GFLOP/s "
+          f"({m['peak_how']}); best ORT {m['best_ort_img_s']:.1f} img/s = {m['fraction_of_peak']:.1%} of peak.", ""]
+    L += ["## 2. Service (256 px PNG uploads to /segment)", "", "| mode | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | / raw ORT b1 |", "|---|---|---|---|---|---|---|---|"]
+    for label, rows in r["service"].items():
+        for x in rows:
+            L.append(f"| {label} | {x['concurrency']} | {x['rps']:.1f} | {x['p50']:.1f} | {x['p95']:.1f} | {x['p99']:.1f} | {x['errors']} | {x['rps'] / r['raw_ort_b1']:.2f} |")
+    L += ["", f"Raw ORT at the same threads: batch 1 {r['raw_ort_b1']:.1f} img/s, batch 8 {r['raw_ort_b8']:.1f} img/s.", ""]
+    L += ["### Where the time goes (CPU ms per 256 px request, measured on the pure functions)", "", "| step | ms |", "|---|---|"]
+    L += [f"| {k} | {v:.2f} |" for k, v in r["profile"].items()]
+    if "server_cpu" in r:
+        s = r["server_cpu"]
+        L += ["", f"Whole server process tree at concurrency 16: {s['server_cpu_ms_per_request']:.2f} ms CPU per request, of which the model "
+              f"{s['model_cpu_ms_per_image']:.2f} ms: overhead beyond the model {s['overhead_cpu_ms_per_request']:.2f} ms (goal <= 2 ms)."]
+    if "naive" in r:
+        n = r["naive"]
+        ours = next(x for x in r["service"]["batching on"] if x["concurrency"] == n["concurrency"])
+        L += ["", "## 3. Naive fastai server (learn.predict per request)", "",
+              f"At concurrency {n['concurrency']}: {n['rps']:.1f} req/s, p99 {n['p99']:.0f} ms. Ours: {ours['rps']:.1f} req/s, p99 {ours['p99']:.0f} ms "
+              f"-> {ours['rps'] / n['rps']:.1f}x throughput (goal >= 4x), p99 ratio {ours['p99'] / n['p99']:.2f} (goal <= 0.25)."]
+    L += ["", "## 4. Cold start (process start to /readyz 200)", "", f"Median {np.median(r['cold_start_s']):.1f} s over {len(r['cold_start_s'])} starts (goal <= 5 s): "
+          + ", ".join(f"{t:.1f}" for t in r["cold_start_s"])]
+    L += ["", "## 5. Cost per pixel (concurrency 1, p50)", "", "| upload | p50 ms | us per 1000 px |", "|---|---|---|"]
+    L += [f"| {x['size']}^2 | {x['p50_ms']:.1f} | {x['us_per_kpixel']:.1f} |" for x in r["cost_per_pixel"]]
+    L += [""] + [f"![{f.stem}]({f.name})" for f in files]
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="one-run benchmark report")
+    p.add_argument("--model", type=Path, default=ROOT / "exported_models" / "default")
+    p.add_argument("--run", type=Path, help="fastai run folder (for PyTorch eager and the naive server); default: the one in export.json")
+    p.add_argument("--variant", default="int8", choices=("fp32", "int8"), help="variant the service runs")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    run = a.run
+    if run is None and (a.model / "export.json").is_file():
+        run = Path(json.loads((a.model / "export.json").read_text())["run"])
+    if a.variant == "int8" and not (a.model / "model.int8.onnx").is_file():
+        a.variant = "fp32"
+    repeats, n = (2, 100) if a.quick else (3, 400)
+    threads = len(os.sched_getaffinity(0))
+    report = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": cpu_peak()[1], "model_dir": str(a.model), "variant": a.variant}
+    print("== 1/5 model throughput", flush=True)
+    report["model"] = bench_model(a.model, run if run and run.is_dir() else None, repeats, threads)
+    report["raw_ort_b1"] = raw_ort(a.model, a.variant, threads, 1)
+    report["raw_ort_b8"] = raw_ort(a.model, a.variant, threads, 8)
+    print("== 2/5 service", flush=True)
+    report["service"] = bench_service(a.model, (1, 4, 16, 32), n, a.variant)
+    report["profile"] = overhead_profile(a.model, a.variant)
+    try:
+        report["server_cpu"] = server_cpu_per_request(a.model, a.variant, n)
+    except ImportError:
+        pass
+    if run and run.is_dir():
+        print("== 3/5 naive fastai server", flush=True)
+        report["naive"] = bench_naive(run, 16, max(n // 4, 40))
+    print("== 4/5 cold start", flush=True)
+    report["cold_start_s"] = cold_start(a.model, a.variant, 3)
+    print("== 5/5 cost per pixel", flush=True)
+    report["cost_per_pixel"] = cost_per_pixel(a.model, a.variant, 30 if a.quick else 60)
+    out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = plots(report, out)
+    md = to_markdown(report, files)
+    out.write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
+    print(md)
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
