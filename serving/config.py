@@ -12,6 +12,7 @@
 | SEG_MAX_BYTES       | 20000000                 | largest upload accepted (413 above)                            |
 | SEG_MAX_PIXELS      | 40000000                 | largest decoded image (width x height) accepted (413 above)    |
 | SEG_API_TOKEN       | (unset)                  | when set, inference endpoints need `Authorization: Bearer ...` |
+| SEG_MAX_CONCURRENCY | 256                      | requests in flight per process; beyond it BentoML answers 503   |
 | SEG_TILE_ABOVE      | 0 (off)                  | images with more pixels than this are segmented by tiles        |
 | SEG_TILE_OVERLAP    | 0 (a quarter of the tile)| overlap between neighbouring tiles, in pixels                   |
 """

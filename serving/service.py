@@ -163,7 +163,7 @@ if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3] and not os.e
 @bentoml.service(
     name="segmentation",
     workers=CONFIG.workers,
-    traffic={"timeout": 60, "max_concurrency": int(os.environ.get("SEG_MAX_CONCURRENCY", "256"))},
+    traffic={"timeout": 60, "max_concurrency": int(os.environ.get("SEG_MAX_CONCURRENCY", "256"))},  # beyond: 503 + Retry-After
     http={"port": 3000},
 )
 @bentoml.asgi_app(_info_app(), path="/model")
