@@ -69,8 +69,6 @@ def _rate(fn, n_images: int, repeats: int, min_time: float = 1.0) -> float:
 
 
 def bench_model(model_dir: Path, run_dir: Path | None, repeats: int, threads: int) -> dict:
-    import onnxruntime as ort
-
     from benchmarks.flops import count_flops
     from serving.runtime import SegmentationRuntime
 

@@ -28,7 +28,6 @@ def count_flops(path: Path, batch: int = 1) -> int:
             out = shapes.get(node.output[0])
             if not w or not out or 0 in out:
                 continue
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
             if node.op_type == "Conv":  # out: N, Cout, H, W ; w: Cout, Cin/g, kh, kw
                 total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
             else:  # ConvTranspose w: Cin, Cout/g, kh, kw, counted on the input

@@ -23,9 +23,7 @@ import requests
 from PIL import Image
 
 from loadtest.server import served
-from loadtest.verify_batching import photos
-from serving import imaging
-from serving.runtime import SegmentationRuntime
+from loadtest.verify_batching import offline_masks, photos
 
 CLIENT_TIMEOUT = 30.0
 
@@ -43,16 +41,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-latency-ms", type=int, default=1000)
     a = ap.parse_args(argv)
     payloads = photos((256,))
-    rt = SegmentationRuntime.load(a.model, "cpu")
-    expected = []
-    for d in payloads:
-        img = imaging.decode_image(d, max_bytes=10**9, max_pixels=10**9)
-        expected.append(imaging.resize_mask(rt.run(imaging.resize_to_model(img, rt.meta.input_size)[None])[0], img.size))
+    expected = offline_masks(a.model, payloads)
     with served(a.model, SEG_MAX_LATENCY_MS=a.max_latency_ms, SEG_MAX_BATCH_SIZE=8, SEG_MAX_CONCURRENCY=64) as proc:
         url = proc.url + "/segment"
-        s = requests.Session()
         # capacity at concurrency 8
-        t0, n = time.perf_counter(), 0
+        t0 = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda i: requests.post(url, files={"image": ("x.png", payloads[i % 4])}, timeout=CLIENT_TIMEOUT), range(80)))
         capacity = 80 / (time.perf_counter() - t0)

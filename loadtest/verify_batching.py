@@ -39,6 +39,16 @@ def photos(sizes=(128, 256, 384)) -> list[bytes]:
     return out
 
 
+def offline_masks(model: Path, payloads: list[bytes]) -> list[np.ndarray]:
+    """The masks the service must answer, computed without a server: decode, squish, ONNX Runtime, back to size."""
+    rt = SegmentationRuntime.load(model, "cpu")
+    out = []
+    for data in payloads:
+        img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
+        out.append(imaging.resize_mask(rt.run(imaging.resize_to_model(img, rt.meta.input_size)[None])[0], img.size))
+    return out
+
+
 def batch_histogram(url: str) -> dict[str, float]:
     """Cumulative bucket counts of seg_batch_size (le -> count), plus sum and count."""
     text = requests.get(url + "/metrics", timeout=10).text
@@ -52,12 +62,7 @@ def batch_histogram(url: str) -> dict[str, float]:
 
 def run(model: Path, n: int, concurrency: int, env: dict | None = None) -> dict:
     payloads = photos()
-    rt = SegmentationRuntime.load(model, "cpu")
-    expected = []
-    for data in payloads:
-        img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
-        expected.append(imaging.resize_mask(rt.run(imaging.resize_to_model(img, rt.meta.input_size)[None])[0], img.size))
-    del rt
+    expected = offline_masks(model, payloads)
     with served(model, **(env or {})) as proc:
         before = batch_histogram(proc.url)
         lat, errors, wrong = [], [], 0

@@ -22,7 +22,6 @@ import anyio
 import bentoml
 import numpy as np
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
-from PIL import Image
 from starlette.responses import JSONResponse, Response
 
 from . import imaging, tiling

@@ -13,7 +13,6 @@ import copy
 import datetime as _dt
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ExportError, TrainingError
+from .errors import ExportError
 
 TRACE_BATCH = 2  # the batch size the graph is traced with; parity runs at others
 PARITY_BATCHES = (1, 3)
@@ -247,7 +246,6 @@ def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = Fal
     """Export the run in `run_dir` into the new folder `out` (model.onnx [+ model.int8.onnx, model.fp16.onnx])."""
     import onnx
     import onnxruntime
-    import torch
 
     from .train import load_run, versions
 

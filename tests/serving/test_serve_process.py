@@ -15,17 +15,9 @@ from PIL import Image
 
 from contract_model import png_bytes
 from loadtest.server import BENTOML, ROOT, free_port, served
-from serving import imaging
-from serving.runtime import SegmentationRuntime
+from loadtest.verify_batching import offline_masks
 
 PHOTOS = {name: getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
-
-
-def offline_mask(rt: SegmentationRuntime, data: bytes) -> np.ndarray:
-    """The same data path without the server: decode, squish, ONNX Runtime, back to full size."""
-    img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
-    small = imaging.resize_to_model(img, rt.meta.input_size)
-    return imaging.resize_mask(rt.run(small[None])[0], img.size)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +27,6 @@ def real_server(tiny_export):
 
 
 def test_real_photos_segmented_like_offline_ort(real_server, tiny_export):
-    rt = SegmentationRuntime.load(tiny_export, "cpu")
     for name, photo in PHOTOS.items():
         data = png_bytes(photo)
         r = requests.post(real_server.url + "/segment", files={"image": (f"{name}.png", data)}, timeout=30)
@@ -44,13 +35,12 @@ def test_real_photos_segmented_like_offline_ort(real_server, tiny_export):
         assert im.mode == "P" and im.size == (photo.shape[1], photo.shape[0])
         mask = np.asarray(im)
         assert mask.max() < 3
-        assert np.array_equal(mask, offline_mask(rt, data)), name
+        assert np.array_equal(mask, offline_masks(tiny_export, [data])[0]), name
 
 
 def test_concurrent_requests_are_batched_and_all_correct(real_server, tiny_export):
-    rt = SegmentationRuntime.load(tiny_export, "cpu")
     payloads = [png_bytes(p) for p in PHOTOS.values()] * 6
-    expected = [offline_mask(rt, d) for d in payloads]
+    expected = offline_masks(tiny_export, payloads)
     before = _batch_metric(real_server.url)
 
     def call(data):
