@@ -37,11 +37,11 @@ def tiny_run(tmp_path_factory, tiny_dataset) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_run) -> Path:
-    """The tiny run exported to ONNX (fp32 + int8 when it agrees), parity-checked by export itself."""
+    """The tiny run exported to ONNX (fp32, int8 when it agrees, fp16), parity-checked by export itself."""
     from training.export import export_run
 
     out = tmp_path_factory.mktemp("exported") / "tiny"
-    export_run(tiny_run, out, int8=True, fp16=False)
+    export_run(tiny_run, out, int8=True, fp16=True)
     return out
 
 

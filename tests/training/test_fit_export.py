@@ -96,3 +96,19 @@ def test_export_errors_are_one_line(tmp_path, tiny_export, tiny_run):
     assert not (tmp_path / "x").exists()
     r = cli("--model", tiny_run, "--out", tiny_export)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
+
+
+def test_fp16_variant_checks_and_runs(tiny_export):
+    """fp16 for GPUs: passes the onnx checker, keeps uint8 in / uint8 + float32 out, and ORT CPU runs it
+    close to fp32 (its GPU speed cannot be measured here)."""
+    path = tiny_export / "model.fp16.onnx"
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert read_metadata(path)["variant"] == "fp16"
+    s16 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    s32 = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert s16.get_inputs()[0].type == "tensor(uint8)"
+    assert {o.name: o.type for o in s16.get_outputs()} == {"mask": "tensor(uint8)", "probs": "tensor(float)"}
+    x = np.random.default_rng(4).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    assert (s16.run(["mask"], {"image": x})[0] == s32.run(["mask"], {"image": x})[0]).mean() > 0.99
+    info = json.loads((tiny_export / "export.json").read_text())["fp16"]
+    assert info["checked"] and "unmeasured" in info["gpu_speed"] and info["cpu_agreement"] > 0.99
