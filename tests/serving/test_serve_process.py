@@ -21,9 +21,17 @@ PHOTOS = {name: getattr(skimage.data, name)() for name in ("astronaut", "chelsea
 
 
 @pytest.fixture(scope="module")
-def real_server(tiny_export):
-    with served(tiny_export, SEG_MAX_BATCH_SIZE=4) as proc:
+def real_server(tiny_export, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with served(tiny_export, log_path=log, SEG_MAX_BATCH_SIZE=4) as proc:
+        proc.log_text_at_ready = log.read_text(errors="replace")
         yield proc
+
+
+def test_ready_only_after_warm_up(real_server):
+    """When /readyz first answered 200, the log already said that every batch size 1..4 had run."""
+    assert "warm-up of batch sizes 1..4 took" in real_server.log_text_at_ready
+    assert "provider CPUExecutionProvider, variant fp32" in real_server.log_text_at_ready
 
 
 def test_real_photos_segmented_like_offline_ort(real_server, tiny_export):

@@ -1,0 +1,54 @@
+"""Smoke tests of the benchmark harness pieces that need no long run."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from benchmarks.__main__ import cpu_peak, to_markdown
+from benchmarks.flops import count_flops
+
+
+def test_flop_count_of_a_known_conv(tmp_path):
+    # 3x3 conv, 4 -> 8 channels, on 16x16 with padding 1: 2 * (8*16*16) * (4*3*3) FLOPs; plus a 1x1 depthwise conv
+    w = np.ones((8, 4, 3, 3), np.float32)
+    dw = np.ones((8, 1, 1, 1), np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Conv", ["y", "dw"], ["z"], group=8)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        initializer=[onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(dw, "dw")],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    assert count_flops(tmp_path / "m.onnx") == 2 * 8 * 16 * 16 * 4 * 9 + 2 * 8 * 16 * 16 * 1
+
+
+def test_cpu_peak_is_positive():
+    peak, how = cpu_peak()
+    assert peak > 1e9 and "FLOP/cycle" in how
+
+
+def test_report_markdown_has_every_section():
+    row = {"concurrency": 16, "rps": 50.0, "p50": 10.0, "p95": 20.0, "p99": 30.0, "errors": 0}
+    r = {"date": "d", "machine": "m", "model_dir": "x", "variant": "int8",
+         "model": {"rows": [{"size": 128, "batch": 1, "PyTorch eager": 10.0, "ORT fp32": 20.0, "ORT int8": 30.0}], "threads": 2,
+                   "input_size": [128, 128], "flops_per_image": 2e9, "peak_flops": 1.6e11, "peak_how": "h", "best_ort_img_s": 30.0,
+                   "fraction_of_peak": 0.4},
+         "service": {"batching on": [row], "batching off": [row]}, "raw_ort_b1": 100.0, "raw_ort_b8": 120.0,
+         "profile": {"decode": 1.0}, "naive": {**row, "rps": 10.0}, "cold_start_s": [1.0, 2.0], "cost_per_pixel": [{"size": 128, "p50_ms": 5.0, "us_per_kpixel": 300.0}]}
+    md = to_markdown(r, [])
+    for heading in ("## 1. Model", "## 2. Service", "## 3. Naive fastai server", "## 4. Cold start", "## 5. Cost per pixel"):
+        assert heading in md
+    assert "5.0x throughput" in md and "0.50" in md  # 50 / 100 raw ORT
+
+
+def test_locustfile_payloads_are_valid_images():
+    import io
+
+    from PIL import Image
+
+    from loadtest import locustfile
+
+    assert len(locustfile.PAYLOADS) >= 12
+    for name, data, size in locustfile.PAYLOADS[:6]:
+        assert Image.open(io.BytesIO(data)).size == size
