@@ -13,11 +13,13 @@
 | SEG_MAX_PIXELS      | 40000000                 | largest decoded image (width x height) accepted (413 above)    |
 | SEG_API_TOKEN       | (unset)                  | when set, inference endpoints need `Authorization: Bearer ...` |
 | SEG_MAX_CONCURRENCY | 256                      | requests in flight per process; beyond it BentoML answers 503   |
+| SEG_ACCESS_LOG      | true                     | one log line per request (about 1 ms of CPU each); false drops it |
 | SEG_TILE_ABOVE      | 0 (off)                  | images with more pixels than this are segmented by tiles        |
 | SEG_TILE_OVERLAP    | 0 (a quarter of the tile)| overlap between neighbouring tiles, in pixels                   |
 """
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -48,13 +50,15 @@ class ServeConfig:
     api_token: str | None = None
     tile_above: int = 0
     tile_overlap: int = 0
+    max_concurrency: int = 256
+    access_log: str = "true"
 
     def __post_init__(self):
         if self.device not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"SEG_DEVICE={self.device!r}: use auto, cuda or cpu")
         if self.variant not in ("auto", "fp32", "int8", "fp16"):
             raise ConfigError(f"SEG_VARIANT={self.variant!r}: use auto, fp32, int8 or fp16")
-        for name in ("workers", "max_batch_size", "max_latency_ms", "max_bytes", "max_pixels"):
+        for name in ("workers", "max_batch_size", "max_latency_ms", "max_bytes", "max_pixels", "max_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
         if self.tile_above < 0 or self.tile_overlap < 0:
@@ -63,6 +67,12 @@ class ServeConfig:
             raise ConfigError(f"SEG_THREADS={self.threads}: must be >= 0 (0 = cores / workers)")
         if self.threads * self.workers > _cores():
             raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.workers} exceeds the {_cores()} cores; lower one of them")
+
+    def token_ok(self, authorization: str) -> bool:
+        """True when no token is set, or the Authorization header carries it (constant-time compare)."""
+        if not self.api_token:
+            return True
+        return hmac.compare_digest(authorization.encode(), f"Bearer {self.api_token}".encode())
 
     @property
     def intra_op_threads(self) -> int:

@@ -36,6 +36,7 @@ except ConfigError as exc:  # a bad setting stops `bentoml serve` with one line
     raise SystemExit(f"error: {exc}") from None
 
 _SHED = object()
+_TOKEN_ADVICE = "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`"
 _FIELD_NAME = re.compile(rb'(?i)content-disposition:\s*form-data;[^\r\n]*?\bname="([^"]*)"')
 _FIELDS = {"/stats": {"image", "rle", "tile"}, "/segment": {"image", "tile"}, "/overlay": {"image", "tile"}}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -133,10 +134,8 @@ class EdgeMiddleware:
 async def _model_info(request):
     """GET /model: the model's metadata, the provider and variant in use, and the batching settings."""
     svc = bentoml.get_current_service()
-    token = svc.config.api_token
-    if token and request.headers.get("authorization", "") != f"Bearer {token}":
-        return JSONResponse({"error": "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`"},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if not svc.config.token_ok(request.headers.get("authorization", "")):
+        return JSONResponse({"error": _TOKEN_ADVICE}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
     return JSONResponse(svc.describe())
 
 
@@ -155,17 +154,16 @@ def _preflight() -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
-if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3] and not os.environ.get("SEG_SKIP_PREFLIGHT"):
+if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3]:
     _preflight()
 
 
 @bentoml.service(
     name="segmentation",
     workers=CONFIG.workers,
-    traffic={"timeout": 60, "max_concurrency": int(os.environ.get("SEG_MAX_CONCURRENCY", "256"))},  # beyond: 503 + Retry-After
+    traffic={"timeout": 60, "max_concurrency": CONFIG.max_concurrency},  # beyond: BentoML's 503 (+ our Retry-After)
     http={"port": 3000},
-    # one log line per request costs ~1 ms of CPU at this request rate: on by default, SEG_ACCESS_LOG=false to drop it
-    logging={"access": {"enabled": os.environ.get("SEG_ACCESS_LOG", "true").lower() != "false"}},
+    logging={"access": {"enabled": CONFIG.access_log.lower() != "false"}},
 )
 @bentoml.asgi_app(_info_app(), path="/model")
 class SegmentationService:
@@ -204,13 +202,9 @@ class SegmentationService:
         return list(masks)
 
     def _auth_error(self, ctx: bentoml.Context) -> JSONResponse | None:
-        token = self.config.api_token
-        if not token:
+        if self.config.token_ok(ctx.request.headers.get("authorization", "")):
             return None
-        got = ctx.request.headers.get("authorization", "")
-        if got != f"Bearer {token}":
-            return _error(ctx, 401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`", {"WWW-Authenticate": "Bearer"})
-        return None
+        return _error(ctx, 401, _TOKEN_ADVICE, {"WWW-Authenticate": "Bearer"})
 
     async def _segment(self, image: Path, ctx: bentoml.Context, tile: bool = False):
         """Validate the upload and run it: returns (RGB image, full-size mask) or an error response."""

@@ -1,0 +1,34 @@
+"""Serving configuration from environment variables: defaults, overrides, one-line errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import ConfigError, ServeConfig
+
+
+def test_defaults_and_overrides():
+    c = ServeConfig.from_env({})
+    assert c.model_dir == Path("exported_models/default") and c.device == "auto" and c.max_batch_size == 8
+    c = ServeConfig.from_env({"SEG_MODEL_DIR": "m", "SEG_MAX_BATCH_SIZE": "3", "SEG_DEVICE": "cpu", "SEG_THREADS": "1"})
+    assert c.model_dir == Path("m") and c.max_batch_size == 3 and c.device == "cpu" and c.intra_op_threads == 1
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"SEG_MAX_BATCH_SIZE": "abc"}, "SEG_MAX_BATCH_SIZE='abc': must be an integer"),
+    ({"SEG_MAX_BATCH_SIZE": "0"}, "must be a positive integer"),
+    ({"SEG_DEVICE": "tpu"}, "use auto, cuda or cpu"),
+    ({"SEG_VARIANT": "int4"}, "use auto, fp32, int8 or fp16"),
+    ({"SEG_THREADS": "64", "SEG_WORKERS": "2"}, "exceeds the"),
+])
+def test_bad_settings_name_the_variable(env, needle):
+    with pytest.raises(ConfigError, match="SEG_") as e:
+        ServeConfig.from_env(env)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_token_check():
+    assert ServeConfig().token_ok("")
+    c = ServeConfig(api_token="s3cret")
+    assert c.token_ok("Bearer s3cret") and not c.token_ok("Bearer s3cre") and not c.token_ok("")
