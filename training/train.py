@@ -49,6 +49,7 @@ class TrainConfig:
     lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
     augment: bool = True
     lr_find: bool = False
+    lr_find_iters: int = 100
     last_cross: bool = True
     n_show: int = 4
     threads: int | None = None
@@ -244,7 +245,7 @@ def fit(config: TrainConfig) -> dict:
         import matplotlib.pyplot as plt
 
         learn.freeze()
-        sug = learn.lr_find(show_plot=True)
+        sug = learn.lr_find(num_it=config.lr_find_iters, show_plot=True)
         plt.gcf().savefig(out / "lr_find.png", dpi=80)
         plt.close("all")
         print(f"      lr_find suggests {sug.valley:.2e} (plot: {out / 'lr_find.png'})", flush=True)

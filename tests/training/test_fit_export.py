@@ -112,3 +112,13 @@ def test_fp16_variant_checks_and_runs(tiny_export):
     assert (s16.run(["mask"], {"image": x})[0] == s32.run(["mask"], {"image": x})[0]).mean() > 0.99
     info = json.loads((tiny_export / "export.json").read_text())["fp16"]
     assert info["checked"] and "unmeasured" in info["gpu_speed"] and info["cpu_agreement"] > 0.99
+
+
+def test_lr_find_writes_its_plot(tiny_dataset, tmp_path):
+    from training.train import TrainConfig, fit
+
+    out = tmp_path / "lrf"
+    report = fit(TrainConfig(data=tiny_dataset, out=out, size=32, bs=4, frozen_epochs=0, unfrozen_epochs=1, lr_find=True,
+                                  lr_find_iters=12, n_show=1))
+    assert (out / "lr_find.png").stat().st_size > 1000
+    assert [h["phase"] for h in report["history"]] == ["unfrozen"]
