@@ -42,13 +42,20 @@ def test_report_markdown_has_every_section():
     assert "5.0x throughput" in md and "0.50" in md  # 50 / 100 raw ORT
 
 
-def test_locustfile_payloads_are_valid_images():
-    import io
+def test_locust_kit_runs_headless_against_a_real_server(rule_model_dir):
+    """The locustfile, run the documented way for a few seconds: every request must pass its checks.
+    (A subprocess: locust monkey-patches sockets and threads with gevent when it is imported.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from PIL import Image
+    from loadtest.server import ROOT, served
 
-    from loadtest import locustfile
-
-    assert len(locustfile.PAYLOADS) >= 12
-    for name, data, size in locustfile.PAYLOADS[:6]:
-        assert Image.open(io.BytesIO(data)).size == size
+    locust = str(Path(sys.executable).with_name("locust"))
+    with served(rule_model_dir) as proc:
+        r = subprocess.run([locust, "-f", "loadtest/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "6s", "--host", proc.url,
+                            "--only-summary", "--exit-code-on-error", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**__import__("os").environ, "LOCUST_MAX_REQUESTS": "200"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    assert "/segment" in out and "/stats" in out and "Aggregated" in out
