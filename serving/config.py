@@ -14,6 +14,7 @@
 | SEG_API_TOKEN       | (unset)                  | when set, inference endpoints need `Authorization: Bearer ...` |
 | SEG_MAX_CONCURRENCY | 256                      | requests in flight per process; beyond it BentoML answers 503   |
 | SEG_ACCESS_LOG      | true                     | one log line per request (about 1 ms of CPU each); false drops it |
+| SEG_FAST_PATH       | true                     | answer image routes in the edge middleware (false: through BentoML's IO layer) |
 | SEG_TILE_ABOVE      | 0 (off)                  | images with more pixels than this are segmented by tiles        |
 | SEG_TILE_OVERLAP    | 0 (a quarter of the tile)| overlap between neighbouring tiles, in pixels                   |
 """
@@ -52,6 +53,7 @@ class ServeConfig:
     tile_overlap: int = 0
     max_concurrency: int = 256
     access_log: str = "true"
+    fast_path: str = "true"
 
     def __post_init__(self):
         if self.device not in ("auto", "cuda", "cpu"):

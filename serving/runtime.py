@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,9 @@ class SegmentationRuntime:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        # ORT's idle worker threads spin-wait by default: in a server they burn the cores that decode,
+        # encode and the event loop need between batches. SEG_ORT_SPIN=1 restores spinning.
+        so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SEG_ORT_SPIN", "0"))
         factory = _session_factory or ort.InferenceSession
         try:
             session = factory(str(path), so, providers=providers)

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 from typing import Annotated
 
 import anyio
@@ -50,12 +51,6 @@ _infer_hist = bentoml.metrics.Histogram(
 )
 
 
-def _error(ctx: bentoml.Context, status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    # BentoML copies ctx.response.status_code onto the response of APIs that take `ctx`: set both.
-    ctx.response.status_code = status
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 class EdgeMiddleware:
     """Checks at the edge, before BentoML parses anything, so bad uploads get a 4xx that says what to fix
     (BentoML answers a malformed multipart body with 500), plus `Retry-After` on every 503 (our load
@@ -66,6 +61,7 @@ class EdgeMiddleware:
     def __init__(self, app):
         self.app = app
         self.max_body = CONFIG.max_bytes + 65536  # multipart headers around the file
+        self.fast_path = ServeConfig.from_env().fast_path.lower() != "false"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -118,6 +114,16 @@ class EdgeMiddleware:
                 why = f"unknown form field(s) {', '.join(map(repr, extra))}" if extra else "no form field `image`"
                 return await JSONResponse({"error": f"{why}: send the image file in the multipart field `image` (optional fields: {', '.join(sorted(allowed - {'image'}))})"},
                                           status_code=400)(scope, receive, send_with_retry)
+            svc = bentoml.get_current_service() if self.fast_path else None
+            if svc is not None and getattr(svc, "_ready", False):
+                # Fast path: we hold the validated body already; answer here and skip BentoML's IO layer
+                # (pydantic model, temporary file per upload), which costs several ms of CPU per request.
+                # BentoML's metrics, tracing, access log, timeout and max-concurrency middlewares still wrap us.
+                data, form = _split_multipart(body, marker)
+                query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+                response = await svc.answer(scope["path"].rstrip("/"), data, authorization=headers.get(b"authorization", b"").decode("latin-1"),
+                                            query=query, form=form)
+                return await response(scope, receive, send_with_retry)
             sent = False
 
             async def replay():
@@ -129,6 +135,23 @@ class EdgeMiddleware:
 
             return await self.app(scope, replay, send_with_retry)
         await self.app(scope, receive, send_with_retry)
+
+
+def _split_multipart(body: bytes, marker: bytes) -> tuple[bytes, dict[str, str]]:
+    """(the first `image` part's bytes, the other fields as text) of a multipart body already checked by
+    EdgeMiddleware. By the multipart spec, CRLF + marker never occurs inside a part's content."""
+    image, form = None, {}
+    for part in body.split(b"\r\n" + marker)[:-1]:
+        head, _, content = part.partition(b"\r\n\r\n")
+        found = _FIELD_NAME.search(head)
+        if not found:
+            continue
+        name = found.group(1).decode("latin-1")
+        if name == "image":
+            image = content if image is None else image
+        else:
+            form[name] = content.decode("utf-8", "replace")
+    return image or b"", form
 
 
 async def _model_info(request):
@@ -201,35 +224,46 @@ class SegmentationService:
         _infer_hist.observe(time.perf_counter() - t)
         return list(masks)
 
-    def _auth_error(self, ctx: bentoml.Context) -> JSONResponse | None:
-        if self.config.token_ok(ctx.request.headers.get("authorization", "")):
-            return None
-        return _error(ctx, 401, _TOKEN_ADVICE, {"WWW-Authenticate": "Bearer"})
-
-    async def _segment(self, image: Path, ctx: bentoml.Context, tile: bool = False):
-        """Validate the upload and run it: returns (RGB image, full-size mask) or an error response."""
-        if (err := self._auth_error(ctx)) is not None:
-            return err
-        query = ctx.request.query_params.get("tile")
-        if query is not None:  # ?tile=... works as well as the form field
-            if query.lower() not in _BOOLS:
-                return _error(ctx, 400, f"tile={query!r} is not a boolean: use tile=true or tile=false")
-            tile = _BOOLS[query.lower()]
+    async def answer(self, route: str, data: bytes, *, authorization: str, query: dict, form: dict) -> Response:
+        """The whole request, once decoded from HTTP: route "/segment" | "/overlay" | "/stats", the upload's
+        bytes, the Authorization header, query and form fields (`tile`, and `rle` for /stats)."""
+        if not self.config.token_ok(authorization):
+            return JSONResponse({"error": _TOKEN_ADVICE}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        flags = {}
+        for name in ("tile", "rle") if route == "/stats" else ("tile",):
+            raw = query.get(name, form.get(name, "false"))  # ?name=... works as well as the form field
+            if str(raw).lower() not in _BOOLS:
+                return JSONResponse({"error": f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false"}, status_code=400)
+            flags[name] = _BOOLS[str(raw).lower()]
         try:
-            data = Path(image).read_bytes()
             img = imaging.decode_image(data, max_bytes=self.config.max_bytes, max_pixels=self.config.max_pixels)
         except imaging.ImageError as exc:
-            return _error(ctx, exc.status, str(exc))
-        except OSError:
-            return _error(ctx, 400, "could not read the upload: send the image as a file in the multipart field `image`")
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         big = self.config.tile_above and img.width * img.height > self.config.tile_above
-        if tile or big:
+        if flags["tile"] or big:
             mask = await self._segment_tiled(np.asarray(img))
         else:
             mask = await self._dispatch(imaging.resize_to_model(img, self.meta.input_size))
         if mask is _SHED:
-            return _error(ctx, 503, "server is overloaded: retry after the Retry-After delay", {"Retry-After": RETRY_AFTER_S})
-        return img, imaging.resize_mask(mask, img.size)
+            return JSONResponse({"error": "server is overloaded: retry after the Retry-After delay"}, status_code=503,
+                                headers={"Retry-After": RETRY_AFTER_S})
+        mask = imaging.resize_mask(mask, img.size)
+        if route == "/segment":
+            return Response(imaging.palette_png(mask, self.meta.colours), media_type="image/png")
+        if route == "/overlay":
+            return Response(imaging.overlay_png(img, mask, self.meta.colours), media_type="image/png")
+        return JSONResponse(imaging.class_stats(mask, self.meta.classes, rle=flags["rle"]))
+
+    async def _via_api(self, route: str, image: Path, ctx: bentoml.Context, **fields) -> Response:
+        """The BentoML API path (used when SEG_FAST_PATH=false): same answer, status copied to ctx."""
+        try:
+            data = Path(image).read_bytes()
+        except OSError:
+            data = b""
+        response = await self.answer(route, data, authorization=ctx.request.headers.get("authorization", ""),
+                                     query=dict(ctx.request.query_params), form={k: str(v) for k, v in fields.items()})
+        ctx.response.status_code = response.status_code  # BentoML copies ctx's status onto the response
+        return response
 
     async def _segment_tiled(self, image: np.ndarray):
         """Full-resolution tiles at the model size, each through the same batcher, blended back."""
@@ -243,34 +277,17 @@ class SegmentationService:
     @bentoml.api(route="/segment")
     async def segment(self, image: Path, ctx: bentoml.Context, tile: bool = False) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """Mask as a palette PNG of the upload's size: pixel values are class ids, the palette the class colours."""
-        out = await self._segment(image, ctx, tile)
-        if isinstance(out, Response):
-            return out
-        img, mask = out
-        return Response(imaging.palette_png(mask, self.meta.colours), media_type="image/png")
+        return await self._via_api("/segment", image, ctx, tile=tile)
 
     @bentoml.api(route="/overlay")
     async def overlay(self, image: Path, ctx: bentoml.Context, tile: bool = False) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """The photo with the class colours blended over it, same size, as PNG."""
-        out = await self._segment(image, ctx, tile)
-        if isinstance(out, Response):
-            return out
-        img, mask = out
-        return Response(imaging.overlay_png(img, mask, self.meta.colours), media_type="image/png")
+        return await self._via_api("/overlay", image, ctx, tile=tile)
 
     @bentoml.api(route="/stats")
     async def stats(self, image: Path, ctx: bentoml.Context, rle: bool = False, tile: bool = False) -> dict:
         """Per-class pixel counts and fractions (and COCO RLE with rle=true) as JSON."""
-        query = ctx.request.query_params.get("rle")
-        if query is not None:  # ?rle=... works as well as the form field
-            if query.lower() not in _BOOLS:
-                return _error(ctx, 400, f"rle={query!r} is not a boolean: use rle=true or rle=false")
-            rle = _BOOLS[query.lower()]
-        out = await self._segment(image, ctx, tile)
-        if isinstance(out, Response):
-            return out
-        img, mask = out
-        return JSONResponse(imaging.class_stats(mask, self.meta.classes, rle=rle))
+        return await self._via_api("/stats", image, ctx, rle=rle, tile=tile)
 
     def describe(self) -> dict:
         """The model's metadata, the provider and variant in use, and the batching settings (GET /model)."""

@@ -15,7 +15,10 @@ def client(rule_model_dir):
 
     os.environ["SEG_MODEL_DIR"] = str(rule_model_dir)
     os.environ["SEG_MAX_BATCH_SIZE"] = "4"
+    # in-process tests go through BentoML's API layer; the real `bentoml serve` tests use the fast path
+    os.environ["SEG_FAST_PATH"] = "false"
     from serving.service import SegmentationService
 
     with TestClient(SegmentationService.to_asgi()) as c:
         yield c
+    os.environ.pop("SEG_FAST_PATH", None)
