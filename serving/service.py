@@ -60,8 +60,10 @@ class EdgeMiddleware:
 
     def __init__(self, app):
         self.app = app
-        self.max_body = CONFIG.max_bytes + 65536  # multipart headers around the file
-        self.fast_path = ServeConfig.from_env().fast_path.lower() != "false"
+        config = ServeConfig.from_env()  # read when the app is built, like the service's own config
+        self.max_bytes = config.max_bytes
+        self.max_body = config.max_bytes + 65536  # multipart headers around the file
+        self.fast_path = config.fast_path.lower() != "false"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -86,7 +88,7 @@ class EdgeMiddleware:
                                           status_code=415)(scope, receive, send_with_retry)
             length = headers.get(b"content-length")
             if length and length.isdigit() and int(length) > self.max_body:
-                return await JSONResponse({"error": f"request body is {int(length)} bytes, over the {CONFIG.max_bytes}-byte upload limit: send a smaller image"},
+                return await JSONResponse({"error": f"request body is {int(length)} bytes, over the {self.max_bytes}-byte upload limit: send a smaller image"},
                                           status_code=413, headers={"Connection": "close"})(scope, receive, send_with_retry)
             chunks, size = [], 0
             while True:
@@ -96,7 +98,7 @@ class EdgeMiddleware:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body:
-                    return await JSONResponse({"error": f"request body is over the {CONFIG.max_bytes}-byte upload limit: send a smaller image"},
+                    return await JSONResponse({"error": f"request body is over the {self.max_bytes}-byte upload limit: send a smaller image"},
                                               status_code=413, headers={"Connection": "close"})(scope, receive, send_with_retry)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
