@@ -26,6 +26,7 @@ from .errors import ExportError
 TRACE_BATCH = 2  # the batch size the graph is traced with; parity runs at others
 PARITY_BATCHES = (1, 3)
 INT8_MIN_AGREEMENT = 0.995
+TIE_TOL = 1e-4  # probability gap below which PyTorch and ONNX Runtime may pick either class
 OPSET = 18
 
 
@@ -154,19 +155,34 @@ def _fastai_probs(learn, paths) -> np.ndarray:
     return preds.numpy()
 
 
+def tie_pixels(probs: np.ndarray, tol: float = TIE_TOL) -> np.ndarray:
+    """(N, C, H, W) probabilities -> (N, H, W) bool: pixels whose two best classes are within `tol`,
+    where the order of float operations (PyTorch vs ONNX Runtime) may decide the argmax either way."""
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) < tol
+
+
 def check_parity(learn, onnx_path: Path, paths, size) -> dict:
-    """ONNX Runtime vs fastai on `paths` at batch sizes PARITY_BATCHES: fraction of identical mask pixels per batch size."""
+    """ONNX Runtime vs fastai on `paths` at batch sizes PARITY_BATCHES.
+
+    `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
+    probabilities within TIE_TOL, far below any real export error); ties that flip are counted and reported."""
     ref = _fastai_probs(learn, paths)
     ref_mask = ref.argmax(1).astype(np.uint8)
+    ties = tie_pixels(ref)
     images = load_images(paths, size)
     sess = _session(onnx_path)
-    result = {"images": len(paths), "batch_sizes": list(PARITY_BATCHES), "traced_batch": TRACE_BATCH}
+    result = {"images": len(paths), "batch_sizes": list(PARITY_BATCHES), "traced_batch": TRACE_BATCH, "tie_tolerance": TIE_TOL}
+    ok = True
     for b in PARITY_BATCHES:
         mask, probs = _run(sess, images, b)
-        result[f"agreement_b{b}"] = float((mask == ref_mask).mean())
+        differ = mask != ref_mask
+        result[f"agreement_b{b}"] = float(1.0 - differ.mean())
+        result[f"tie_flips_b{b}"] = int((differ & ties).sum())
+        ok &= not (differ & ~ties).any()
         if probs is not None:
             result["max_prob_diff"] = max(result.get("max_prob_diff", 0.0), float(np.abs(probs - ref).max()))
-    result["identical"] = all(result[f"agreement_b{b}"] == 1.0 for b in PARITY_BATCHES)
+    result["identical"] = bool(ok)
     return result
 
 
@@ -270,8 +286,10 @@ def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = Fal
         parity = check_parity(learn, fp32, valid, size)
         if not parity["identical"]:
             worst = min(parity[f"agreement_b{b}"] for b in PARITY_BATCHES)
-            raise ExportError(f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels (need 100 %); nothing written to {out}")
-        print(f"      masks identical on 100 % of pixels; largest probability difference {parity.get('max_prob_diff', 0):.2e}", flush=True)
+            raise ExportError(f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels, and not only on numerical ties (need 100 %); nothing written to {out}")
+        flips = sum(parity[f"tie_flips_b{b}"] for b in PARITY_BATCHES)
+        print("      masks identical on 100 % of pixels" + (f" but {flips} numerical tie(s) (top-2 gap < {TIE_TOL:g})" if flips else "")
+              + f"; largest probability difference {parity.get('max_prob_diff', 0):.2e}", flush=True)
         metadata = {
             "contract": "seg-onnx/1",
             "classes": meta["codes"],

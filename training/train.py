@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,6 +223,8 @@ def fit(config: TrainConfig) -> dict:
     import torch
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
 
+    # fastai's augmentations draw from Python's `random` too: seed all three for a repeatable run
+    random.seed(config.seed)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     t0 = time.perf_counter()

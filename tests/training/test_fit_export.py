@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from training.export import _fastai_probs, load_images, read_metadata
+from training.export import _fastai_probs, load_images, read_metadata, tie_pixels
 
 
 def test_fit_writes_artefacts_and_metrics_in_range(tiny_run):
@@ -69,7 +69,10 @@ def test_onnx_masks_identical_to_fastai(tiny_export, tiny_run, tiny_dataset, bat
         m, p = sess.run(["mask", "probs"], {"image": images[i : i + batch]})
         masks.append(m), probs.append(p)
     masks, probs = np.concatenate(masks), np.concatenate(probs)
-    assert np.array_equal(masks, ref.argmax(1).astype(np.uint8))
+    differ = masks != ref.argmax(1).astype(np.uint8)
+    # identical everywhere except numerical ties (fastai's top-2 probabilities within 1e-4), and those are rare
+    assert not (differ & ~tie_pixels(ref)).any()
+    assert differ.sum() <= 3
     assert np.abs(probs - ref).max() < 1e-4
 
 
@@ -122,3 +125,11 @@ def test_lr_find_writes_its_plot(tiny_dataset, tmp_path):
                                   lr_find_iters=12, n_show=1))
     assert (out / "lr_find.png").stat().st_size > 1000
     assert [h["phase"] for h in report["history"]] == ["unfrozen"]
+
+
+def test_parity_gate_separates_ties_from_errors():
+    probs = np.zeros((1, 3, 2, 2), np.float32)
+    probs[0, :, 0, 0] = (0.5, 0.49999, 0.00001)  # a numerical tie
+    probs[0, :, 0, 1] = (0.9, 0.05, 0.05)
+    probs[0, :, 1, :] = [[0.2, 0.2], [0.7, 0.7], [0.1, 0.1]]
+    assert tie_pixels(probs).tolist() == [[[True, False], [False, False]]]
