@@ -72,10 +72,9 @@ def bench_model(model_dir: Path, run_dir: Path | None, repeats: int, threads: in
     from benchmarks.flops import count_flops
     from serving.runtime import SegmentationRuntime
 
-    rt = SegmentationRuntime.load(model_dir, "cpu", "fp32", threads=threads)
-    h, w = rt.meta.input_size
     rows = []
     variants = {"ORT fp32": SegmentationRuntime.load(model_dir, "cpu", "fp32", threads=threads)}
+    h, w = variants["ORT fp32"].meta.input_size
     if (model_dir / "model.int8.onnx").is_file():
         variants["ORT int8"] = SegmentationRuntime.load(model_dir, "cpu", "int8", threads=threads)
     torch_model = None

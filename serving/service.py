@@ -37,7 +37,6 @@ except ConfigError as exc:  # a bad setting stops `bentoml serve` with one line
     raise SystemExit(f"error: {exc}") from None
 
 _SHED = object()
-_TOKEN_ADVICE = "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`"
 _FIELD_NAME = re.compile(rb'(?i)content-disposition:\s*form-data;[^\r\n]*?\bname="([^"]*)"')
 _FIELDS = {"/stats": {"image", "rle", "tile"}, "/segment": {"image", "tile"}, "/overlay": {"image", "tile"}}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -51,12 +50,17 @@ _infer_hist = bentoml.metrics.Histogram(
 )
 
 
+def _unauthorized() -> JSONResponse:
+    return JSONResponse({"error": "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`"},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 class EdgeMiddleware:
     """Checks at the edge, before BentoML parses anything, so bad uploads get a 4xx that says what to fix
     (BentoML answers a malformed multipart body with 500), plus `Retry-After` on every 503 (our load
     shedding and BentoML's own max_concurrency refusal)."""
 
-    ROUTES = ("/segment", "/overlay", "/stats")
+    ROUTES = tuple(_FIELDS)
 
     def __init__(self, app):
         self.app = app
@@ -64,6 +68,10 @@ class EdgeMiddleware:
         self.max_bytes = config.max_bytes
         self.max_body = config.max_bytes + 65536  # multipart headers around the file
         self.fast_path = config.fast_path.lower() != "false"
+
+    def _too_big(self, size: str) -> JSONResponse:
+        return JSONResponse({"error": f"request body is {size + ', ' if size else ''}over the {self.max_bytes}-byte upload limit: send a smaller image"},
+                            status_code=413, headers={"Connection": "close"})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -88,8 +96,7 @@ class EdgeMiddleware:
                                           status_code=415)(scope, receive, send_with_retry)
             length = headers.get(b"content-length")
             if length and length.isdigit() and int(length) > self.max_body:
-                return await JSONResponse({"error": f"request body is {int(length)} bytes, over the {self.max_bytes}-byte upload limit: send a smaller image"},
-                                          status_code=413, headers={"Connection": "close"})(scope, receive, send_with_retry)
+                return await self._too_big(f"{int(length)} bytes")(scope, receive, send_with_retry)
             chunks, size = [], 0
             while True:
                 message = await receive()
@@ -98,8 +105,7 @@ class EdgeMiddleware:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body:
-                    return await JSONResponse({"error": f"request body is over the {self.max_bytes}-byte upload limit: send a smaller image"},
-                                              status_code=413, headers={"Connection": "close"})(scope, receive, send_with_retry)
+                    return await self._too_big("")(scope, receive, send_with_retry)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -109,7 +115,8 @@ class EdgeMiddleware:
                 return await JSONResponse({"error": "malformed multipart body (boundary missing or upload cut off): send the image with a multipart client, e.g. curl -F image=@photo.jpg"},
                                           status_code=400)(scope, receive, send_with_retry)
             # BentoML answers unknown binary fields with 500 (it tries to JSON-decode them): name the fix here.
-            names = {m.decode("latin-1") for m in _FIELD_NAME.findall(body)}
+            fields = _multipart_fields(body, marker)
+            names = {name for name, _ in fields}
             allowed = _FIELDS.get(scope["path"].rstrip("/"), {"image"})
             if "image" not in names or not names <= allowed:
                 extra = sorted(names - allowed)
@@ -121,7 +128,8 @@ class EdgeMiddleware:
                 # Fast path: we hold the validated body already; answer here and skip BentoML's IO layer
                 # (pydantic model, temporary file per upload), which costs several ms of CPU per request.
                 # BentoML's metrics, tracing, access log, timeout and max-concurrency middlewares still wrap us.
-                data, form = _split_multipart(body, marker)
+                data = next((content for name, content in fields if name == "image"), b"")
+                form = {name: content.decode("utf-8", "replace") for name, content in fields if name != "image"}
                 query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
                 response = await svc.answer(scope["path"].rstrip("/"), data, authorization=headers.get(b"authorization", b"").decode("latin-1"),
                                             query=query, form=form)
@@ -139,28 +147,23 @@ class EdgeMiddleware:
         await self.app(scope, receive, send_with_retry)
 
 
-def _split_multipart(body: bytes, marker: bytes) -> tuple[bytes, dict[str, str]]:
-    """(the first `image` part's bytes, the other fields as text) of a multipart body already checked by
-    EdgeMiddleware. By the multipart spec, CRLF + marker never occurs inside a part's content."""
-    image, form = None, {}
+def _multipart_fields(body: bytes, marker: bytes) -> list[tuple[str, bytes]]:
+    """(name, content) of each part of a multipart body whose framing EdgeMiddleware has checked. Names
+    are read from each part's own headers only: by the multipart spec CRLF + marker never occurs inside
+    content, so splitting on it first means bytes inside an uploaded file are never taken for a header."""
+    fields = []
     for part in body.split(b"\r\n" + marker)[:-1]:
         head, _, content = part.partition(b"\r\n\r\n")
-        found = _FIELD_NAME.search(head)
-        if not found:
-            continue
-        name = found.group(1).decode("latin-1")
-        if name == "image":
-            image = content if image is None else image
-        else:
-            form[name] = content.decode("utf-8", "replace")
-    return image or b"", form
+        if found := _FIELD_NAME.search(head):
+            fields.append((found.group(1).decode("latin-1"), content))
+    return fields
 
 
 async def _model_info(request):
     """GET /model: the model's metadata, the provider and variant in use, and the batching settings."""
     svc = bentoml.get_current_service()
     if not svc.config.token_ok(request.headers.get("authorization", "")):
-        return JSONResponse({"error": _TOKEN_ADVICE}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return _unauthorized()
     return JSONResponse(svc.describe())
 
 
@@ -230,7 +233,7 @@ class SegmentationService:
         """The whole request, once decoded from HTTP: route "/segment" | "/overlay" | "/stats", the upload's
         bytes, the Authorization header, query and form fields (`tile`, and `rle` for /stats)."""
         if not self.config.token_ok(authorization):
-            return JSONResponse({"error": _TOKEN_ADVICE}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return _unauthorized()
         flags = {}
         for name in ("tile", "rle") if route == "/stats" else ("tile",):
             raw = query.get(name, form.get(name, "false"))  # ?name=... works as well as the form field
