@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "demo":
             from .demo import demo
 
-            demo(out=a.out, work=a.work, n=a.n, config_args=a)
+            demo(out=a.out, work=a.work, n=a.n, base=_fit_config(a, Path("."), Path(".")), exporter=a.exporter)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -133,3 +133,23 @@ def test_parity_gate_separates_ties_from_errors():
     probs[0, :, 0, 1] = (0.9, 0.05, 0.05)
     probs[0, :, 1, :] = [[0.2, 0.2], [0.7, 0.7], [0.1, 0.1]]
     assert tie_pixels(probs).tolist() == [[[True, False], [False, False]]]
+
+
+def test_demo_command_builds_a_servable_model(tmp_path):
+    """`python -m training demo` (what `make serve` runs when no model exists), shrunk: synth -> fit -> export."""
+    out = tmp_path / "exported" / "demo"
+    r = subprocess.run([sys.executable, "-m", "training", "demo", "--out", str(out), "--work", str(tmp_path / "work"), "--n", "8",
+                        "--size", "32", "--bs", "4", "--frozen-epochs", "1", "--unfrozen-epochs", "0"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "== demo 3/3" in r.stdout and "== demo done" in r.stdout
+    meta = read_metadata(out / "model.onnx")
+    assert json.loads(meta["input_size"]) == [32, 32] and json.loads(meta["classes"]) == ["background", "butterfly", "leaf"]
+    assert (out / "model.fp16.onnx").is_file()
+    from serving.runtime import SegmentationRuntime
+
+    rt = SegmentationRuntime.load(out, "cpu")
+    assert rt.run(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 32, 32)
+    r = subprocess.run([sys.executable, "-m", "training", "demo", "--out", str(out), "--work", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
