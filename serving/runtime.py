@@ -125,11 +125,11 @@ def _pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> str:
 class SegmentationRuntime:
     """One ONNX Runtime session over an exported model; `run` maps (N, H, W, 3) uint8 -> (N, H, W) uint8."""
 
-    def __init__(self, session, meta: ModelMeta, variant: str, path: Path, io_binding: bool = False):
+    def __init__(self, session, meta: ModelMeta, variant: str, path: Path):
         self.session, self.meta, self.variant, self.path = session, meta, variant, path
         self.provider = session.get_providers()[0]
         self._outputs = [o.name for o in session.get_outputs()]
-        self._io_binding = io_binding and self.provider == "CUDAExecutionProvider"
+        self._io_binding = self.provider == "CUDAExecutionProvider"  # inputs/outputs cross to the GPU once per batch
 
     @classmethod
     def load(cls, model_dir: Path | str, device: str = "auto", variant: str = "auto", threads: int | None = None,
@@ -177,7 +177,7 @@ class SegmentationRuntime:
                 return cls.load(model_dir, "cpu", "fp32", threads, available, _session_factory)
         _check_io(session, path)
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
-        rt = cls(session, meta, chosen, path, io_binding=True)
+        rt = cls(session, meta, chosen, path)
         log.warning("model %s: provider %s, variant %s, input %s, classes %s", path, rt.provider, chosen, meta.input_size, ", ".join(meta.classes))
         return rt
 
