@@ -1,11 +1,13 @@
 """Folder prediction without a server: the same runtime and data path as the service, batched.
 
     python -m serving predict INPUT_DIR OUTPUT_DIR [--model DIR] [--overlays] [--csv] [--tile] [--batch-size N]
+                                                   [--ray ADDRESS [--ray-actors N] [--ray-gpus F]]
 
 Writes OUTPUT_DIR/<stem>.png (palette mask at the image's size), optionally <stem>.overlay.png and
 classes.csv (class fractions per image). Resumable: images whose mask exists are skipped. Inputs are
 never overwritten: OUTPUT_DIR may not be INPUT_DIR. An unreadable image is reported in one line and
-skipped; the exit code is non-zero if any failed.
+skipped; the exit code is non-zero if any failed. With --ray the batches run on a Ray cluster
+(serving/ray_predict.py); the driver still decides what to skip and writes every output.
 """
 from __future__ import annotations
 
@@ -38,6 +40,19 @@ class PredictConfig:
     csv: bool = False
     tile: bool = False
     max_pixels: int = 400_000_000
+    ray: str | None = None  # None: this process; "local": a Ray cluster started here; else a Ray address
+    ray_actors: int = 2
+    ray_gpus: float = 0.0
+
+
+@dataclass
+class Result:
+    """What one input becomes; `error` set means it was skipped."""
+    name: str
+    mask_png: bytes = b""
+    overlay_png: bytes = b""
+    row: dict | None = None
+    error: str = ""
 
 
 def _progress(total: int):
@@ -60,8 +75,41 @@ def _progress(total: int):
         return Lines()
 
 
-def predict_folder(cfg: PredictConfig) -> dict:
-    """Segment every image in `cfg.input_dir` into `cfg.output_dir`; returns counts (done, skipped, failed)."""
+def segment_items(rt: SegmentationRuntime, items: list[tuple[str, bytes]], *, tile: bool = False, overlays: bool = False,
+                  stats: bool = False, batch_size: int = 8, max_pixels: int = 400_000_000) -> list[Result]:
+    """Decode, segment and encode a batch of (name, file bytes): one Result per item, in order.
+
+    The images that decode are squished to the model size and run as one batch (or, with `tile`, each is
+    segmented by overlapping tiles at full resolution); masks come back at each image's own size.
+    """
+    results = [Result(name) for name, _ in items]
+    decoded = []
+    for res, (_, data) in zip(results, items):
+        try:
+            decoded.append((res, imaging.decode_image(data, max_bytes=10**10, max_pixels=max_pixels)))
+        except imaging.ImageError as exc:
+            res.error = str(exc)
+    if tile:
+        overlap = tiling.default_overlap(rt.meta.input_size)
+        masks = [tiling.segment_tiled(np.asarray(img), rt.run, rt.meta.input_size, overlap, rt.meta.n_classes, batch_size)
+                 for _, img in decoded]
+    elif decoded:
+        batch = np.stack([imaging.resize_to_model(img, rt.meta.input_size) for _, img in decoded])
+        masks = [imaging.resize_mask(m, img.size) for m, (_, img) in zip(rt.run(batch), decoded)]
+    else:
+        masks = []
+    for (res, img), mask in zip(decoded, masks):
+        res.mask_png = imaging.palette_png(mask, rt.meta.colours)
+        if overlays:
+            res.overlay_png = imaging.overlay_png(img, mask, rt.meta.colours)
+        if stats:
+            s = imaging.class_stats(mask, rt.meta.classes)
+            res.row = {"width": s["width"], "height": s["height"], **{c["name"]: round(c["fraction"], 6) for c in s["classes"]}}
+    return results
+
+
+def _plan(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
+    """Check the arguments; returns the output folder, the images still to do and how many are done."""
     src, dst = Path(cfg.input_dir).resolve(), Path(cfg.output_dir).resolve()
     if not src.is_dir():
         raise PredictError(f"{cfg.input_dir}: input folder not found")
@@ -72,52 +120,54 @@ def predict_folder(cfg: PredictConfig) -> dict:
     images = sorted(p for p in src.iterdir() if p.suffix.lower() in EXTS and p.is_file())
     if not images:
         raise PredictError(f"{cfg.input_dir}: no images ({', '.join(EXTS)})")
-    rt = SegmentationRuntime.load(cfg.model_dir, cfg.device, cfg.variant)
-    dst.mkdir(parents=True, exist_ok=True)
     todo = [p for p in images if not (dst / f"{p.stem}.png").exists()]
-    counts = {"done": 0, "skipped": len(images) - len(todo), "failed": 0}
+    return dst, todo, len(images) - len(todo)
+
+
+def _local_batches(cfg: PredictConfig, todo: list[Path]):
+    rt = SegmentationRuntime.load(cfg.model_dir, cfg.device, cfg.variant)  # fails here, before any output
+
+    def batches():
+        for i in range(0, len(todo), cfg.batch_size):
+            items, unread = [], []
+            for p in todo[i:i + cfg.batch_size]:
+                try:
+                    items.append((p.name, p.read_bytes()))
+                except OSError as exc:
+                    unread.append(Result(p.name, error=f"cannot read: {exc.strerror}"))
+            yield unread + segment_items(rt, items, tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv,
+                                         batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
+
+    return batches()
+
+
+def predict_folder(cfg: PredictConfig) -> dict:
+    """Segment every image in `cfg.input_dir` into `cfg.output_dir`; returns counts (done, skipped, failed)."""
+    dst, todo, skipped = _plan(cfg)
+    if cfg.ray is not None:
+        from .ray_predict import ray_batches
+
+        batches = ray_batches(cfg, todo) if todo else iter(())
+    else:
+        batches = _local_batches(cfg, todo)
+    counts = {"done": 0, "skipped": skipped, "failed": 0}
+    dst.mkdir(parents=True, exist_ok=True)
     rows = []
     bar = _progress(len(todo))
-
-    def save(path: Path, img, mask):
-        (dst / f"{path.stem}.png").write_bytes(imaging.palette_png(mask, rt.meta.colours))
-        if cfg.overlays:
-            (dst / f"{path.stem}.overlay.png").write_bytes(imaging.overlay_png(img, mask, rt.meta.colours))
-        if cfg.csv:
-            s = imaging.class_stats(mask, rt.meta.classes)
-            rows.append({"image": path.name, "width": s["width"], "height": s["height"], **{c["name"]: round(c["fraction"], 6) for c in s["classes"]}})
-
-    pending: list[tuple[Path, object]] = []
-
-    def flush():
-        if not pending:
-            return
-        batch = np.stack([imaging.resize_to_model(img, rt.meta.input_size) for _, img in pending])
-        for (path, img), m in zip(pending, rt.run(batch)):
-            save(path, img, imaging.resize_mask(m, img.size))
+    for results in batches:
+        for r in results:
+            stem = Path(r.name).stem
+            if r.error:
+                print(f"skipped {r.name}: {r.error}", file=sys.stderr, flush=True)
+                counts["failed"] += 1
+                continue
+            if r.overlay_png:
+                (dst / f"{stem}.overlay.png").write_bytes(r.overlay_png)
+            if r.row is not None:
+                rows.append({"image": r.name, **r.row})
+            (dst / f"{stem}.png").write_bytes(r.mask_png)  # last: its presence marks the image done
             counts["done"] += 1
-        bar.update(len(pending))
-        pending.clear()
-
-    for path in todo:
-        try:
-            img = imaging.decode_image(path.read_bytes(), max_bytes=10**10, max_pixels=cfg.max_pixels)
-        except (imaging.ImageError, OSError) as exc:
-            print(f"skipped {path.name}: {exc}", file=sys.stderr, flush=True)
-            counts["failed"] += 1
-            bar.update(1)
-            continue
-        if cfg.tile:
-            overlap = tiling.default_overlap(rt.meta.input_size)
-            mask = tiling.segment_tiled(np.asarray(img), rt.run, rt.meta.input_size, overlap, rt.meta.n_classes, cfg.batch_size)
-            save(path, img, mask)
-            counts["done"] += 1
-            bar.update(1)
-            continue
-        pending.append((path, img))
-        if len(pending) == cfg.batch_size:
-            flush()
-    flush()
+        bar.update(len(results))
     bar.close()
     if cfg.csv and rows:
         out = dst / "classes.csv"
