@@ -36,7 +36,10 @@ def test_report_markdown_has_every_section():
                    "fraction_of_peak": 0.4},
          "service": {"batching on": [row], "batching off": [row]}, "raw_ort_b1": 100.0, "raw_ort_b8": 120.0,
          "profile": {"decode": 1.0}, "naive": {**row, "rps": 10.0}, "cold_start_s": [1.0, 2.0], "cost_per_pixel": [{"size": 128, "p50_ms": 5.0, "us_per_kpixel": 300.0}]}
+    r["server_cpu"] = {"PNG": {"server_cpu_ms_per_request": 9.0, "model_cpu_ms_per_image": 4.0, "overhead_cpu_ms_per_request": 5.0, "rps": 100.0}}
+    r["layers"] = [{"format": "PNG", "rps": 100.0, "errors": 0, "layers": {"decode + validate upload (Pillow)": 2.0}}]
     md = to_markdown(r, [])
+    assert "overhead beyond the model 5.00 ms (goal <= 2 ms: missed by 2.5x)" in md and "| decode + validate upload (Pillow) | 2.00 |" in md
     for heading in ("## 1. Model", "## 2. Service", "## 3. Naive fastai server", "## 4. Cold start", "## 5. Cost per pixel"):
         assert heading in md
     assert "5.0x throughput" in md and "0.50" in md  # 50 / 100 raw ORT
@@ -59,3 +62,21 @@ def test_locust_kit_runs_headless_against_a_real_server(rule_model_dir):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
     assert "/segment" in out and "/stats" in out and "Aggregated" in out
+
+
+def test_profile_layers_charge_each_sample_to_the_nearest_known_frame(tmp_path):
+    from benchmarks.profile_service import RATE, aggregate, classify, to_markdown as layers_md
+
+    assert classify(["Runner.run (asyncio/runners.py:118)", "EdgeMiddleware.__call__ (serving/service.py:1)",
+                     "SegmentationService.answer (serving/service.py:2)", "decode_image (serving/imaging.py:3)",
+                     "ImageFile.load (PIL/ImageFile.py:4)"]) == "decode + validate upload (Pillow)"
+    assert classify(["WorkerThread.run (x.py:1)", "SegmentationRuntime.run (serving/runtime.py:1)", "Session.run (x.py:2)"]).startswith("model")
+    assert classify(["OpenTelemetryMiddleware.__call__ (asgi/__init__.py:7)", "Span.start (sdk/trace.py:1)"]) == "BentoML: OpenTelemetry tracing"
+    assert classify(["main (m.py:1)", "something_unknown (z.py:1)"]) == "other"
+    raw = tmp_path / "stacks.txt"
+    raw.write_text(f"process 1;Runner.run (asyncio/runners.py:118);decode_image (serving/imaging.py:3) {RATE}\n"
+                   f"process 1;Thread.run (t.py:1);Session.run (ort.py:9) {2 * RATE}\n")
+    ms = aggregate(raw, n_requests=10)  # 1 s and 2 s of samples over 10 requests
+    assert ms == {"model: ONNX Runtime run (batch of 8)": 200.0, "decode + validate upload (Pillow)": 100.0}
+    md = layers_md([{"format": "PNG", "rps": 5.0, "errors": 0, "layers": ms}])
+    assert "| decode + validate upload (Pillow) | 100.00 |" in md and "**100.00**" in md  # model rows not in the overhead sum
