@@ -41,6 +41,13 @@ _FIELD_NAME = re.compile(rb'(?i)content-disposition:\s*form-data;[^\r\n]*?\bname
 _FIELDS = {"/stats": {"image", "rle", "tile"}, "/segment": {"image", "tile"}, "/overlay": {"image", "tile"}}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 RETRY_AFTER_S = "1"
+
+
+def admit(in_flight: int, seconds_per_image: float, max_latency_s: float) -> bool:
+    """Admission control: take a request only if the images ahead of it, at the measured model time per
+    image, would be done within max latency. Beyond that the batcher would shed it anyway, but only after
+    it had waited max_latency_ms; refusing at the door answers 503 in milliseconds and spends no decode."""
+    return (in_flight + 1) * seconds_per_image <= max_latency_s
 _batch_hist = bentoml.metrics.Histogram(
     name="seg_batch_size", documentation="Images per ONNX Runtime call (adaptive batching)",
     buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
@@ -48,6 +55,11 @@ _batch_hist = bentoml.metrics.Histogram(
 _infer_hist = bentoml.metrics.Histogram(
     name="seg_batch_seconds", documentation="Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3],
 )
+
+
+def _overloaded() -> JSONResponse:
+    return JSONResponse({"error": "server is overloaded: retry after the Retry-After delay"}, status_code=503,
+                        headers={"Retry-After": RETRY_AFTER_S})
 
 
 def _unauthorized() -> JSONResponse:
@@ -216,6 +228,11 @@ class SegmentationService:
         t = time.perf_counter()
         self.runtime.warmup(range(1, self.config.max_batch_size + 1))
         log.warning("warm-up of batch sizes 1..%d took %.2f s", self.config.max_batch_size, time.perf_counter() - t)
+        self._in_flight = 0  # requests admitted and not yet answered (the event loop is single-threaded)
+        full = np.zeros((self.config.max_batch_size, *self.meta.input_size, 3), np.uint8)
+        t = time.perf_counter()
+        self.runtime.run(full)
+        self._s_per_image = (time.perf_counter() - t) / len(full)  # then a moving average of real batches
         self._ready = True
 
     def __is_ready__(self) -> bool:
@@ -225,8 +242,10 @@ class SegmentationService:
         batch = np.stack(items)
         t = time.perf_counter()
         masks = await anyio.to_thread.run_sync(self.runtime.run, batch)
+        took = time.perf_counter() - t
+        self._s_per_image = 0.9 * self._s_per_image + 0.1 * took / len(items)
         _batch_hist.observe(len(items))
-        _infer_hist.observe(time.perf_counter() - t)
+        _infer_hist.observe(took)
         return list(masks)
 
     async def answer(self, route: str, data: bytes, *, authorization: str, query: dict, form: dict) -> Response:
@@ -240,6 +259,15 @@ class SegmentationService:
             if str(raw).lower() not in _BOOLS:
                 return JSONResponse({"error": f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false"}, status_code=400)
             flags[name] = _BOOLS[str(raw).lower()]
+        if not admit(self._in_flight, self._s_per_image, self.config.max_latency_ms / 1000):
+            return _overloaded()
+        self._in_flight += 1
+        try:
+            return await self._answer(route, data, flags)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer(self, route: str, data: bytes, flags: dict) -> Response:
         try:
             img = imaging.decode_image(data, max_bytes=self.config.max_bytes, max_pixels=self.config.max_pixels)
         except imaging.ImageError as exc:
@@ -250,8 +278,7 @@ class SegmentationService:
         else:
             mask = await self._dispatch(imaging.resize_to_model(img, self.meta.input_size))
         if mask is _SHED:
-            return JSONResponse({"error": "server is overloaded: retry after the Retry-After delay"}, status_code=503,
-                                headers={"Retry-After": RETRY_AFTER_S})
+            return _overloaded()
         mask = imaging.resize_mask(mask, img.size)
         if route == "/segment":
             return Response(imaging.palette_png(mask, self.meta.colours), media_type="image/png")
