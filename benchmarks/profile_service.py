@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import os
 import subprocess
 import sys
 import tempfile
@@ -105,7 +106,8 @@ def to_markdown(profiles: list[dict]) -> str:
     L = [f"# Where a request's time goes ({dt.date.today().isoformat()})", "",
          "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post 256 px photos "
          "to /segment (int8 model, batches of 8). ms of thread time per request; see benchmarks/profile_service.py "
-         "for the rules and what thread time means on 2 shared cores.", ""]
+         "for the rules and what thread time means on 2 shared cores.", "",
+         "Server settings: " + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_FAST_PATH", "SEG_ORT_SPIN")) + ".", ""]
     names = list(dict.fromkeys(k for p in profiles for k in p["layers"]))
     L += ["| layer | " + " | ".join(f"{p['format']} upload" for p in profiles) + " |", "|---|" + "---|" * len(profiles)]
     for k in names:

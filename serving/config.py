@@ -54,6 +54,7 @@ class ServeConfig:
     max_concurrency: int = 256
     access_log: str = "true"
     fast_path: str = "true"
+    tracing: str = "true"  # false: BentoML's OpenTelemetry middleware skips the inference routes
 
     def __post_init__(self):
         if self.device not in ("auto", "cuda", "cpu"):
@@ -63,6 +64,9 @@ class ServeConfig:
         for name in ("workers", "max_batch_size", "max_latency_ms", "max_bytes", "max_pixels", "max_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
+        for name in ("access_log", "fast_path", "tracing"):
+            if getattr(self, name).lower() not in ("true", "false"):
+                raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)!r}: use true or false")
         if self.tile_above < 0 or self.tile_overlap < 0:
             raise ConfigError("SEG_TILE_ABOVE and SEG_TILE_OVERLAP must be >= 0")
         if self.threads < 0:

@@ -204,6 +204,8 @@ if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3]:
     traffic={"timeout": 60, "max_concurrency": CONFIG.max_concurrency},  # beyond: BentoML's 503 (+ our Retry-After)
     http={"port": 3000},
     logging={"access": {"enabled": CONFIG.access_log.lower() != "false"}},
+    # BentoML 1.4 always installs the OpenTelemetry middleware; its exclude list is the one way to skip it
+    tracing={"excluded_urls": [] if CONFIG.tracing.lower() != "false" else ["/segment", "/overlay", "/stats"]},
 )
 @bentoml.asgi_app(_info_app(), path="/model")
 class SegmentationService:

@@ -21,6 +21,8 @@ def test_defaults_and_overrides():
     ({"SEG_DEVICE": "tpu"}, "use auto, cuda or cpu"),
     ({"SEG_VARIANT": "int4"}, "use auto, fp32, int8 or fp16"),
     ({"SEG_THREADS": "64", "SEG_WORKERS": "2"}, "exceeds the"),
+    ({"SEG_TRACING": "off"}, "SEG_TRACING='off': use true or false"),
+    ({"SEG_ACCESS_LOG": "0"}, "SEG_ACCESS_LOG='0': use true or false"),
 ])
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(ConfigError, match="SEG_") as e:
@@ -32,3 +34,16 @@ def test_token_check():
     assert ServeConfig().token_ok("")
     c = ServeConfig(api_token="s3cret")
     assert c.token_ok("Bearer s3cret") and not c.token_ok("Bearer s3cre") and not c.token_ok("")
+
+
+@pytest.mark.parametrize("value,excluded", [("false", ["/segment", "/overlay", "/stats"]), ("true", [])])
+def test_tracing_switch_reaches_bentoml_service_config(value, excluded):
+    import os
+    import subprocess
+    import sys
+
+    code = "from serving.service import SegmentationService as S; print(S.config['tracing']['excluded_urls'])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SEG_TRACING": value})
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert r.stdout.strip().splitlines()[-1] == str(excluded)
