@@ -126,6 +126,7 @@ def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
 
     import onnxruntime as ort
 
+    from serving.runtime import session_options
     from training.export import _export_graph, _wrap, make_int8
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{size}-"))
@@ -133,13 +134,9 @@ def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
     _export_graph(_wrap(learn.model, meta["mean"], meta["std"], probs=True), (size, size), fp32, True, "auto")
     crops = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in photos(size)] * 2)
     make_int8(fp32, int8, crops, crops[:4])
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SEG_ORT_SPIN", "0"))
     out = {}
     for name, path in (("ORT fp32", fp32), ("ORT int8", int8)):
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         out[name] = lambda x, sess=sess: sess.run(["mask"], {"image": x})[0]
     return out
 

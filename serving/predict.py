@@ -12,6 +12,7 @@ skipped; the exit code is non-zero if any failed. With --ray the batches run on 
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,17 @@ def segment_items(rt: SegmentationRuntime, items: list[tuple[str, bytes]], *, ti
     return results
 
 
+def read_items(paths) -> tuple[list[tuple[str, bytes]], list[Result]]:
+    """(name, bytes) of each readable file, and a failed Result for each one that cannot be read."""
+    items, unread = [], []
+    for p in map(Path, paths):
+        try:
+            items.append((p.name, p.read_bytes()))
+        except OSError as exc:
+            unread.append(Result(p.name, error=f"cannot read on {os.uname().nodename}: {exc.strerror}"))
+    return items, unread
+
+
 def _plan(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
     """Check the arguments; returns the output folder, the images still to do and how many are done."""
     src, dst = Path(cfg.input_dir).resolve(), Path(cfg.output_dir).resolve()
@@ -129,12 +141,7 @@ def _local_batches(cfg: PredictConfig, todo: list[Path]):
 
     def batches():
         for i in range(0, len(todo), cfg.batch_size):
-            items, unread = [], []
-            for p in todo[i:i + cfg.batch_size]:
-                try:
-                    items.append((p.name, p.read_bytes()))
-                except OSError as exc:
-                    unread.append(Result(p.name, error=f"cannot read: {exc.strerror}"))
+            items, unread = read_items(todo[i:i + cfg.batch_size])
             yield unread + segment_items(rt, items, tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv,
                                          batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
 

@@ -1,7 +1,7 @@
 """Folder prediction on a Ray cluster: `python -m serving predict IN OUT --ray ADDRESS`.
 
 Ray Data streams the image paths through a pool of actors (`map_batches` with a callable class and
-`concurrency`); each actor holds one SegmentationRuntime and runs the same `segment_items` as the
+an `ActorPoolStrategy`); each actor holds one SegmentationRuntime and runs the same `segment_items` as the
 local path, so masks are identical. What has to be where:
 
 - the model: read once here and shipped through Ray's object store, so workers need no copy of it;
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict import PredictConfig, PredictError, Result, segment_items
-from .runtime import VARIANT_FILES, SegmentationRuntime
+from .predict import PredictConfig, PredictError, Result, read_items, segment_items
+from .runtime import VARIANT_FILES, SegmentationRuntime, check_model_dir
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -45,13 +45,7 @@ class Segmenter:
         self.opts = opts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items, unread = [], []
-        for path in batch["path"]:
-            name = os.path.basename(path)
-            try:
-                items.append((name, Path(path).read_bytes()))
-            except OSError as exc:
-                unread.append(Result(name, error=f"cannot read on {os.uname().nodename}: {exc.strerror}"))
+        items, unread = read_items(batch["path"])
         results = unread + segment_items(self.rt, items, **self.opts)
         return {
             "name": np.array([r.name for r in results], dtype=object),
@@ -67,10 +61,7 @@ class Segmenter:
 
 def _model_files(model_dir: Path, variant: str) -> dict[str, bytes]:
     """The files an actor needs: the metadata and the variants it may choose (all of them for "auto")."""
-    if not model_dir.is_dir():
-        raise PredictError(f"{model_dir}: model folder not found; build one with `python -m training demo`")
-    if not (model_dir / "model.onnx").is_file():
-        raise PredictError(f"{model_dir}: no model.onnx inside; pass a folder written by `python -m training export`")
+    check_model_dir(model_dir)
     wanted = set(VARIANT_FILES.values()) if variant == "auto" else {"model.onnx", VARIANT_FILES[variant]}
     return {p.name: p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file() and (p.name in wanted or p.suffix == ".json")}
 
@@ -92,7 +83,6 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
 
 def connect(address: str) -> None:
     """Join (or, for "local", start) a Ray cluster with this package shipped to its workers."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # else Ray's C++ client logs every retry
     try:
         import ray
     except ImportError:

@@ -122,6 +122,32 @@ def _pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> str:
     return "fp32"
 
 
+def check_model_dir(model_dir: Path | str) -> Path:
+    """The folder exists and holds model.onnx, or a one-line ContractError says what to do."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ContractError(f"{model_dir}: model folder not found; set SEG_MODEL_DIR or build one with `python -m training demo`")
+    if not (model_dir / "model.onnx").is_file():
+        raise ContractError(f"{model_dir}: no model.onnx inside; set SEG_MODEL_DIR to a folder written by `python -m training export`")
+    return model_dir
+
+
+def session_options(threads: int | None = None):
+    """The serving session options: every graph optimisation, `threads` intra-op threads, no spinning."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    # ORT's idle worker threads spin-wait by default: in a server they burn the cores that decode,
+    # encode and the event loop need between batches. SEG_ORT_SPIN=1 restores spinning.
+    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SEG_ORT_SPIN", "0"))
+    return so
+
+
 class SegmentationRuntime:
     """One ONNX Runtime session over an exported model; `run` maps (N, H, W, 3) uint8 -> (N, H, W) uint8."""
 
@@ -139,26 +165,14 @@ class SegmentationRuntime:
         `available` and `_session_factory` exist for tests (faked provider availability)."""
         import onnxruntime as ort
 
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ContractError(f"{model_dir}: model folder not found; set SEG_MODEL_DIR or build one with `python -m training demo`")
-        if not (model_dir / "model.onnx").is_file():
-            raise ContractError(f"{model_dir}: no model.onnx inside; set SEG_MODEL_DIR to a folder written by `python -m training export`")
+        model_dir = check_model_dir(model_dir)
         ort.set_default_logger_severity(4)  # the CUDA-load failure is reported by us, in one line
         available = ort.get_available_providers() if available is None else available
         providers = choose_providers(device, available)
         wants_cuda = any(isinstance(p, tuple) for p in providers)
         chosen = _pick_variant(model_dir, variant, wants_cuda)
         path = model_dir / VARIANT_FILES[chosen]
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        # ORT's idle worker threads spin-wait by default: in a server they burn the cores that decode,
-        # encode and the event loop need between batches. SEG_ORT_SPIN=1 restores spinning.
-        so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SEG_ORT_SPIN", "0"))
+        so = session_options(threads)
         factory = _session_factory or ort.InferenceSession
         try:
             session = factory(str(path), so, providers=providers)

@@ -48,6 +48,8 @@ def admit(in_flight: int, seconds_per_image: float, max_latency_s: float) -> boo
     image, would be done within max latency. Beyond that the batcher would shed it anyway, but only after
     it had waited max_latency_ms; refusing at the door answers 503 in milliseconds and spends no decode."""
     return (in_flight + 1) * seconds_per_image <= max_latency_s
+
+
 _batch_hist = bentoml.metrics.Histogram(
     name="seg_batch_size", documentation="Images per ONNX Runtime call (adaptive batching)",
     buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
