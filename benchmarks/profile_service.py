@@ -29,15 +29,20 @@ RATE = 200
 # that matches any rule owns the sample, rules earlier in this list win on the same frame.
 LAYERS = [
     ("model: ONNX Runtime run (batch of 8)", "Session.run"),
-    ("model: batch assembly (np.stack) + split", "_infer_batch"),
+    ("model: batch assembly (np.stack) + split", "Batcher."),
     ("batch queue: worker thread idle", "Queue.get"),
+    ("decode + validate upload (Pillow)", "load_rgb"),
+    ("decode + validate upload (Pillow)", "open_image"),
     ("decode + validate upload (Pillow)", "decode_image"),
     ("squish to model size (Pillow)", "resize_to_model"),
     ("mask back to upload size", "resize_mask"),
     ("palette PNG encode (Pillow)", "palette_png"),
     ("stats / overlay / RLE", "class_stats"),
-    ("multipart parse + edge checks (ours)", "_multipart_fields"),
-    ("multipart parse + edge checks (ours)", "EdgeMiddleware"),
+    ("multipart parse (python-multipart) + gate, admission (ours)", "read_upload"),
+    ("multipart parse (python-multipart) + gate, admission (ours)", "python_multipart"),
+    ("multipart parse (python-multipart) + gate, admission (ours)", "formparsers"),
+    ("multipart parse (python-multipart) + gate, admission (ours)", "Gate."),
+    ("multipart parse (python-multipart) + gate, admission (ours)", "serving/service.py"),
     ("BentoML: OpenTelemetry tracing", "OpenTelemetry"),
     ("BentoML: OpenTelemetry tracing", "opentelemetry"),
     ("BentoML: OpenTelemetry tracing", "otel_"),
@@ -107,7 +112,7 @@ def to_markdown(profiles: list[dict]) -> str:
          "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post 256 px photos "
          "to /segment (int8 model, batches of 8). ms of thread time per request; see benchmarks/profile_service.py "
          "for the rules and what thread time means on 2 shared cores.", "",
-         "Server settings: " + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_FAST_PATH", "SEG_ORT_SPIN")) + ".", ""]
+         "Server settings: " + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN")) + ".", ""]
     names = list(dict.fromkeys(k for p in profiles for k in p["layers"]))
     L += ["| layer | " + " | ".join(f"{p['format']} upload" for p in profiles) + " |", "|---|" + "---|" * len(profiles)]
     for k in names:

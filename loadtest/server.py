@@ -15,34 +15,46 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
+class ServerError(RuntimeError):
+    """The server did not come up; the message is one line saying why (and where its log is)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, what: str = "bentoml serve") -> None:
+    """Poll `url`/readyz until it answers 200. The port accepts connections before the workers have
+    warmed up, so slow or refused answers both mean "not yet"; a dead process or the deadline raise
+    ServerError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            if requests.get(url + "/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(f"{what} not ready after {timeout:.0f} s at {url}")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def served(model_dir: Path, timeout: float = 120.0, log_path: Path | None = None, **env):
-    """Yield the base URL of a `bentoml serve` of `model_dir`; stops it afterwards. Raises if not ready in time."""
+def served(model_dir: Path, timeout: float = 120.0, log_path: Path | None = None, cwd: Path = ROOT, **env):
+    """Yield the `bentoml serve` process of `model_dir` (its `.url` is the base URL); stops it afterwards.
+    `cwd` is the checkout whose `serving` package runs (another worktree for before/after runs)."""
     port = free_port()
     full_env = {**os.environ, "SEG_MODEL_DIR": str(model_dir), "BENTOML_DO_NOT_TRACK": "true", **{k: str(v) for k, v in env.items()}}
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([BENTOML, "serve", "serving.service:SegmentationService", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bentoml serve not ready after {timeout} s")
-            time.sleep(0.2)
+        wait_ready(url, proc, timeout, what=f"bentoml serve of {model_dir}" + (f" (log: {log_path})" if log_path else ""))
         proc.url = url
         yield proc
     finally:

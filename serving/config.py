@@ -1,88 +1,106 @@
-"""Serving configuration: one dataclass, defaults in code, environment variables override.
+"""Serving configuration: one typed dataclass, defaults in code, `SEG_*` environment variables override.
 
-| variable            | default                  | meaning                                                        |
-|---------------------|--------------------------|----------------------------------------------------------------|
-| SEG_MODEL_DIR       | exported_models/default  | folder holding model.onnx (+ model.int8.onnx, model.fp16.onnx)   |
-| SEG_DEVICE          | auto                     | auto (CUDA if it really loads, else CPU), cuda (fail without), cpu |
-| SEG_VARIANT         | auto                     | auto (fp16 on CUDA, fp32 on CPU), fp32, int8, fp16             |
-| SEG_THREADS         | cores / workers          | ONNX Runtime intra-op threads (threads x workers <= cores)     |
-| SEG_WORKERS         | 1                        | BentoML worker processes                                       |
-| SEG_MAX_BATCH_SIZE  | 8                        | adaptive batching: largest batch (1 turns batching off)        |
-| SEG_MAX_LATENCY_MS  | 10000                    | adaptive batching: a request waiting longer is shed with 503   |
-| SEG_MAX_BYTES       | 20000000                 | largest upload accepted (413 above)                            |
-| SEG_MAX_PIXELS      | 40000000                 | largest decoded image (width x height) accepted (413 above)    |
-| SEG_API_TOKEN       | (unset)                  | when set, inference endpoints need `Authorization: Bearer ...` |
-| SEG_MAX_CONCURRENCY | 256                      | requests in flight per process; beyond it BentoML answers 503   |
-| SEG_ACCESS_LOG      | true                     | one log line per request (about 1 ms of CPU each); false drops it |
-| SEG_FAST_PATH       | true                     | answer image routes in the edge middleware (false: through BentoML's IO layer) |
-| SEG_TILE_ABOVE      | 0 (off)                  | images with more pixels than this are segmented by tiles        |
-| SEG_TILE_OVERLAP    | 0 (a quarter of the tile)| overlap between neighbouring tiles, in pixels                   |
+Every setting the service reads is a field here, and the README's configuration table lists exactly
+these (tests/serving/test_config.py checks both ways). The service reads the environment once, when
+`serving.service` is imported; a bad value never raises there: it is kept as `error` and stops
+`bentoml serve` at start-up in one line (see `SegmentationService.check_deployment`).
 """
 from __future__ import annotations
 
+import glob
 import hmac
 import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
 
 class ConfigError(ValueError):
-    """A setting has a value that cannot be used; the message names the variable."""
+    """A setting has a value that cannot be used; the message names the variable and what to use."""
 
 
-def _cores() -> int:
+def parse_bool(name: str, raw: str) -> bool:
+    """"true/1/yes/on" or "false/0/no/off" (any case) -> bool; anything else raises ConfigError naming `name`."""
+    value = str(raw).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r}: use true or false")
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
 
 
-def _has_gpu() -> bool:
+def has_gpu() -> bool:
     """An NVIDIA device node (what the container runtime mounts for a GPU). onnxruntime-gpu lists
-    CUDAExecutionProvider even without one, so the provider list cannot tell."""
-    import glob
-
+    CUDAExecutionProvider even without one, so its provider list cannot tell."""
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model_dir: Path = Path("exported_models/default")
-    device: str = "auto"
-    variant: str = "auto"
-    threads: int = 0  # 0: cores // workers
-    workers: int = 0  # 0: one per core on a CPU host, 1 where a GPU is (see resolved_workers)
-    max_batch_size: int = 8
-    max_latency_ms: int = 10000
-    max_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000
-    api_token: str | None = None
-    tile_above: int = 0
-    tile_overlap: int = 0
-    max_concurrency: int = 256
-    access_log: str = "true"
-    fast_path: str = "true"
-    tracing: str = "true"  # false: BentoML's OpenTelemetry middleware skips the inference routes
+    """What `bentoml serve serving.service:SegmentationService` does; each field is `SEG_<NAME>`."""
+
+    model_dir: Path = Path("exported_models/default")  # folder with model.onnx (+ variants)
+    device: str = "auto"  # auto | cuda | cpu
+    variant: str = "auto"  # auto (int8 on CPU when exported, fp16 on CUDA, else fp32) | fp32 | int8 | fp16
+    threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
+    workers: int = 0  # worker processes; 0 = one per core on a CPU host, 1 where a GPU is
+    ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (its own default is on)
+    max_batch_size: int = 8  # largest batch per ONNX Runtime call (1 = no batching)
+    max_latency_ms: int = 10_000  # admission: the model work queued ahead of a request must fit this
+    max_concurrency: int = 256  # requests in flight per worker; beyond, 429 + Retry-After
+    max_tiles: int = 2048  # model inputs (tiles) one request may need; beyond, 413
+    max_bytes: int = 20_000_000  # largest upload (413 above)
+    max_pixels: int = 40_000_000  # largest image, width x height, read from the header (413 above)
+    timeout_s: int = 300  # BentoML's per-request timeout (504); must exceed the largest admitted request
+    offload_pixels: int = 1_000_000  # images above this many pixels are decoded/resized/encoded off the event loop
+    tile_above: int = 0  # tile automatically above this many pixels (0 = only with ?tile=true)
+    tile_overlap: int = 0  # overlap between neighbouring tiles in pixels (0 = a quarter of a tile)
+    api_token: str = ""  # when set, the inference routes and /model need `Authorization: Bearer <token>`
+    access_log: bool = True  # BentoML's access log line per request
+    tracing: bool = True  # BentoML's OpenTelemetry spans for the inference routes
 
     def __post_init__(self):
         if self.device not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"SEG_DEVICE={self.device!r}: use auto, cuda or cpu")
         if self.variant not in ("auto", "fp32", "int8", "fp16"):
             raise ConfigError(f"SEG_VARIANT={self.variant!r}: use auto, fp32, int8 or fp16")
-        if self.workers < 0:
-            raise ConfigError(f"SEG_WORKERS={self.workers}: must be >= 0 (0 = one per core on CPU, 1 on GPU)")
-        for name in ("max_batch_size", "max_latency_ms", "max_bytes", "max_pixels", "max_concurrency"):
+        for name in ("threads", "workers", "tile_above", "tile_overlap", "offload_pixels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be >= 0")
+        for name in ("max_batch_size", "max_latency_ms", "max_concurrency", "max_tiles", "max_bytes", "max_pixels", "timeout_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
-        for name in ("access_log", "fast_path", "tracing"):
-            if getattr(self, name).lower() not in ("true", "false"):
-                raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)!r}: use true or false")
-        if self.tile_above < 0 or self.tile_overlap < 0:
-            raise ConfigError("SEG_TILE_ABOVE and SEG_TILE_OVERLAP must be >= 0")
-        if self.threads < 0:
-            raise ConfigError(f"SEG_THREADS={self.threads}: must be >= 0 (0 = cores / workers)")
-        if self.threads * self.resolved_workers > _cores():
-            raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {_cores()} cores; lower one of them")
+        if self.timeout_s * 1000 <= self.max_latency_ms:
+            raise ConfigError(f"SEG_TIMEOUT_S={self.timeout_s} must exceed SEG_MAX_LATENCY_MS={self.max_latency_ms} (in seconds), "
+                              "or admitted requests could time out")
+        if self.threads * self.resolved_workers > cores():
+            raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {cores()} cores; lower one of them")
+
+    @property
+    def resolved_workers(self) -> int:
+        """Worker processes. Unset on a CPU host: one per core, each with one ONNX Runtime thread (measured
+        here: +25-45 % req/s at concurrency 16-32 over one process with two threads, ~15 % less at
+        concurrency 1). Where a GPU is (SEG_DEVICE=cuda, or auto with an NVIDIA device node): one, so one
+        CUDA context."""
+        if self.workers:
+            return self.workers
+        if self.device == "cuda" or (self.device == "auto" and has_gpu()):
+            return 1
+        return max(1, cores() // max(self.threads, 1))
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.threads or max(1, cores() // self.resolved_workers)
 
     def token_ok(self, authorization: str) -> bool:
         """True when no token is set, or the Authorization header carries it (constant-time compare)."""
@@ -90,37 +108,43 @@ class ServeConfig:
             return True
         return hmac.compare_digest(authorization.encode(), f"Bearer {self.api_token}".encode())
 
-    @property
-    def resolved_workers(self) -> int:
-        """Worker processes. Unset on a CPU host: one per core, each with one ONNX Runtime thread; measured
-        here at concurrency 16-32 that beats one process with two threads by 25-45 % (decode, encode and
-        HTTP of one request overlap the model run of another), at ~15 % less at concurrency 1. Where a
-        GPU is (SEG_DEVICE=cuda, or auto with an NVIDIA device node): one, so one CUDA context."""
-        if self.workers:
-            return self.workers
-        if self.device == "cuda" or (self.device == "auto" and _has_gpu()):
-            return 1
-        return max(1, _cores() // max(self.threads, 1))
-
-    @property
-    def intra_op_threads(self) -> int:
-        return self.threads or max(1, _cores() // self.resolved_workers)
+    @classmethod
+    def env_names(cls) -> list[str]:
+        """Every environment variable the service reads."""
+        return [f"SEG_{f.name.upper()}" for f in fields(cls)]
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "ServeConfig":
+    def from_env(cls, env: typing.Mapping[str, str] | None = None) -> "ServeConfig":
+        """Defaults overridden by the `SEG_*` variables of `env` (default: os.environ); ConfigError names a bad one."""
         env = os.environ if env is None else env
         kwargs = {}
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            raw = env.get(f"SEG_{f.name.upper()}")
+            name = f"SEG_{f.name.upper()}"
+            raw = env.get(name)
             if raw is None or raw == "":
                 continue
-            if f.type in ("int", int):
+            kind = hints[f.name]
+            if kind is bool:
+                kwargs[f.name] = parse_bool(name, raw)
+            elif kind is int:
                 try:
                     kwargs[f.name] = int(raw)
                 except ValueError:
-                    raise ConfigError(f"SEG_{f.name.upper()}={raw!r}: must be an integer") from None
-            elif f.name == "model_dir":
+                    raise ConfigError(f"{name}={raw!r}: must be an integer") from None
+            elif kind is Path:
                 kwargs[f.name] = Path(raw)
             else:
                 kwargs[f.name] = raw
         return cls(**kwargs)
+
+    @classmethod
+    def load(cls, env: typing.Mapping[str, str] | None = None) -> tuple["ServeConfig", ConfigError | None]:
+        """(config, None), or (the defaults, the error) when a setting is bad: the caller decides when to stop."""
+        try:
+            return cls.from_env(env), None
+        except ConfigError as exc:
+            return cls(), exc
+
+
+__all__ = ["ConfigError", "ServeConfig", "cores", "has_gpu", "parse_bool"]

@@ -12,6 +12,11 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+try:  # libspng: a faster decoder for the common 8-bit RGB(A) PNG (optional; Pillow otherwise)
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - platforms without a wheel
+    _spng = None
+
 # Our own pixel cap (checked from the header, before any pixel is decoded) replaces Pillow's.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -29,12 +34,11 @@ class ImageError(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Upload bytes -> RGB PIL image with EXIF orientation applied (GIF/animated: first frame).
+def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Upload bytes -> a PIL image whose header has been checked, not yet decoded (cheap: no pixel is read).
 
     Raises ImageError: empty (400), over `max_bytes` (413), not an image or unsupported format (415),
-    over `max_pixels` or 0 pixels (413/400), truncated or corrupt (400), unsupported mode (415).
-    """
+    over `max_pixels` (413), 0 pixels (400), PNG chunks truncated or corrupt (400)."""
     if not data:
         raise ImageError("empty upload: send the image file in the multipart field `image`")
     if len(data) > max_bytes:
@@ -57,6 +61,19 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
             Image.open(io.BytesIO(data)).verify()
         except Exception as exc:
             raise ImageError(f"PNG data is truncated or corrupt ({str(exc)[:80]}): upload the complete, intact file") from None
+    return im
+
+
+def load_rgb(im: Image.Image, data: bytes) -> Image.Image:
+    """An image from `open_image` (and its bytes) -> decoded RGB with EXIF orientation applied (GIF and
+    animations: first frame). 8-bit RGB/RGBA PNGs are decoded by libspng (pyspng) where installed:
+    the same pixels in ~60 % of Pillow's time."""
+    if _spng is not None and im.format == "PNG" and im.mode in ("RGB", "RGBA") and im.getexif().get(0x0112, 1) == 1:
+        try:
+            arr = _spng.load(data)
+        except RuntimeError as exc:
+            raise ImageError(f"image data is truncated or corrupt ({str(exc)[:80]}): upload the complete file") from None
+        return Image.fromarray(np.ascontiguousarray(arr[..., :3]) if arr.shape[-1] == 4 else arr, "RGB")
     try:
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
@@ -70,6 +87,17 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
     except Exception:  # a broken EXIF block must not lose the image: keep the stored orientation
         pass
     return to_rgb(im)
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Upload bytes -> RGB PIL image with EXIF orientation applied: `open_image` then `load_rgb`."""
+    return load_rgb(open_image(data, max_bytes=max_bytes, max_pixels=max_pixels), data)
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(W, H) as displayed: width and height swap when the EXIF orientation rotates by 90 degrees."""
+    w, h = im.size
+    return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

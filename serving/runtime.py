@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,14 +111,20 @@ def choose_providers(device: str, available: list[str], device_id: int = 0) -> l
     raise ContractError(f"device {device!r}: use auto, cuda or cpu")
 
 
-def _pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> str:
+def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str]:
+    """(variant, why): `auto` serves fp16 on CUDA and the export's int8 on CPU when those files exist
+    (export writes model.int8.onnx only when it passed its agreement gate), fp32 otherwise."""
     if variant != "auto":
         if not (model_dir / VARIANT_FILES[variant]).is_file():
             raise ContractError(f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it (--{variant}) or use SEG_VARIANT=auto")
-        return variant
-    if on_cuda and (model_dir / VARIANT_FILES["fp16"]).is_file():
-        return "fp16"
-    return "fp32"
+        return variant, f"SEG_VARIANT={variant}"
+    if on_cuda:
+        if (model_dir / VARIANT_FILES["fp16"]).is_file():
+            return "fp16", "auto: fp16 on CUDA"
+        return "fp32", "auto: CUDA, and the export made no model.fp16.onnx"
+    if (model_dir / VARIANT_FILES["int8"]).is_file():
+        return "int8", "auto: int8 on CPU (the export kept model.int8.onnx after its agreement gate)"
+    return "fp32", "auto: CPU, and the export kept no model.int8.onnx"
 
 
 def check_model_dir(model_dir: Path | str) -> Path:
@@ -132,8 +137,9 @@ def check_model_dir(model_dir: Path | str) -> Path:
     return model_dir
 
 
-def session_options(threads: int | None = None):
-    """The serving session options: every graph optimisation, `threads` intra-op threads, no spinning."""
+def session_options(threads: int | None = None, spin: bool = False):
+    """The serving session options: every graph optimisation, `threads` intra-op threads, no spin-waiting
+    unless `spin`."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -143,23 +149,24 @@ def session_options(threads: int | None = None):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     # ORT's idle worker threads spin-wait by default: in a server they burn the cores that decode,
-    # encode and the event loop need between batches. SEG_ORT_SPIN=1 restores spinning.
-    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SEG_ORT_SPIN", "0"))
+    # encode and the event loop need between batches. SEG_ORT_SPIN=true restores spinning.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
 
 class SegmentationRuntime:
     """One ONNX Runtime session over an exported model; `run` maps (N, H, W, 3) uint8 -> (N, H, W) uint8."""
 
-    def __init__(self, session, meta: ModelMeta, variant: str, path: Path):
+    def __init__(self, session, meta: ModelMeta, variant: str, path: Path, variant_reason: str = ""):
         self.session, self.meta, self.variant, self.path = session, meta, variant, path
+        self.variant_reason = variant_reason
         self.provider = session.get_providers()[0]
         self._outputs = [o.name for o in session.get_outputs()]
         self._io_binding = self.provider == "CUDAExecutionProvider"  # inputs/outputs cross to the GPU once per batch
 
     @classmethod
     def load(cls, model_dir: Path | str, device: str = "auto", variant: str = "auto", threads: int | None = None,
-             available: list[str] | None = None, _session_factory=None) -> "SegmentationRuntime":
+             spin: bool = False, available: list[str] | None = None, _session_factory=None) -> "SegmentationRuntime":
         """Open the model in `model_dir` on `device` ("auto" | "cuda" | "cpu"), checking its contract.
 
         `available` and `_session_factory` exist for tests (faked provider availability)."""
@@ -170,16 +177,16 @@ class SegmentationRuntime:
         available = ort.get_available_providers() if available is None else available
         providers = choose_providers(device, available)
         wants_cuda = any(isinstance(p, tuple) for p in providers)
-        chosen = _pick_variant(model_dir, variant, wants_cuda)
+        chosen, why = pick_variant(model_dir, variant, wants_cuda)
         path = model_dir / VARIANT_FILES[chosen]
-        so = session_options(threads)
+        so = session_options(threads, spin)
         factory = _session_factory or ort.InferenceSession
         try:
             session = factory(str(path), so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             if variant == "auto" and chosen == "fp16" and device == "auto":
                 log.warning("%s did not load (%s); using fp32 on CPU", path, exc.__class__.__name__)
-                return cls.load(model_dir, "cpu", "fp32", threads, available, _session_factory)
+                return cls.load(model_dir, "cpu", "auto", threads, spin, available, _session_factory)
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
             raise ContractError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the model") from None
         in_use = session.get_providers()
@@ -187,12 +194,12 @@ class SegmentationRuntime:
             if device == "cuda":
                 raise ContractError("SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu")
             log.warning("CUDA execution provider listed but not usable here; running on CPU")
-            if variant == "auto" and chosen == "fp16":  # fp16 is for GPUs; reload fp32 on CPU
-                return cls.load(model_dir, "cpu", "fp32", threads, available, _session_factory)
+            if variant == "auto" and chosen == "fp16":  # fp16 is for GPUs; reload the CPU choice
+                return cls.load(model_dir, "cpu", "auto", threads, spin, available, _session_factory)
         _check_io(session, path)
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
-        rt = cls(session, meta, chosen, path)
-        log.warning("model %s: provider %s, variant %s, input %s, classes %s", path, rt.provider, chosen, meta.input_size, ", ".join(meta.classes))
+        rt = cls(session, meta, chosen, path, why)
+        log.warning("model %s: provider %s, variant %s (%s), input %s, classes %s", path, rt.provider, chosen, why, meta.input_size, ", ".join(meta.classes))
         return rt
 
     def run(self, images: np.ndarray) -> np.ndarray:

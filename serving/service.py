@@ -1,344 +1,300 @@
-"""The BentoML service: HTTP in, batched ONNX Runtime, PNG/JSON out. It wires pure functions together.
+"""The BentoML service: one request path from HTTP to ONNX Runtime and back, on BentoML's public API.
 
-Batching: every request's image (already decoded and squished to the model size) goes through one
-`CorkDispatcher`, BentoML's own adaptive-batching dispatcher, held in this process. We do not route it
-through a `batchable=True` API called from another API: in BentoML that call goes through the service's
-internal proxy, which serialises the arrays to JSON (1.4.30) or loses 4-10 % of requests under load
-(aiohttp disconnects, 1.4.31+, BentoML issue 5540). Calling the dispatcher directly keeps its algorithm
-(latency-aware batch windows, `max_batch_size`, load shedding after `max_latency_ms`) with zero copies.
+    POST /segment | /overlay | /stats                                     (the three @bentoml.api methods)
+      1. gate: bearer token (401), requests in flight on this worker (429)      serving.http.Gate
+      2. body: multipart by python-multipart with limits (400, 413, 415)        ImageInput.from_http_request
+      3. plan: image header (413 pixel cap), model inputs it needs (413 SEG_MAX_TILES)
+      4. admit: the work queued ahead fits SEG_MAX_LATENCY_MS, or 503 + Retry-After  serving.batching.Admission
+      5. decode, resize to the model, batches through ONNX Runtime, mask back to the upload's size
+      6. encode: palette PNG, overlay PNG or JSON                               serving.imaging
+    GET /model                                                             (a FastAPI route, mounted)
+
+Nothing is shed after step 4: an admitted request always gets its answer. Configuration: serving/config.py.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
-import re
-import os
-import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs
-from typing import Annotated
+from types import SimpleNamespace
+from typing import Annotated, ClassVar
 
-import anyio
 import bentoml
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI, Header
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 from . import imaging, tiling
-from .config import ConfigError, ServeConfig
+from .batching import Admission, Batcher
+from .config import ServeConfig
+from .http import Gate, Problem, Upload, read_upload
 from .runtime import ContractError, SegmentationRuntime
 
 log = logging.getLogger("serving.service")
 
-try:
-    CONFIG = ServeConfig.from_env()
-except ConfigError as exc:  # a bad setting stops `bentoml serve` with one line
-    raise SystemExit(f"error: {exc}") from None
-
-_SHED = object()
-_FIELD_NAME = re.compile(rb'(?i)content-disposition:\s*form-data;[^\r\n]*?\bname="([^"]*)"')
-_FIELDS = {"/stats": {"image", "rle", "tile"}, "/segment": {"image", "tile"}, "/overlay": {"image", "tile"}}
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-RETRY_AFTER_S = "1"
+CONFIG, CONFIG_ERROR = ServeConfig.load()  # read once; a bad setting stops `bentoml serve` in check_deployment
+ROUTES = ("/segment", "/overlay", "/stats")
 
 
-def admit(in_flight: int, seconds_per_image: float, max_latency_s: float) -> bool:
-    """Admission control: take a request only if the images ahead of it, at the measured model time per
-    image, would be done within max latency. Beyond that the batcher would shed it anyway, but only after
-    it had waited max_latency_ms; refusing at the door answers 503 in milliseconds and spends no decode."""
-    return (in_flight + 1) * seconds_per_image <= max_latency_s
+class StartupError(BentoMLException):
+    """A bad setting or model: `bentoml serve` prints the message as one line and exits non-zero."""
 
 
-_batch_hist = bentoml.metrics.Histogram(
-    name="seg_batch_size", documentation="Images per ONNX Runtime call (adaptive batching)",
-    buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
-)
-_infer_hist = bentoml.metrics.Histogram(
-    name="seg_batch_seconds", documentation="Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3],
-)
+@functools.cache
+def _metrics() -> SimpleNamespace:
+    """Our Prometheus metrics, created in the worker: BentoML points prometheus_client at its multiprocess
+    directory only after the service module is imported (bentoml.metrics is deprecated for prometheus_client)."""
+    import prometheus_client as prom
+
+    return SimpleNamespace(
+        batch_size=prom.Histogram("seg_batch_size", "Model inputs per ONNX Runtime call", buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]),
+        batch_seconds=prom.Histogram("seg_batch_seconds", "Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]),
+        refused=prom.Counter("seg_refused", "Requests refused before any model work, by status", ["status"]),
+    )
 
 
-def _overloaded() -> JSONResponse:
-    return JSONResponse({"error": "server is overloaded: retry after the Retry-After delay"}, status_code=503,
-                        headers={"Retry-After": RETRY_AFTER_S})
+class ImageInput(bentoml.IODescriptor):
+    """multipart/form-data: the image file in the field `image`; options as form fields or query parameters."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ("tile",)
+    image: Path = Field(description="the photo: JPEG, PNG, WebP, BMP, TIFF or GIF (first frame); EXIF orientation is applied")
+    tile: bool = Field(False, description="segment at full resolution by overlapping tiles at the model size (also automatic above SEG_TILE_ABOVE pixels)")
+
+    @classmethod
+    async def from_http_request(cls, request, serde):
+        """The body, parsed with limits (serving.http.read_upload). A problem travels in `image` to the method, which answers it."""
+        svc = bentoml.get_current_service()
+        try:
+            upload = await read_upload(request, cls.OPTIONS, max_bytes=svc.config.max_bytes)
+        except Problem as problem:
+            return cls.model_construct(image=problem)
+        return cls.model_construct(image=upload, **upload.options)
 
 
-def _unauthorized() -> JSONResponse:
-    return JSONResponse({"error": "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`"},
-                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+class StatsInput(ImageInput):
+    """multipart/form-data: the image file in the field `image`; options as form fields or query parameters."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ("tile", "rle")
+    rle: bool = Field(False, description="add each class's mask as COCO uncompressed RLE (column-major run lengths)")
 
 
-class EdgeMiddleware:
-    """Checks at the edge, before BentoML parses anything, so bad uploads get a 4xx that says what to fix
-    (BentoML answers a malformed multipart body with 500), plus `Retry-After` on every 503 (our load
-    shedding and BentoML's own max_concurrency refusal)."""
-
-    ROUTES = tuple(_FIELDS)
-
-    def __init__(self, app):
-        self.app = app
-        config = ServeConfig.from_env()  # read when the app is built, like the service's own config
-        self.max_bytes = config.max_bytes
-        self.max_body = config.max_bytes + 65536  # multipart headers around the file
-        self.fast_path = config.fast_path.lower() != "false"
-
-    def _too_big(self, size: str) -> JSONResponse:
-        return JSONResponse({"error": f"request body is {size + ', ' if size else ''}over the {self.max_bytes}-byte upload limit: send a smaller image"},
-                            status_code=413, headers={"Connection": "close"})
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_retry(message):
-            if message["type"] == "http.response.start" and message["status"] == 503:
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"retry-after" for k, _ in headers):
-                    headers.append((b"retry-after", RETRY_AFTER_S.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        if scope["path"] == "/model":  # the info app is mounted at /model/; answer /model without a redirect
-            scope = {**scope, "path": "/model/", "raw_path": b"/model/"}
-        if scope["method"] == "POST" and scope["path"].rstrip("/") in self.ROUTES:
-            headers = dict(scope.get("headers", []))
-            ctype = headers.get(b"content-type", b"").decode("latin-1")
-            boundary = ctype.partition("boundary=")[2].split(";")[0].strip().strip('"')
-            if not ctype.lower().startswith("multipart/form-data") or not boundary:
-                return await JSONResponse({"error": f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), e.g. curl -F image=@photo.jpg"},
-                                          status_code=415)(scope, receive, send_with_retry)
-            length = headers.get(b"content-length")
-            if length and length.isdigit() and int(length) > self.max_body:
-                return await self._too_big(f"{int(length)} bytes")(scope, receive, send_with_retry)
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body:
-                    return await self._too_big("")(scope, receive, send_with_retry)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            marker = b"--" + boundary.encode("latin-1")
-            if not body.lstrip(b"\r\n").startswith(marker) or marker + b"--" not in body[-len(marker) - 64:]:
-                return await JSONResponse({"error": "malformed multipart body (boundary missing or upload cut off): send the image with a multipart client, e.g. curl -F image=@photo.jpg"},
-                                          status_code=400)(scope, receive, send_with_retry)
-            # BentoML answers unknown binary fields with 500 (it tries to JSON-decode them): name the fix here.
-            fields = _multipart_fields(body, marker)
-            names = {name for name, _ in fields}
-            allowed = _FIELDS.get(scope["path"].rstrip("/"), {"image"})
-            if "image" not in names or not names <= allowed:
-                extra = sorted(names - allowed)
-                why = f"unknown form field(s) {', '.join(map(repr, extra))}" if extra else "no form field `image`"
-                return await JSONResponse({"error": f"{why}: send the image file in the multipart field `image` (optional fields: {', '.join(sorted(allowed - {'image'}))})"},
-                                          status_code=400)(scope, receive, send_with_retry)
-            svc = bentoml.get_current_service() if self.fast_path else None
-            if svc is not None and getattr(svc, "_ready", False):
-                # Fast path: we hold the validated body already; answer here and skip BentoML's IO layer
-                # (pydantic model, temporary file per upload), which costs several ms of CPU per request.
-                # BentoML's metrics, tracing, access log, timeout and max-concurrency middlewares still wrap us.
-                data = next((content for name, content in fields if name == "image"), b"")
-                form = {name: content.decode("utf-8", "replace") for name, content in fields if name != "image"}
-                query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
-                response = await svc.answer(scope["path"].rstrip("/"), data, authorization=headers.get(b"authorization", b"").decode("latin-1"),
-                                            query=query, form=form)
-                return await response(scope, receive, send_with_retry)
-            sent = False
-
-            async def replay():
-                nonlocal sent
-                if not sent:
-                    sent = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            return await self.app(scope, replay, send_with_retry)
-        await self.app(scope, receive, send_with_retry)
+class ClassStats(BaseModel):
+    id: int
+    name: str
+    pixels: int
+    fraction: float
+    rle: dict | None = Field(None, description="with rle=true: {size: [H, W], counts: [...]}")
 
 
-def _multipart_fields(body: bytes, marker: bytes) -> list[tuple[str, bytes]]:
-    """(name, content) of each part of a multipart body whose framing EdgeMiddleware has checked. Names
-    are read from each part's own headers only: by the multipart spec CRLF + marker never occurs inside
-    content, so splitting on it first means bytes inside an uploaded file are never taken for a header."""
-    fields = []
-    for part in body.split(b"\r\n" + marker)[:-1]:
-        head, _, content = part.partition(b"\r\n\r\n")
-        if found := _FIELD_NAME.search(head):
-            fields.append((found.group(1).decode("latin-1"), content))
-    return fields
+class Stats(bentoml.IODescriptor):
+    """Per-class pixel counts of the mask at the upload's size."""
+
+    width: int
+    height: int
+    classes: list[ClassStats]
 
 
-async def _model_info(request):
-    """GET /model: the model's metadata, the provider and variant in use, and the batching settings."""
-    svc = bentoml.get_current_service()
-    if not svc.config.token_ok(request.headers.get("authorization", "")):
-        return _unauthorized()
-    return JSONResponse(svc.describe())
+PNG = Annotated[Path, bentoml.validators.ContentType("image/png")]
 
 
-def _info_app():
-    from starlette.applications import Starlette
-    from starlette.routing import Route
+@dataclass(frozen=True)
+class Plan:
+    """The model work one request needs: its inputs (1, or its tiles), and its share of the batch queue."""
 
-    return Starlette(routes=[Route("/", _model_info, methods=["GET"])])
+    inputs: int
+    share: float
+    layout: tiling.TileLayout | None = None
 
 
-def _preflight() -> None:
-    """Under `bentoml serve`, check the model once in the main process: a bad model exits in one line."""
+def _current():
     try:
-        SegmentationRuntime.load(CONFIG.model_dir, CONFIG.device, CONFIG.variant, threads=1)
-    except ContractError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        return bentoml.get_current_service()
+    except BentoMLException:
+        return None
 
 
-if Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv[1:3]:
-    _preflight()
+info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.service(
     name="segmentation",
     workers=CONFIG.resolved_workers,
-    traffic={"timeout": 60, "max_concurrency": CONFIG.max_concurrency},  # beyond: BentoML's 503 (+ our Retry-After)
+    # no max_concurrency here: BentoML's refusal is a 429 without Retry-After; the Gate answers it with one
+    traffic={"timeout": CONFIG.timeout_s},
     http={"port": 3000},
-    logging={"access": {"enabled": CONFIG.access_log.lower() != "false"}},
-    # BentoML 1.4 always installs the OpenTelemetry middleware; its exclude list is the one way to skip it
-    tracing={"excluded_urls": [] if CONFIG.tracing.lower() != "false" else ["/segment", "/overlay", "/stats"]},
+    logging={"access": {"enabled": CONFIG.access_log}},
+    # BentoML always installs its OpenTelemetry middleware; its exclude list is the one way to skip it
+    tracing={"excluded_urls": [] if CONFIG.tracing else list(ROUTES)},
 )
-@bentoml.asgi_app(_info_app(), path="/model")
+@bentoml.asgi_app(info_app, path="/")
 class SegmentationService:
-    """Semantic segmentation with a fastai U-Net exported to ONNX."""
+    """Semantic segmentation with a fastai U-Net exported to ONNX: POST an image, get its mask (palette PNG),
+    an overlay or per-class statistics at the image's own size. Batched ONNX Runtime on CUDA or CPU."""
+
+    @bentoml.on_deployment
+    def check_deployment() -> None:
+        """Under `bentoml serve`, once, before the workers start: a bad setting or model stops the server
+        with one line on stderr and a non-zero exit (BentoML prints a BentoMLException that way)."""
+        if CONFIG_ERROR is not None:
+            raise StartupError(str(CONFIG_ERROR))
+        try:
+            SegmentationRuntime.load(CONFIG.model_dir, CONFIG.device, CONFIG.variant, threads=1)
+        except ContractError as exc:
+            raise StartupError(str(exc)) from None
 
     def __init__(self) -> None:
-        self.config = ServeConfig.from_env()
-        try:
-            self.runtime = SegmentationRuntime.load(self.config.model_dir, self.config.device, self.config.variant,
-                                                    threads=self.config.intra_op_threads)
-        except ContractError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            os._exit(3)  # a worker that cannot load the model must not linger half-alive
+        if CONFIG_ERROR is not None:
+            raise CONFIG_ERROR
+        self.config = CONFIG
+        self.metrics = _metrics()
+        self.runtime = SegmentationRuntime.load(CONFIG.model_dir, CONFIG.device, CONFIG.variant,
+                                                threads=CONFIG.intra_op_threads, spin=CONFIG.ort_spin)
         self.meta = self.runtime.meta
-        self._ready = False
-        self._dispatch = CorkDispatcher(
-            max_latency_in_ms=self.config.max_latency_ms,
-            max_batch_size=self.config.max_batch_size,
-            fallback=lambda: _SHED,
-            get_batch_size=lambda item: 1,
-        )(self._infer_batch)
+        h, w = self.meta.input_size
         t = time.perf_counter()
-        self.runtime.warmup(range(1, self.config.max_batch_size + 1))
-        log.warning("warm-up of batch sizes 1..%d took %.2f s", self.config.max_batch_size, time.perf_counter() - t)
-        self._in_flight = 0  # requests admitted and not yet answered (the event loop is single-threaded)
-        full = np.zeros((self.config.max_batch_size, *self.meta.input_size, 3), np.uint8)
+        self.runtime.warmup(range(1, CONFIG.max_batch_size + 1))
+        log.warning("warm-up of batch sizes 1..%d took %.2f s", CONFIG.max_batch_size, time.perf_counter() - t)
         t = time.perf_counter()
-        self.runtime.run(full)
-        self._s_per_image = (time.perf_counter() - t) / len(full)  # then a moving average of real batches
-        self._ready = True
+        self.runtime.run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
+        seed = (time.perf_counter() - t) / CONFIG.max_batch_size
+        self.batcher = Batcher(self.runtime.run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w,
+                               seed_seconds_per_unit=seed, on_batch=self._observe_batch)
+        self.admission = Admission(self.batcher, CONFIG.max_latency_ms / 1000, CONFIG.max_concurrency)
+        self.overlap = CONFIG.tile_overlap or tiling.default_overlap(self.meta.input_size)
 
-    def __is_ready__(self) -> bool:
-        return self._ready
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_seconds.observe(seconds)
 
-    async def _infer_batch(self, items) -> list[np.ndarray]:
-        batch = np.stack(items)
-        t = time.perf_counter()
-        masks = await anyio.to_thread.run_sync(self.runtime.run, batch)
-        took = time.perf_counter() - t
-        self._s_per_image = 0.9 * self._s_per_image + 0.1 * took / len(items)
-        _batch_hist.observe(len(items))
-        _infer_hist.observe(took)
-        return list(masks)
+    @bentoml.api(route="/segment", input_spec=ImageInput)
+    async def segment(self, image: Path, tile: bool = False) -> PNG:
+        """The mask as a palette PNG of the upload's size: pixel values are class ids, the palette holds the class colours.
+        Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
+        return await self._answer("/segment", image, tile=tile)
 
-    async def answer(self, route: str, data: bytes, *, authorization: str, query: dict, form: dict) -> Response:
-        """The whole request, once decoded from HTTP: route "/segment" | "/overlay" | "/stats", the upload's
-        bytes, the Authorization header, query and form fields (`tile`, and `rle` for /stats)."""
+    @bentoml.api(route="/overlay", input_spec=ImageInput)
+    async def overlay(self, image: Path, tile: bool = False) -> PNG:
+        """The photo with the class colours blended over it (background left as is), as a PNG of the same size.
+        Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
+        return await self._answer("/overlay", image, tile=tile)
+
+    @bentoml.api(route="/stats", input_spec=StatsInput)
+    async def stats(self, image: Path, tile: bool = False, rle: bool = False) -> Stats:
+        """Per-class pixel counts and fractions of the mask (and COCO RLE with rle=true), as JSON.
+        Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
+        return await self._answer("/stats", image, tile=tile, rle=rle)
+
+    @info_app.get("/model", summary="The model served, how, and the limits",
+                  responses={200: {"description": "metadata (classes, colours, input size, metrics...), provider, variant and why, batching, admission, limits"},
+                             401: {"description": "SEG_API_TOKEN is set and the bearer token is missing or wrong"}})
+    def model_info(self, authorization: str = Header("")) -> dict:
         if not self.config.token_ok(authorization):
-            return _unauthorized()
-        flags = {}
-        for name in ("tile", "rle") if route == "/stats" else ("tile",):
-            raw = query.get(name, form.get(name, "false"))  # ?name=... works as well as the form field
-            if str(raw).lower() not in _BOOLS:
-                return JSONResponse({"error": f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false"}, status_code=400)
-            flags[name] = _BOOLS[str(raw).lower()]
-        if not admit(self._in_flight, self._s_per_image, self.config.max_latency_ms / 1000):
-            return _overloaded()
-        self._in_flight += 1
-        try:
-            return await self._answer(route, data, flags)
-        finally:
-            self._in_flight -= 1
+            return Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`").response()
+        return self.describe()
 
-    async def _answer(self, route: str, data: bytes, flags: dict) -> Response:
+    async def _answer(self, route: str, image: Path | Upload | Problem, **options: bool) -> Response:
+        """One request, from its parsed upload to its HTTP answer (a Python caller may pass a file path)."""
+        if isinstance(image, Path):
+            image = Upload(image.read_bytes(), image.name)
         try:
-            img = imaging.decode_image(data, max_bytes=self.config.max_bytes, max_pixels=self.config.max_pixels)
+            if isinstance(image, Problem):
+                raise image
+            return await self._serve(route, image.data, options)
         except imaging.ImageError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        big = self.config.tile_above and img.width * img.height > self.config.tile_above
-        if flags["tile"] or big:
-            mask = await self._segment_tiled(np.asarray(img))
-        else:
-            mask = await self._dispatch(imaging.resize_to_model(img, self.meta.input_size))
-        if mask is _SHED:
-            return _overloaded()
-        mask = imaging.resize_mask(mask, img.size)
-        if route == "/segment":
-            return Response(imaging.palette_png(mask, self.meta.colours), media_type="image/png")
-        if route == "/overlay":
-            return Response(imaging.overlay_png(img, mask, self.meta.colours), media_type="image/png")
-        return JSONResponse(imaging.class_stats(mask, self.meta.classes, rle=flags["rle"]))
+            return Problem(exc.status, str(exc)).response()
+        except Problem as problem:
+            self.metrics.refused.labels(status=str(problem.status)).inc()
+            return problem.response()
 
-    async def _via_api(self, route: str, image: Path, ctx: bentoml.Context, **fields) -> Response:
-        """The BentoML API path (used when SEG_FAST_PATH=false): same answer, status copied to ctx."""
+    def plan(self, size_wh: tuple[int, int], tile: bool) -> Plan:
+        """The work for an image of `size_wh` (as displayed): one model input, or its tiles at the model size."""
+        w, h = size_wh
+        if not (tile or (self.config.tile_above and w * h > self.config.tile_above)):
+            return Plan(1, 1.0)
+        layout = tiling.plan_tiles((h, w), self.meta.input_size, self.overlap)
+        n = len(layout.origins)
+        return Plan(n, float(min(n, 2 * self.config.max_batch_size)), layout)
+
+    async def _serve(self, route: str, data: bytes, options: dict[str, bool]) -> Response:
+        cfg = self.config
+        im = imaging.open_image(data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels)
+        size = imaging.displayed_size(im)
+        plan = self.plan(size, options.get("tile", False))
+        if plan.inputs > cfg.max_tiles:
+            raise Problem(413, f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {self.meta.input_size[1]}x{self.meta.input_size[0]}, "
+                               f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
+                               "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`")
+        retry = self.admission.try_admit(plan.share)
+        if retry is not None:
+            raise Problem(503, f"server is busy: {self.admission.ahead_s():.1f} s of model work queued, over the "
+                               f"{cfg.max_latency_ms} ms budget; retry after the Retry-After delay", retry_after=retry)
         try:
-            data = Path(image).read_bytes()
-        except OSError:
-            data = b""
-        response = await self.answer(route, data, authorization=ctx.request.headers.get("authorization", ""),
-                                     query=dict(ctx.request.query_params), form={k: str(v) for k, v in fields.items()})
-        ctx.response.status_code = response.status_code  # BentoML copies ctx's status onto the response
-        return response
+            heavy = size[0] * size[1] > cfg.offload_pixels  # big images: Pillow work in a thread, the event loop stays free
+            img = await self._call(heavy, imaging.load_rgb, im, data)
+            mask = await (self._segment_tiles(np.asarray(img), plan.layout) if plan.layout else self._segment_one(img))
+            body = await self._call(heavy, self._encode, route, img, mask, options.get("rle", False))
+        finally:
+            self.admission.release(plan.share)
+        return Response(body, media_type="application/json" if route == "/stats" else "image/png")
 
-    async def _segment_tiled(self, image: np.ndarray):
-        """Full-resolution tiles at the model size, each through the same batcher, blended back."""
-        overlap = self.config.tile_overlap or tiling.default_overlap(self.meta.input_size)
-        tiles, layout = tiling.make_tiles(image, self.meta.input_size, overlap)
-        masks = await asyncio.gather(*(self._dispatch(t) for t in tiles))
-        if any(m is _SHED for m in masks):
-            return _SHED
-        return tiling.blend_masks(np.stack(masks), layout, self.meta.n_classes)
+    @staticmethod
+    async def _call(offload: bool, fn, *args):
+        return await asyncio.to_thread(fn, *args) if offload else fn(*args)
 
-    @bentoml.api(route="/segment")
-    async def segment(self, image: Path, ctx: bentoml.Context, tile: bool = False) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
-        """Mask as a palette PNG of the upload's size: pixel values are class ids, the palette the class colours."""
-        return await self._via_api("/segment", image, ctx, tile=tile)
+    async def _segment_one(self, img) -> np.ndarray:
+        (mask,) = await self.batcher.submit([imaging.resize_to_model(img, self.meta.input_size)])
+        return imaging.resize_mask(mask, img.size)
 
-    @bentoml.api(route="/overlay")
-    async def overlay(self, image: Path, ctx: bentoml.Context, tile: bool = False) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
-        """The photo with the class colours blended over it, same size, as PNG."""
-        return await self._via_api("/overlay", image, ctx, tile=tile)
+    async def _segment_tiles(self, image: np.ndarray, layout: tiling.TileLayout) -> np.ndarray:
+        """Tiles through the batcher in full batches, at most two batches queued at a time, blended as they come."""
+        padded = tiling.pad_for_tiles(image, layout)
+        blender = tiling.Blender(layout, self.meta.n_classes)
+        n, bs = len(layout.origins), self.config.max_batch_size
+        pending: deque[asyncio.Future] = deque()
+        try:
+            for i in range(0, n, bs):
+                pending.append(asyncio.ensure_future(self.batcher.submit(list(tiling.tiles_of(padded, layout, i, min(i + bs, n))))))
+                if len(pending) == 2:
+                    blender.add(np.stack(await pending.popleft()))
+            while pending:
+                blender.add(np.stack(await pending.popleft()))
+        finally:
+            for fut in pending:
+                fut.cancel()
+        return blender.result()
 
-    @bentoml.api(route="/stats")
-    async def stats(self, image: Path, ctx: bentoml.Context, rle: bool = False, tile: bool = False) -> dict:
-        """Per-class pixel counts and fractions (and COCO RLE with rle=true) as JSON."""
-        return await self._via_api("/stats", image, ctx, rle=rle, tile=tile)
+    def _encode(self, route: str, img, mask: np.ndarray, rle: bool) -> bytes:
+        if route == "/segment":
+            return imaging.palette_png(mask, self.meta.colours)
+        if route == "/overlay":
+            return imaging.overlay_png(img, mask, self.meta.colours)
+        return json.dumps(imaging.class_stats(mask, self.meta.classes, rle=rle)).encode()
 
     def describe(self) -> dict:
-        """The model's metadata, the provider and variant in use, and the batching settings (GET /model)."""
+        """The model's metadata, the provider and variant in use (and why), batching, admission and limits (GET /model)."""
+        cfg = self.config
         return {
             "metadata": self.meta.describe(),
             "provider": self.runtime.provider,
             "variant": self.runtime.variant,
+            "variant_reason": self.runtime.variant_reason,
             "model_file": str(self.runtime.path),
-            "batching": {"max_batch_size": self.config.max_batch_size, "max_latency_ms": self.config.max_latency_ms,
-                         "dispatcher": "bentoml CorkDispatcher (in-process)"},
-            "tiling": {"tile_above_pixels": self.config.tile_above, "overlap": self.config.tile_overlap or tiling.default_overlap(self.meta.input_size)},
-            "threads": self.config.intra_op_threads,
-            "workers": self.config.resolved_workers,
-            "limits": {"max_bytes": self.config.max_bytes, "max_pixels": self.config.max_pixels},
+            "batching": {"max_batch_size": cfg.max_batch_size, "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",
+                         "seconds_per_input": self.batcher.seconds_per_unit},
+            "admission": {"max_latency_ms": cfg.max_latency_ms, "max_concurrency_per_worker": cfg.max_concurrency, "max_tiles": cfg.max_tiles,
+                          "queued_seconds": self.admission.ahead_s(), "in_flight": self.admission.in_flight},
+            "tiling": {"tile_above_pixels": cfg.tile_above, "overlap": self.overlap},
+            "threads": cfg.intra_op_threads,
+            "workers": cfg.resolved_workers,
+            "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s},
         }
 
 
-SegmentationService.add_asgi_middleware(EdgeMiddleware)
+SegmentationService.add_asgi_middleware(Gate, routes=ROUTES, service=_current)

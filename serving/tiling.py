@@ -28,22 +28,37 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def make_tiles(image: np.ndarray, tile_hw: tuple[int, int], overlap: int) -> tuple[np.ndarray, TileLayout]:
-    """(H, W, 3) uint8 -> tiles (N, th, tw, 3) uint8 covering the whole image, and their layout.
-
-    Neighbouring tiles overlap by `overlap` pixels (at least; the last row/column is aligned to the edge).
-    Images smaller than a tile are padded by reflection (edge replication when too small to reflect)."""
+def plan_tiles(image_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int) -> TileLayout:
+    """Where the tiles go, without touching pixels: row by row, neighbours overlapping by at least
+    `overlap` pixels, the last row/column aligned to the edge; images smaller than a tile are padded."""
     th, tw = tile_hw
     if not 0 <= overlap < min(th, tw):
         raise ValueError(f"overlap {overlap} must be in [0, {min(th, tw)})")
-    h, w = image.shape[:2]
+    h, w = image_hw
     ph, pw = max(h, th), max(w, tw)
-    if (ph, pw) != (h, w):
-        mode = "reflect" if (ph - h < h and pw - w < w) else "edge"
-        image = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
     origins = tuple((y, x) for y in _starts(ph, th, th - overlap) for x in _starts(pw, tw, tw - overlap))
-    tiles = np.stack([image[y : y + th, x : x + tw] for y, x in origins])
-    return np.ascontiguousarray(tiles), TileLayout((h, w), (ph, pw), (th, tw), overlap, origins)
+    return TileLayout((h, w), (ph, pw), (th, tw), overlap, origins)
+
+
+def pad_for_tiles(image: np.ndarray, layout: TileLayout) -> np.ndarray:
+    """(H, W, 3) -> the padded image the layout's origins refer to (reflection; edge replication when too small)."""
+    (h, w), (ph, pw) = layout.image_hw, layout.padded_hw
+    if (ph, pw) == (h, w):
+        return image
+    mode = "reflect" if (ph - h < h and pw - w < w) else "edge"
+    return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
+
+
+def tiles_of(padded: np.ndarray, layout: TileLayout, start: int, stop: int) -> np.ndarray:
+    """Tiles start..stop-1 of `layout` cut from the padded image: (n, th, tw, 3) uint8, contiguous."""
+    th, tw = layout.tile_hw
+    return np.stack([padded[y : y + th, x : x + tw] for y, x in layout.origins[start:stop]])
+
+
+def make_tiles(image: np.ndarray, tile_hw: tuple[int, int], overlap: int) -> tuple[np.ndarray, TileLayout]:
+    """(H, W, 3) uint8 -> all tiles (N, th, tw, 3) uint8 covering the image, and their layout."""
+    layout = plan_tiles(image.shape[:2], tile_hw, overlap)
+    return tiles_of(pad_for_tiles(image, layout), layout, 0, len(layout.origins)), layout
 
 
 def _window(tile_hw: tuple[int, int], overlap: int) -> np.ndarray:
@@ -60,33 +75,78 @@ def _window(tile_hw: tuple[int, int], overlap: int) -> np.ndarray:
     return np.outer(ramp(tile_hw[0]), ramp(tile_hw[1]))
 
 
+class Blender:
+    """Window-weighted votes (class ids) or scores of tiles, added batch by batch in layout order.
+
+    Tiles come row by row, so when a new row of tiles starts, the image rows above it are final: they
+    are decided (argmax) and their accumulator freed. Memory: the (H, W) uint8 mask plus one band of
+    classes x tile height x W float32, whatever the number of tiles."""
+
+    def __init__(self, layout: TileLayout, n_classes: int):
+        self.layout, self.n_classes = layout, n_classes
+        self.window = _window(layout.tile_hw, layout.overlap)
+        ph, pw = layout.padded_hw
+        self.mask = np.zeros((ph, pw), np.uint8)
+        self._band = np.zeros((n_classes, layout.tile_hw[0], pw), np.float32)
+        self._top = 0  # image row of the band's first row
+        self._next = 0  # index of the next tile expected
+
+    def _finish_rows(self, until: int) -> None:
+        """Decide rows [top, until) and move the band down so it starts at `until`."""
+        k = min(until, self.mask.shape[0]) - self._top
+        if k <= 0:
+            return
+        self.mask[self._top : self._top + k] = self._band[:, :k].argmax(axis=0)
+        self._band[:, :-k] = self._band[:, k:].copy() if k < self._band.shape[1] else 0
+        self._band[:, max(self._band.shape[1] - k, 0):] = 0
+        self._top += k
+
+    def add(self, outputs: np.ndarray) -> None:
+        """The next tiles' outputs, in layout order: (n, th, tw) uint8 class ids or (n, C, th, tw) scores."""
+        th, tw = self.layout.tile_hw
+        for out in outputs:
+            y, x = self.layout.origins[self._next]
+            self._finish_rows(y)
+            region = self._band[:, : th, x : x + tw]
+            if out.ndim == 2:
+                for c in range(self.n_classes):
+                    region[c] += self.window * (out == c)
+            else:
+                region += out * self.window
+            self._next += 1
+
+    def result(self) -> np.ndarray:
+        """(H, W) uint8 class ids, once every tile was added."""
+        if self._next != len(self.layout.origins):
+            raise ValueError(f"{self._next} of {len(self.layout.origins)} tiles added")
+        self._finish_rows(self._top + self._band.shape[1])
+        h, w = self.layout.image_hw
+        return self.mask[:h, :w]
+
+
 def blend_probs(probs: np.ndarray, layout: TileLayout) -> np.ndarray:
     """(N, C, th, tw) float per tile -> (H, W) uint8 class ids, window-weighted average over overlaps."""
-    n_classes = probs.shape[1]
-    acc = np.zeros((n_classes, *layout.padded_hw), np.float32)
-    win = _window(layout.tile_hw, layout.overlap)
-    th, tw = layout.tile_hw
-    for p, (y, x) in zip(probs, layout.origins):
-        acc[:, y : y + th, x : x + tw] += p * win
-    h, w = layout.image_hw
-    return acc[:, :h, :w].argmax(axis=0).astype(np.uint8)
+    b = Blender(layout, probs.shape[1])
+    b.add(probs)
+    return b.result()
 
 
 def blend_masks(masks: np.ndarray, layout: TileLayout, n_classes: int) -> np.ndarray:
     """(N, th, tw) uint8 class ids per tile -> (H, W) uint8: window-weighted votes over overlaps."""
-    onehot = (masks[:, None, :, :] == np.arange(n_classes, dtype=masks.dtype)[None, :, None, None]).astype(np.float32)
-    return blend_probs(onehot, layout)
+    b = Blender(layout, n_classes)
+    b.add(masks)
+    return b.result()
 
 
 def segment_tiled(image: np.ndarray, run_batch, tile_hw: tuple[int, int], overlap: int, n_classes: int, batch_size: int = 8) -> np.ndarray:
-    """Offline convenience: tile, run `run_batch` ((n, th, tw, 3) uint8 -> (n, th, tw) uint8 masks or
-    (n, C, th, tw) probabilities) in batches of `batch_size`, blend. Returns (H, W) uint8."""
-    tiles, layout = make_tiles(image, tile_hw, overlap)
-    outs = [run_batch(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
-    out = np.concatenate(outs)
-    if out.ndim == 4:
-        return blend_probs(out, layout)
-    return blend_masks(out, layout, n_classes)
+    """Offline: tile, run `run_batch` ((n, th, tw, 3) uint8 -> (n, th, tw) uint8 masks or (n, C, th, tw)
+    scores) batch by batch, blend as the batches come. Returns (H, W) uint8."""
+    layout = plan_tiles(image.shape[:2], tile_hw, overlap)
+    padded = pad_for_tiles(image, layout)
+    blender = Blender(layout, n_classes)
+    for i in range(0, len(layout.origins), batch_size):
+        blender.add(run_batch(tiles_of(padded, layout, i, min(i + batch_size, len(layout.origins)))))
+    return blender.result()
 
 
 def default_overlap(tile_hw: tuple[int, int]) -> int:

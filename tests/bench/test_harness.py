@@ -67,8 +67,8 @@ def test_locust_kit_runs_headless_against_a_real_server(rule_model_dir):
 def test_profile_layers_charge_each_sample_to_the_nearest_known_frame(tmp_path):
     from benchmarks.profile_service import RATE, aggregate, classify, to_markdown as layers_md
 
-    assert classify(["Runner.run (asyncio/runners.py:118)", "EdgeMiddleware.__call__ (serving/service.py:1)",
-                     "SegmentationService.answer (serving/service.py:2)", "decode_image (serving/imaging.py:3)",
+    assert classify(["Runner.run (asyncio/runners.py:118)", "Gate.__call__ (serving/http.py:1)",
+                     "SegmentationService._serve (serving/service.py:2)", "load_rgb (serving/imaging.py:3)",
                      "ImageFile.load (PIL/ImageFile.py:4)"]) == "decode + validate upload (Pillow)"
     assert classify(["WorkerThread.run (x.py:1)", "SegmentationRuntime.run (serving/runtime.py:1)", "Session.run (x.py:2)"]).startswith("model")
     assert classify(["OpenTelemetryMiddleware.__call__ (asgi/__init__.py:7)", "Span.start (sdk/trace.py:1)"]) == "BentoML: OpenTelemetry tracing"

@@ -28,7 +28,7 @@ def test_bento_build_offline(tmp_path):
     assert {"serving/service.py", "serving/runtime.py", "serving/imaging.py", "serving/config.py", "exported_models/default/model.onnx"} <= files
     assert not any(f.startswith(("training/", "tests/")) for f in files)
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "onnxruntime-gpu==1.31.1" in reqs and "bentoml==1.4.30" in reqs
+    assert "onnxruntime-gpu==1.31.1" in reqs and "bentoml==1.4.40" in reqs
     assert "torch" not in reqs and "fastai" not in reqs
     docker = (bento / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04" in docker  # CUDA 13 + cuDNN 9 for onnxruntime-gpu 1.31

@@ -11,8 +11,33 @@ from serving.config import ConfigError, ServeConfig
 def test_defaults_and_overrides():
     c = ServeConfig.from_env({})
     assert c.model_dir == Path("exported_models/default") and c.device == "auto" and c.max_batch_size == 8
-    c = ServeConfig.from_env({"SEG_MODEL_DIR": "m", "SEG_MAX_BATCH_SIZE": "3", "SEG_DEVICE": "cpu", "SEG_THREADS": "1"})
+    assert c.access_log is True and c.tracing is True and c.ort_spin is False and c.api_token == ""
+    c = ServeConfig.from_env({"SEG_MODEL_DIR": "m", "SEG_MAX_BATCH_SIZE": "3", "SEG_DEVICE": "cpu", "SEG_THREADS": "1",
+                              "SEG_TRACING": "False", "SEG_ORT_SPIN": "1", "SEG_ACCESS_LOG": "no"})
     assert c.model_dir == Path("m") and c.max_batch_size == 3 and c.device == "cpu" and c.intra_op_threads == 1
+    assert c.tracing is False and c.ort_spin is True and c.access_log is False
+
+
+def test_a_bad_setting_is_kept_for_start_up_not_raised_at_import():
+    config, error = ServeConfig.load({"SEG_MAX_BATCH_SIZE": "abc"})
+    assert config == ServeConfig() and isinstance(error, ConfigError) and "SEG_MAX_BATCH_SIZE" in str(error)
+    assert ServeConfig.load({"SEG_MAX_BATCH_SIZE": "3"}) == (ServeConfig(max_batch_size=3), None)
+
+
+def test_readme_table_lists_exactly_the_settings():
+    """The README's configuration table and ServeConfig name the same SEG_* variables, and the code reads no other."""
+    import re
+    import subprocess
+
+    from loadtest.server import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Configuration"):]
+    table = table[: table.index("\n\n", table.index("|"))]
+    documented = re.findall(r"^\| `(SEG_[A-Z0-9_]+)` \|", table, re.M)  # one variable per row
+    assert sorted(documented) == sorted(ServeConfig.env_names())
+    used = subprocess.run(["git", "grep", "-h", "-o", "-E", "SEG_[A-Z0-9_]+", "--", "serving/"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert set(used) <= set(ServeConfig.env_names()) | {"SEG_"}, set(used) - set(ServeConfig.env_names())
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -21,8 +46,10 @@ def test_defaults_and_overrides():
     ({"SEG_DEVICE": "tpu"}, "use auto, cuda or cpu"),
     ({"SEG_VARIANT": "int4"}, "use auto, fp32, int8 or fp16"),
     ({"SEG_THREADS": "64", "SEG_WORKERS": "2"}, "exceeds the"),
-    ({"SEG_TRACING": "off"}, "SEG_TRACING='off': use true or false"),
-    ({"SEG_ACCESS_LOG": "0"}, "SEG_ACCESS_LOG='0': use true or false"),
+    ({"SEG_TRACING": "sometimes"}, "SEG_TRACING='sometimes': use true or false"),
+    ({"SEG_ORT_SPIN": "2"}, "SEG_ORT_SPIN='2': use true or false"),
+    ({"SEG_MAX_TILES": "0"}, "SEG_MAX_TILES=0: must be a positive integer"),
+    ({"SEG_TIMEOUT_S": "5"}, "SEG_TIMEOUT_S=5 must exceed SEG_MAX_LATENCY_MS=10000"),
 ])
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(ConfigError, match="SEG_") as e:
@@ -52,14 +79,14 @@ def test_tracing_switch_reaches_bentoml_service_config(value, excluded):
 def test_workers_default_to_one_per_core_on_cpu_and_one_on_gpu(monkeypatch):
     from serving import config
 
-    monkeypatch.setattr(config, "_cores", lambda: 4)
-    monkeypatch.setattr(config, "_has_gpu", lambda: False)
+    monkeypatch.setattr(config, "cores", lambda: 4)
+    monkeypatch.setattr(config, "has_gpu", lambda: False)
     c = ServeConfig.from_env({})
     assert (c.resolved_workers, c.intra_op_threads) == (4, 1)
     assert (ServeConfig.from_env({"SEG_THREADS": "2"}).resolved_workers, ServeConfig.from_env({"SEG_THREADS": "2"}).intra_op_threads) == (2, 2)
     assert (ServeConfig.from_env({"SEG_WORKERS": "1"}).resolved_workers, ServeConfig.from_env({"SEG_WORKERS": "1"}).intra_op_threads) == (1, 4)
     assert ServeConfig.from_env({"SEG_DEVICE": "cuda"}).resolved_workers == 1
-    monkeypatch.setattr(config, "_has_gpu", lambda: True)
+    monkeypatch.setattr(config, "has_gpu", lambda: True)
     assert ServeConfig.from_env({}).resolved_workers == 1
     assert ServeConfig.from_env({"SEG_DEVICE": "cpu"}).resolved_workers == 4
     with pytest.raises(ConfigError, match="SEG_WORKERS=-1: must be >= 0"):

@@ -125,3 +125,71 @@ def test_bad_input_is_4xx_with_advice_and_service_stays_ready(client, name, kw, 
     assert client.get("/readyz").status_code == 200
     ok = post(client, "/segment", png_bytes(PHOTO))
     assert ok.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(ok.content))), truth(Image.fromarray(PHOTO)))
+
+
+def raw_post(client, route, body: bytes, ctype: str, **kw):
+    return client.post(route, content=body, headers={"Content-Type": ctype}, **kw)
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0undary") -> bytes:
+    """A multipart/form-data body by hand: (name, filename or None, content) per part."""
+    out = b""
+    for name, filename, content in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n".encode()
+        out += (b"Content-Type: image/png\r\n" if filename else b"") + b"\r\n" + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_rfc_valid_bodies_are_accepted(client):
+    """A preamble and an epilogue (RFC 2046 5.1.1), `Boundary=` in any case, a quoted boundary, options as
+    form fields the way bentoml's client sends them (JSON `true`)."""
+    png = png_bytes(PHOTO)
+    body = multipart([("image", "x.png", png)])
+    want = truth(Image.fromarray(PHOTO))
+    for label, data, ctype in [
+        ("preamble+epilogue", b"This is the preamble.\r\nIt is to be ignored.\r\n" + body + b"This is the epilogue.\r\n",
+         "multipart/form-data; boundary=b0undary"),
+        ("capital Boundary", body, "multipart/form-data; Boundary=b0undary"),
+        ("quoted", body, 'multipart/form-data; boundary="b0undary"; charset=utf-8'),
+    ]:
+        r = raw_post(client, "/segment", data, ctype)
+        assert r.status_code == 200, (label, r.text)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want), label
+    r = raw_post(client, "/stats", multipart([("rle", None, b"true"), ("image", "x.png", png), ("tile", None, b"false")]),
+                 "multipart/form-data; boundary=b0undary")
+    assert r.status_code == 200 and all("rle" in c for c in r.json()["classes"])
+
+
+@pytest.mark.parametrize("label,body,status,needle", [
+    ("cut off", multipart([("image", "x.png", png_bytes(PHOTO))])[:-40], 400, "cut off before its closing boundary"),
+    ("garbage", b"hello, this is not multipart", 400, "malformed multipart"),
+    ("no image field", multipart([("tile", None, b"true")]), 400, "no form field `image`"),
+    ("image as text", multipart([("image", None, b"http://example.com/cat.png")]), 400, "holds text, not a file"),
+    ("part without a name", b'--b0undary\r\nContent-Disposition: form-data; filename="x.png"\r\n\r\nabc\r\n--b0undary--\r\n', 400, "malformed multipart"),
+    ("unknown option", multipart([("image", "x.png", png_bytes(PHOTO)), ("colour", None, b"red")]), 400, "unknown form field(s) 'colour'"),
+    ("oversize option", multipart([("image", "x.png", png_bytes(PHOTO)), ("tile", None, b"t" * 5000)]), 400, "malformed multipart"),
+])
+def test_malformed_bodies_get_a_4xx_that_says_what_to_fix(client, label, body, status, needle):
+    r = raw_post(client, "/segment", body, "multipart/form-data; boundary=b0undary")
+    assert r.status_code == status and needle in r.json()["error"], (label, r.text)
+
+
+def test_no_boundary_parameter_is_415(client):
+    r = raw_post(client, "/segment", b"--x\r\n", "multipart/form-data")
+    assert r.status_code == 415 and "boundary" in r.json()["error"]
+
+
+def test_openapi_documents_the_real_request_and_response_types(client):
+    docs = client.get("/docs.json").json()
+    for route in ("/segment", "/overlay", "/stats"):
+        post = docs["paths"][route]["post"]
+        body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert body["properties"]["image"]["format"] == "binary" and "image" in body["required"]
+        assert body["properties"]["tile"]["type"] == "boolean"
+    assert "image/png" in docs["paths"]["/segment"]["post"]["responses"]["200"]["content"]
+    assert "image/png" in docs["paths"]["/overlay"]["post"]["responses"]["200"]["content"]
+    stats = docs["paths"]["/stats"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    props = stats.get("properties") or docs["components"]["schemas"][stats["$ref"].rsplit("/", 1)[-1]]["properties"]
+    assert {"width", "height", "classes"} <= set(props)
+    assert "get" in docs["paths"]["/model"]

@@ -5,6 +5,7 @@ import io
 import os
 import re
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -97,18 +98,46 @@ def test_token_and_caps_on_a_real_server(rule_model_dir):
     ("missing", "model folder not found"),
     ("corrupt", "cannot load it"),
     ("no_metadata", "metadata lacks"),
+    ("bad_setting", "SEG_MAX_BATCH_SIZE='abc': must be an integer"),
+    ("bad_bool", "SEG_TRACING='sometimes': use true or false"),
 ])
-def test_startup_faults_exit_nonzero_in_one_line(tmp_path, case, needle):
+def test_startup_faults_exit_nonzero_in_one_line(tmp_path, case, needle, rule_model_dir):
+    """A bad model or setting stops `bentoml serve` within seconds: one line on stderr, non-zero exit
+    (BentoML prints our StartupError as `Error: [serve] `serve` failed: <message>`)."""
     from contract_model import make_contract_model
 
-    d = tmp_path / "m"
+    d, env = tmp_path / "m", {}
     if case == "corrupt":
         d.mkdir()
         (d / "model.onnx").write_bytes(b"not an onnx file")
     elif case == "no_metadata":
         make_contract_model(d / "model.onnx", drop_keys=("classes", "colours"))
+    elif case == "bad_setting":
+        d, env = rule_model_dir, {"SEG_MAX_BATCH_SIZE": "abc"}
+    elif case == "bad_bool":
+        d, env = rule_model_dir, {"SEG_TRACING": "sometimes"}
+    t = time.monotonic()
     r = subprocess.run([BENTOML, "serve", "serving.service:SegmentationService", "--host", "127.0.0.1", "--port", str(free_port())],
-                       cwd=ROOT, env={**os.environ, "SEG_MODEL_DIR": str(d)}, capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0
+                       cwd=ROOT, env={**os.environ, "SEG_MODEL_DIR": str(d), **env}, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and time.monotonic() - t < 60
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr[-500:]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], r.stderr[-500:]
+
+
+def test_bentoml_sync_http_client_calls_the_three_routes(real_server, tiny_export, tmp_path):
+    """BentoML's own client reads /schema.json and calls the APIs: segment and overlay give PNG files, stats a dict."""
+    import bentoml
+
+    photo = PHOTOS["chelsea"]
+    path = tmp_path / "chelsea.png"
+    path.write_bytes(png_bytes(photo))
+    client = bentoml.SyncHTTPClient(real_server.url)
+    try:
+        mask = np.asarray(Image.open(client.segment(image=path)))
+        assert np.array_equal(mask, offline_masks(tiny_export, [path.read_bytes()])[0])
+        assert Image.open(client.overlay(image=path, tile=False)).size == (photo.shape[1], photo.shape[0])
+        stats = client.stats(image=path, rle=True)
+        assert (stats["width"], stats["height"]) == (photo.shape[1], photo.shape[0])
+        assert sum(c["pixels"] for c in stats["classes"]) == photo.shape[0] * photo.shape[1] and "rle" in stats["classes"][0]
+    finally:
+        client.close()

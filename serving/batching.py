@@ -1,0 +1,150 @@
+"""Adaptive batching and admission by work, on asyncio, inside one worker process.
+
+`Batcher`: every model input (an image, or one tile of a tiled request) waits in one FIFO queue. When
+the model is free, the oldest input and the queued inputs of the same shape behind it, up to
+`max_batch_size`, go to ONNX Runtime as one batch, in a thread of its own so the event loop keeps
+parsing, decoding and encoding. Inputs wait only while the model is busy: a lone request runs at once,
+and under load batches fill by themselves. This is Triton's dynamic batcher with
+`max_queue_delay_microseconds: 0` and batches of equal shapes only.
+
+`Admission`: the unit is model work, not requests. One input at the model's own size is one unit (a
+larger input of an any-size graph counts by its pixels), and the seconds per unit are measured on the
+real batches. A request is admitted when the work already queued ahead of it fits the latency budget;
+its own deadline is that budget plus its own work, and nothing sheds a request once admitted, so an
+admitted request always finishes. A tiled request keeps at most two batches of its tiles in the
+queue at a time, so small requests arriving meanwhile wait for those, not for the whole image.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+@dataclass
+class _Item:
+    array: np.ndarray
+    units: float
+    future: asyncio.Future
+
+
+class Batcher:
+    """Batches of same-shape inputs through `run` ((n, H, W, 3) uint8 -> n outputs), one call at a time.
+
+    `on_batch(size, seconds)` is called after each call (metrics). `seconds_per_unit` is a moving
+    average over real batches, seeded by `seed_seconds_per_unit` (a warm-up measurement)."""
+
+    def __init__(self, run: Callable[[np.ndarray], Sequence[Any]], *, max_batch_size: int, unit_pixels: int,
+                 seed_seconds_per_unit: float, on_batch: Callable[[int, float], None] | None = None):
+        self._run, self.max_batch_size, self.unit_pixels = run, max_batch_size, unit_pixels
+        self.seconds_per_unit = seed_seconds_per_unit
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.queued_units = 0.0  # units waiting or running
+
+    def units(self, shape: tuple[int, ...]) -> float:
+        """Work units of one input of `shape` (H, W, ...): its pixels over the model's own input pixels."""
+        return max(1.0, shape[0] * shape[1] / self.unit_pixels)
+
+    async def submit(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        """Queue (H, W, 3) uint8 inputs; returns their outputs, in order, once their batches have run."""
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+        loop = asyncio.get_running_loop()
+        items = [_Item(a, self.units(a.shape), loop.create_future()) for a in arrays]
+        for it in items:
+            self._queue.append(it)
+            self.queued_units += it.units
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(it.future for it in items)))
+        except asyncio.CancelledError:  # the caller went away: its queued inputs are dropped, not run
+            for it in items:
+                it.future.cancel()
+            raise
+
+    def _next_batch(self) -> list[_Item]:
+        """The oldest input and the queued inputs of its shape behind it, up to max_batch_size."""
+        while self._queue and self._queue[0].future.done():  # cancelled before it ran
+            self.queued_units -= self._queue.popleft().units
+        if not self._queue:
+            return []
+        shape = self._queue[0].array.shape
+        batch, rest = [], deque()
+        while self._queue and len(batch) < self.max_batch_size:
+            it = self._queue.popleft()
+            if it.future.done():
+                self.queued_units -= it.units
+            elif it.array.shape == shape:
+                batch.append(it)
+            else:
+                rest.append(it)
+        rest.extend(self._queue)
+        self._queue = rest
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while batch := self._next_batch():
+                t = time.perf_counter()
+                try:
+                    outputs = await loop.run_in_executor(self._executor, self._run, np.stack([it.array for it in batch]))
+                except Exception as exc:  # an ONNX Runtime failure fails this batch's requests, not the loop
+                    for it in batch:
+                        if not it.future.done():
+                            it.future.set_exception(exc)
+                    continue
+                finally:
+                    self.queued_units -= sum(it.units for it in batch)
+                took = time.perf_counter() - t
+                units = sum(it.units for it in batch)
+                self.seconds_per_unit = 0.9 * self.seconds_per_unit + 0.1 * took / units
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), took)
+                for it, out in zip(batch, outputs):
+                    if not it.future.done():
+                        it.future.set_result(out)
+
+
+class Admission:
+    """Admission by work for one worker process: see the module docstring.
+
+    `reserved` holds the queue share of every admitted request still running: 1 unit per image (more
+    for a large input of an any-size graph), at most two batches for a tiled request."""
+
+    def __init__(self, batcher: Batcher, budget_s: float, max_concurrency: int):
+        self.batcher, self.budget_s, self.max_concurrency = batcher, budget_s, max_concurrency
+        self.reserved = 0.0
+        self.in_flight = 0  # requests between the gate and their answer
+
+    def ahead_s(self) -> float:
+        """Seconds of model work queued ahead of a request arriving now."""
+        return self.reserved * self.batcher.seconds_per_unit
+
+    def seconds_for(self, units: float) -> float:
+        return units * self.batcher.seconds_per_unit
+
+    def try_admit(self, share: float) -> int | None:
+        """Reserve `share` units and return None, or return the Retry-After seconds when the work ahead
+        is over the budget (nothing reserved)."""
+        ahead = self.ahead_s()
+        if ahead > self.budget_s:
+            return max(1, math.ceil(ahead - self.budget_s))
+        self.reserved += share
+        return None
+
+    def release(self, share: float) -> None:
+        self.reserved = max(0.0, self.reserved - share)

@@ -1,0 +1,181 @@
+"""The HTTP edge: the problems a request can have, the upload read from a multipart body, the gate.
+
+- `Problem`: everything we refuse is answered `{"error": "<what to fix>"}` with a fixed status (and
+  `Retry-After` on 429/503), never a 5xx or a traceback.
+- `read_upload`: the multipart body is parsed by python-multipart, through Starlette's
+  `MultiPartParser` (what `request.form()` runs), with limits on files, fields, field size and the whole
+  body. Two things RFC 2046/7578 allow that python-multipart 0.0.34 does not handle are done in the
+  body stream before it: a preamble before the first boundary is skipped (python-multipart PR #260,
+  not released), and a body that ends before its closing boundary (the parser silently drops the
+  unfinished part) is reported as cut off.
+- `Gate`: an ASGI middleware on the inference routes that checks the bearer token and the
+  per-process concurrency cap before any body is read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from .config import parse_bool
+
+MULTIPART_HINT = "e.g. curl -F image=@photo.jpg"
+_PREAMBLE_MAX = 65536  # bytes searched for the first boundary
+
+
+class Problem(Exception):
+    """A request answered with `status` and {"error": message}; `retry_after` (seconds) on 429/503."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if self.status == 413:
+            headers["Connection"] = "close"  # the rest of an oversize body is not read
+        return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
+
+
+@dataclass
+class Upload:
+    """What a request sent: the image file's bytes and name, and the options (form fields or query)."""
+
+    data: bytes
+    filename: str = ""
+    options: dict[str, bool] = field(default_factory=dict)
+
+
+class _Parser(MultiPartParser):
+    spool_max_size = 2**62  # the body is capped before parsing: keep the file in memory, never on disk
+
+
+class _Body:
+    """The request body as the parser sees it: capped at `limit` bytes (413), its preamble skipped, and
+    whether the closing boundary went by (a body without it was cut off)."""
+
+    def __init__(self, stream: AsyncIterator[bytes], boundary: bytes, limit: int):
+        self.stream, self.limit = stream, limit
+        self.delimiter = b"--" + boundary
+        self.close = b"\r\n--" + boundary + b"--"
+        self.size, self.closed, self._tail = 0, False, b""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        head = b""
+        started = False
+        async for chunk in self.stream:
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise Problem(413, f"request body is over the {self.limit}-byte limit: send a smaller image")
+            if not started:
+                head += chunk
+                start = self._first_boundary(head)
+                if start is None and len(head) < _PREAMBLE_MAX:
+                    continue
+                started, chunk, head = True, head[start or 0:], b""
+            self._watch(chunk)
+            yield chunk
+        if not started and head:
+            self._watch(head)
+            yield head
+
+    def _first_boundary(self, head: bytes) -> int | None:
+        """Offset of the first boundary delimiter line (a preamble before it is skipped), or None yet."""
+        if head.startswith(self.delimiter[: len(head)]):
+            return 0 if len(head) >= len(self.delimiter) else None
+        at = head.find(b"\r\n" + self.delimiter)
+        return at + 2 if at >= 0 else None
+
+    def _watch(self, chunk: bytes) -> None:
+        window = self._tail + chunk
+        self.closed = self.closed or self.close in window
+        self._tail = window[-(len(self.close) - 1):]
+
+
+async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: int) -> Upload:
+    """Parse the multipart body of `request`: exactly one file in the field `image`, and optional boolean
+    `options` as form fields or query parameters. Raises Problem (400, 413, 415) saying what to fix."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise Problem(415, f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), {MULTIPART_HINT}")
+    from python_multipart.multipart import parse_options_header
+
+    boundary = parse_options_header(ctype)[1].get(b"boundary", b"")
+    if not boundary:
+        raise Problem(415, f"the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, {MULTIPART_HINT}")
+    limit = max_bytes + 65536  # the file plus its part headers and the option fields
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise Problem(413, f"request body is {int(length)} bytes, over the {limit}-byte limit: send a smaller image")
+    body = _Body(request.stream(), boundary, limit)
+    parser = _Parser(Headers(raw=[(b"content-type", ctype.encode("latin-1"))]), body.chunks(),
+                     max_files=4, max_fields=len(options) + 4, max_part_size=1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise Problem(400, f"malformed multipart body ({exc.message.splitlines()[0]}): send the image with a multipart client, {MULTIPART_HINT}") from None
+    except ClientDisconnect:
+        raise Problem(400, "the upload was cut off (the client disconnected): send the whole body") from None
+    try:
+        if not body.closed:
+            raise Problem(400, f"malformed multipart body (cut off before its closing boundary, after {body.size} bytes): "
+                               f"send the complete body, {MULTIPART_HINT}")
+        names = list(form.keys())
+        unknown = sorted(set(names) - {"image", *options})
+        if unknown:
+            raise Problem(400, f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field `image`"
+                               + (f" (optional fields: {', '.join(options)})" if options else ""))
+        files = form.getlist("image")
+        if not files:
+            raise Problem(400, f"no form field `image`: send the image file in the multipart field `image`, {MULTIPART_HINT}")
+        if len(files) > 1:
+            raise Problem(400, f"{len(files)} files in the field `image`: send one image per request "
+                               "(a folder: python -m serving predict INPUT_DIR OUTPUT_DIR)")
+        image = files[0]
+        if not isinstance(image, UploadFile):
+            raise Problem(400, "the field `image` holds text, not a file: send the file itself, " + MULTIPART_HINT)
+        opts = {}
+        for name in options:
+            raw = request.query_params.get(name, form.get(name, "false"))
+            try:
+                opts[name] = parse_bool(name, raw.strip().strip('"'))
+            except ValueError:
+                raise Problem(400, f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false") from None
+        return Upload(await image.read(), image.filename or "", opts)
+    finally:
+        await form.close()
+
+
+class Gate:
+    """ASGI middleware for the inference routes: the bearer token (401) and the per-process concurrency
+    cap (429 + Retry-After), checked before any body is read. `service()` gives the running service
+    (its config and in-flight count)."""
+
+    def __init__(self, app, routes: tuple[str, ...], service):
+        self.app, self.routes, self.service = app, routes, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.routes:
+            return await self.app(scope, receive, send)
+        svc = self.service()
+        if svc is None:  # not started yet: BentoML answers (its readiness is not ours to fake)
+            return await self.app(scope, receive, send)
+        authorization = Headers(scope=scope).get("authorization", "")
+        if not svc.config.token_ok(authorization):
+            problem = Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`")
+            return await problem.response()(scope, receive, send)
+        if svc.admission.in_flight >= svc.config.max_concurrency:
+            problem = Problem(429, f"too many requests in flight on this worker (SEG_MAX_CONCURRENCY={svc.config.max_concurrency}): "
+                                   "retry after the Retry-After delay", retry_after=1)
+            return await problem.response()(scope, receive, send)
+        svc.admission.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            svc.admission.in_flight -= 1

@@ -1,0 +1,116 @@
+"""The asyncio batcher (same-shape batches whenever the model is free) and admission by work."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batching import Admission, Batcher
+
+
+class FakeModel:
+    """Records every batch's shape; each call takes `seconds`; `gate` can hold the first call."""
+
+    def __init__(self, seconds=0.0):
+        self.batches, self.seconds = [], seconds
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch):
+        self.gate.wait(5)
+        self.batches.append(batch.shape)
+        time.sleep(self.seconds)
+        return [int(x[0, 0, 0]) for x in batch]  # each input's first pixel: tells which input it was
+
+
+def img(v, h=8, w=8):
+    return np.full((h, w, 3), v, np.uint8)
+
+
+def test_a_lone_input_runs_at_once_and_queued_inputs_fill_batches_in_order():
+    model = FakeModel()
+
+    async def go():
+        b = Batcher(model, max_batch_size=4, unit_pixels=64, seed_seconds_per_unit=0.01)
+        model.gate.clear()  # hold the first call: the others queue behind it
+        first = asyncio.ensure_future(b.submit([img(0)]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit([img(v)])) for v in range(1, 10)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await first, [await r for r in rest]
+
+    first, rest = asyncio.run(go())
+    assert first == [0] and rest == [[v] for v in range(1, 10)]  # every caller gets its own output back
+    assert [s[0] for s in model.batches] == [1, 4, 4, 1]  # nobody waited for a window; then full batches, FIFO
+
+
+def test_only_equal_shapes_share_a_batch():
+    model = FakeModel()
+
+    async def go():
+        b = Batcher(model, max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.01)
+        model.gate.clear()
+        blocker = asyncio.ensure_future(b.submit([img(99)]))
+        await asyncio.sleep(0.05)
+        mixed = [asyncio.ensure_future(b.submit([img(v, 8 if v % 2 else 16, 8)])) for v in range(6)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await blocker
+        return [await m for m in mixed]
+
+    assert asyncio.run(go()) == [[v] for v in range(6)]
+    assert sorted(model.batches[1:]) == [(3, 8, 8, 3), (3, 16, 8, 3)]
+
+
+def test_cancelled_inputs_are_dropped_and_errors_fail_only_their_batch():
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if batch[0, 0, 0, 0] == 7:
+            raise RuntimeError("boom")
+        return list(batch[:, 0, 0, 0])
+
+    async def go():
+        b = Batcher(run, max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.01)
+        gone = asyncio.ensure_future(b.submit([img(1)] * 3))
+        gone.cancel()
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit([img(7)])
+        return await b.submit([img(5), img(6)]), b.queued_units
+
+    out, queued = asyncio.run(go())
+    assert out == [5, 6] and queued == 0
+    assert 3 not in calls  # the cancelled request's inputs never reached the model
+
+
+def test_units_scale_with_pixels_and_seconds_per_unit_follows_real_batches():
+    model = FakeModel(seconds=0.02)
+
+    async def go():
+        b = Batcher(model, max_batch_size=4, unit_pixels=64, seed_seconds_per_unit=1.0)
+        assert b.units((8, 8, 3)) == 1.0 and b.units((16, 16, 3)) == 4.0 and b.units((4, 4, 3)) == 1.0
+        for _ in range(40):
+            await b.submit([img(1)] * 4)
+        return b.seconds_per_unit
+
+    assert 0.004 < asyncio.run(go()) < 0.05  # moved from the 1.0 s seed towards ~5 ms per input
+
+
+def test_admission_counts_work_ahead_against_the_budget():
+    b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
+    a = Admission(b, budget_s=1.0, max_concurrency=10)
+    for _ in range(100):  # 100 images of 10 ms each: 1.0 s ahead is still within the budget
+        assert a.try_admit(1.0) is None
+    assert a.try_admit(16.0) is None  # a tiled request reserves its two batches; the queue ahead (1.0 s) fit
+    retry = a.try_admit(1.0)
+    assert retry == 1 and a.reserved == 116  # refused with Retry-After, nothing reserved
+    a.release(16.0)
+    a.release(1.0)
+    assert a.try_admit(1.0) is None
+    b.seconds_per_unit = 0.1  # a slower model: 100 units ahead = 10 s, 9 s over the budget
+    assert a.try_admit(1.0) == 9
