@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import requests
 
+from loadtest import client
+from loadtest.client import photos
 from loadtest.overload import rss_mb
-from loadtest.server import served
-from loadtest.verify_batching import photos
+from loadtest.server import ServerError, served
+from serving.runtime import ContractError
 
 
 def main(argv=None) -> int:
@@ -29,44 +30,33 @@ def main(argv=None) -> int:
     ap.add_argument("--load", type=float, default=0.7, help="fraction of measured capacity")
     a = ap.parse_args(argv)
     payloads = photos((256,))
-    with served(a.model, SEG_MAX_BATCH_SIZE=8) as proc:
-        url = proc.url + "/segment"
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: requests.post(url, files={"image": ("x.png", payloads[i % 4])}, timeout=30), range(80)))
-        capacity = 80 / (time.perf_counter() - t0)
-        rate = capacity * a.load
-        total = int(rate * a.minutes * 60)
-        samples, errors, done = [], [], [0]
-        lock = threading.Lock()
-        stop = threading.Event()
+    try:
+        with served(a.model, SEG_MAX_BATCH_SIZE=8) as proc:
+            warm, wall = client.run(proc.url, payloads, concurrency=8, n=80, timeout=30)
+            capacity = len(warm) / wall
+            rate = capacity * a.load
+            total = int(rate * a.minutes * 60)
+            samples, stop = [], threading.Event()
+            start = time.perf_counter()
 
-        def sampler():
-            while not stop.is_set():
-                samples.append((time.perf_counter() - start, rss_mb(proc.pid), done[0]))
-                stop.wait(5)
+            def sampler():
+                while not stop.is_set():
+                    samples.append((time.perf_counter() - start, rss_mb(proc.pid)))
+                    stop.wait(5)
 
-        def one(i):
-            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            try:
-                r = requests.post(url, files={"image": ("x.png", payloads[i % 4])}, timeout=30)
-                if r.status_code != 200:
-                    with lock:
-                        errors.append(r.status_code)
-            except requests.RequestException as exc:
-                with lock:
-                    errors.append(exc.__class__.__name__)
-            with lock:
-                done[0] += 1
-
-        start = time.perf_counter()
-        th = threading.Thread(target=sampler, daemon=True)
-        th.start()
-        with ThreadPoolExecutor(64) as pool:
-            list(pool.map(one, range(total)))
-        stop.set()
-        th.join()
-    t, rss, n = map(np.array, zip(*samples))
+            th = threading.Thread(target=sampler, daemon=True)
+            th.start()
+            results, _ = client.run(proc.url, payloads, concurrency=64, n=total, rate=rate, timeout=30)
+            stop.set()
+            th.join()
+    except (ServerError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    errors = [r.status for r in results if not r.ok]
+    # requests finished per sample interval, from each request's scheduled start + its latency
+    finished = np.sort([r.index / rate + r.seconds for r in results])
+    t, rss = map(np.array, zip(*samples))
+    n = np.searchsorted(finished, t)
     first, last = rss[t <= 60].mean(), rss[t >= t.max() - 60].mean()
     report = {"minutes": a.minutes, "capacity_rps": capacity, "target_rps": rate, "requests": total, "errors": len(errors),
               "error_samples": [str(e) for e in errors[:5]], "rss_first_min_mb": float(first), "rss_last_min_mb": float(last),

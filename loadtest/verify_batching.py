@@ -11,32 +11,19 @@ import argparse
 import io
 import json
 import re
-import threading
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
 from PIL import Image
 
-from loadtest.server import served
+from loadtest import client
+from loadtest.client import photos
+from loadtest.server import ServerError, served
 from serving import imaging
-from serving.runtime import SegmentationRuntime
-
-
-def photos(sizes=(128, 256, 384)) -> list[bytes]:
-    """Real photos from skimage.data, each at a few sizes, as PNG bytes."""
-    import skimage.data
-
-    out = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        im = Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3])
-        for s in sizes:
-            b = io.BytesIO()
-            im.resize((s, s * im.height // im.width)).save(b, "PNG", compress_level=1)
-            out.append(b.getvalue())
-    return out
+from serving.runtime import ContractError, SegmentationRuntime
 
 
 def offline_masks(model: Path, payloads: list[bytes]) -> list[np.ndarray]:
@@ -61,39 +48,15 @@ def batch_histogram(url: str) -> dict[str, float]:
 
 
 def run(model: Path, n: int, concurrency: int, env: dict | None = None) -> dict:
-    payloads = photos()
+    payloads = photos((128, 256, 384), square=False)
     expected = offline_masks(model, payloads)
+
+    def same(i, r):
+        return np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[i % len(payloads)])
+
     with served(model, **(env or {})) as proc:
         before = batch_histogram(proc.url)
-        lat, errors, wrong = [], [], 0
-        lock = threading.Lock()
-        local = threading.local()
-
-        def one(i: int):
-            nonlocal wrong
-            s = getattr(local, "s", None) or requests.Session()
-            local.s = s
-            k = i % len(payloads)
-            t = time.perf_counter()
-            try:
-                r = s.post(proc.url + "/segment", files={"image": ("x.png", payloads[k])}, timeout=60)
-                dt = time.perf_counter() - t
-                ok = r.status_code == 200
-                same = ok and np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[k])
-                with lock:
-                    lat.append(dt)
-                    if not ok:
-                        errors.append(f"{r.status_code} {r.text[:100]}")
-                    elif not same:
-                        wrong += 1
-            except requests.RequestException as exc:
-                with lock:
-                    errors.append(exc.__class__.__name__)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(n)))
-        wall = time.perf_counter() - t0
+        results, wall = client.run(proc.url, payloads, concurrency=concurrency, n=n, check=same)
         after = batch_histogram(proc.url)
     sizes = {}
     prev = 0.0
@@ -103,13 +66,14 @@ def run(model: Path, n: int, concurrency: int, env: dict | None = None) -> dict:
             sizes[le] = int(cum - prev)
         prev = cum
     batches = after["count"] - before["count"]
-    lat_ms = np.array(lat) * 1000
+    s = client.summary(results, wall)
+    failed = [r for r in results if r.status != 200]
     return {
-        "requests": n, "concurrency": concurrency, "errors": len(errors), "error_samples": errors[:5], "wrong_masks": wrong,
-        "throughput_rps": n / wall, "p50_ms": float(np.percentile(lat_ms, 50)), "p95_ms": float(np.percentile(lat_ms, 95)),
-        "p99_ms": float(np.percentile(lat_ms, 99)), "batches": int(batches), "images_batched": int(after["sum"] - before["sum"]),
-        "mean_batch": float((after["sum"] - before["sum"]) / max(batches, 1)), "batch_size_histogram": sizes, "wall_s": wall,
-        "model": str(model), "env": env or {},
+        "requests": n, "concurrency": concurrency, "errors": len(failed), "error_samples": [str(r.status) for r in failed[:5]],
+        "wrong_masks": sum(1 for r in results if r.status == 200 and not r.ok),
+        "throughput_rps": s["rps"], "p50_ms": s["p50"], "p95_ms": s["p95"], "p99_ms": s["p99"], "batches": int(batches),
+        "images_batched": int(after["sum"] - before["sum"]), "mean_batch": float((after["sum"] - before["sum"]) / max(batches, 1)),
+        "batch_size_histogram": sizes, "wall_s": wall, "model": str(model), "env": env or {},
     }
 
 
@@ -121,7 +85,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--out", type=Path, default=Path("loadtest/results"))
     a = p.parse_args(argv)
-    res = run(a.model, a.requests, a.concurrency, {"SEG_MAX_BATCH_SIZE": a.max_batch_size})
+    try:
+        res = run(a.model, a.requests, a.concurrency, {"SEG_MAX_BATCH_SIZE": a.max_batch_size})
+    except (ServerError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{'requests':>10} {'conc':>5} {'errors':>6} {'wrong':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'batches':>7} {'mean batch':>10}")
     print(f"{res['requests']:>10} {res['concurrency']:>5} {res['errors']:>6} {res['wrong_masks']:>6} {res['throughput_rps']:>7.1f} {res['p50_ms']:>7.1f} {res['p95_ms']:>7.1f} {res['p99_ms']:>7.1f} {res['batches']:>7} {res['mean_batch']:>10.2f}")
     print("batch sizes seen (upper bucket bound: batches):", res["batch_size_histogram"])

@@ -30,19 +30,28 @@ def test_cpu_peak_is_positive():
 
 def test_report_markdown_has_every_section():
     row = {"concurrency": 16, "rps": 50.0, "p50": 10.0, "p95": 20.0, "p99": 30.0, "errors": 0}
+    peer = {**row, "rps": 40.0, "p99": 60.0}
     r = {"date": "d", "machine": "m", "model_dir": "x", "variant": "int8",
          "model": {"rows": [{"size": 128, "batch": 1, "PyTorch eager": 10.0, "ORT fp32": 20.0, "ORT int8": 30.0}], "threads": 2,
                    "input_size": [128, 128], "flops_per_image": 2e9, "peak_flops": 1.6e11, "peak_how": "h", "best_ort_img_s": 30.0,
                    "fraction_of_peak": 0.4},
-         "service": {"batching on": [row], "batching off": [row]}, "raw_ort_b1": 100.0, "raw_ort_b8": 120.0,
+         "compare": {"this service": [row], "previous main (abc1234)": [{**row, "rps": 25.0}], "LitServe (2 workers, batch 8)": [peer]},
+         "raw_ort_b1": 100.0, "raw_ort_b8": 125.0,
          "profile": {"decode": 1.0}, "naive": {**row, "rps": 10.0}, "cold_start_s": [1.0, 2.0], "cost_per_pixel": [{"size": 128, "p50_ms": 5.0, "us_per_kpixel": 300.0}]}
-    r["server_cpu"] = {"PNG": {"server_cpu_ms_per_request": 9.0, "model_cpu_ms_per_image": 4.0, "overhead_cpu_ms_per_request": 5.0, "rps": 100.0}}
+    r["server_cpu"] = {"PNG": {"server_cpu_ms_per_request": 9.0, "model_cpu_ms_per_image": 4.0, "overhead_cpu_ms_per_request": 3.0, "rps": 100.0}}
     r["layers"] = [{"format": "PNG", "rps": 100.0, "errors": 0, "layers": {"decode + validate upload (Pillow)": 2.0}}]
+    r["bigimages"] = {"variant": "int8", "workers": 2, "max_tiles": 2048, "max_latency_ms": 10000, "input_size": [128, 128],
+                      "rows": [{"side": 3000, "jpeg_bytes": 600000, "status": 200, "seconds": 9.5, "mask_size": [3000, 3000], "rss_peak_growth_mb": 40.0,
+                                "small": {"requests": 300, "statuses": {"200": 300}, "p50_ms": 30.0, "p99_ms": 90.0, "server_errors": 0}}]}
     md = to_markdown(r, [])
-    assert "overhead beyond the model 5.00 ms (goal <= 2 ms: missed by 2.5x)" in md and "| decode + validate upload (Pillow) | 2.00 |" in md
-    for heading in ("## 1. Model", "## 2. Service", "## 3. Naive fastai server", "## 4. Cold start", "## 5. Cost per pixel"):
+    assert "beyond the model 3.00 ms (goal <= 1.5 ms: missed by 2.0x)" in md and "| decode + validate upload (Pillow) | 2.00 |" in md
+    for heading in ("## 1. Model", "## 2. This service, the previous main and peers", "## 3. Naive fastai server", "## 3b. Large photos",
+                    "## 4. Cold start", "## 5. Cost per pixel"):
         assert heading in md
-    assert "5.0x throughput" in md and "0.50" in md  # 50 / 100 raw ORT
+    assert "0.40 of the raw batch-8 ceiling" in md and "ratio 1.25 (goal >= 1.2)" in md and "p99 30 vs 60 ms" in md
+    assert "previous main 25.0 req/s (p99 30 ms): 2.00x" in md
+    assert "| 3000x3000 (0.6 MB) | 200 | 9.5 | 3000x3000 | 40 | 300 |" in md
+    assert "5.0x throughput" in md
 
 
 def test_locust_kit_runs_headless_against_a_real_server(rule_model_dir):

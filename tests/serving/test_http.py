@@ -94,6 +94,7 @@ def test_model_info_and_bentoml_endpoints(client):
     r = client.get("/model")
     info = r.json()
     assert r.status_code == 200 and info["provider"] == "CPUExecutionProvider" and info["variant"] == "fp32"
+    assert info["variant_reason"] == "auto: CPU, and the export kept no model.int8.onnx"
     assert info["metadata"]["classes"] == ["background", "red", "green"]
     assert info["batching"]["max_batch_size"] == 4
     for path in ("/readyz", "/livez", "/healthz"):

@@ -76,6 +76,21 @@ def test_int8_variant_when_asked(tmp_path):
     assert SegmentationRuntime.load(tmp_path, "cpu", "int8").variant == "int8"
 
 
+def test_auto_serves_the_exported_int8_on_cpu_fp16_on_cuda_and_says_why(tmp_path):
+    from serving.runtime import pick_variant
+
+    make_contract_model(tmp_path / "model.onnx")
+    assert pick_variant(tmp_path, "auto", on_cuda=False) == ("fp32", "auto: CPU, and the export kept no model.int8.onnx")
+    make_contract_model(tmp_path / "model.int8.onnx", metadata={"variant": "int8"})
+    make_contract_model(tmp_path / "model.fp16.onnx", metadata={"variant": "fp16"})
+    variant, why = pick_variant(tmp_path, "auto", on_cuda=False)
+    assert variant == "int8" and "agreement gate" in why
+    assert pick_variant(tmp_path, "auto", on_cuda=True) == ("fp16", "auto: fp16 on CUDA")
+    assert pick_variant(tmp_path, "fp32", on_cuda=False) == ("fp32", "SEG_VARIANT=fp32")
+    rt = SegmentationRuntime.load(tmp_path, "auto")  # no GPU here: the CPU choice, int8
+    assert rt.variant == "int8" and rt.path.name == "model.int8.onnx" and "int8 on CPU" in rt.variant_reason
+
+
 @pytest.mark.parametrize("break_it,needle", [
     ("missing_dir", "model folder not found"),
     ("no_model", "no model.onnx"),
