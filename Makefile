@@ -39,7 +39,9 @@ serve: model
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The bento packs the model by tag: register the default export in BentoML's model store, then build.
 bento: model
+	$(BIN)/python -m serving.store $(MODEL_DIR)
 	$(BIN)/bentoml build
 
 clean:

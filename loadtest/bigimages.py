@@ -86,7 +86,7 @@ def run(model: Path, sizes=(3000, 6300), env: dict | None = None) -> dict:
     with served(model, **(env or {})) as proc:
         info = requests.get(proc.url + "/model", timeout=10).json()
         rows = [one_size(proc.url, proc.pid, side) for side in sizes]
-    return {"model": str(model), "variant": info["variant"], "workers": info["workers"], "max_tiles": info["admission"]["max_tiles"],
+    return {"model": str(model), "settings": env or {}, "variant": info["variant"], "workers": info["workers"], "max_tiles": info["admission"]["max_tiles"],
             "max_latency_ms": info["admission"]["max_latency_ms"], "input_size": info["metadata"]["input_size"], "rows": rows}
 
 
@@ -99,7 +99,8 @@ def to_markdown(report: dict) -> str:
         L.append(f"| {r['side']}x{r['side']} ({r['jpeg_bytes'] / 1e6:.1f} MB) | {r['status']} | {r['seconds']:.1f} | {what} | "
                  f"{r['rss_peak_growth_mb']:.0f} | {sm['requests']} | {sm['statuses']} | {sm['p50_ms']:.0f} / {sm['p99_ms']:.0f} |")
     L.append("")
-    L.append(f"Server defaults: {report['workers']} workers, variant {report['variant']}, model input {report['input_size']}, "
+    settings = ", ".join(f"{k}={v}" for k, v in (report.get("settings") or {}).items()) or "defaults"
+    L.append(f"Server ({settings}): {report['workers']} workers, variant {report['variant']}, model trained at {report['input_size']}, "
              f"SEG_MAX_TILES={report['max_tiles']}, SEG_MAX_LATENCY_MS={report['max_latency_ms']}.")
     return "\n".join(L) + "\n"
 
@@ -108,9 +109,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=Path("exported_models/default"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[3000, 6300])
+    ap.add_argument("--set", nargs="*", default=[], metavar="SEG_NAME=VALUE", help="server settings other than the defaults")
     a = ap.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in a.set)
     try:
-        report = run(a.model, a.sizes)
+        report = run(a.model, a.sizes, env)
     except (ServerError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,18 +22,14 @@ from PIL import Image
 from loadtest import client
 from loadtest.client import photos
 from loadtest.server import ServerError, served
-from serving import imaging
-from serving.runtime import ContractError, SegmentationRuntime
+from serving.runtime import ContractError
+from serving.segmenter import Segmenter
 
 
-def offline_masks(model: Path, payloads: list[bytes]) -> list[np.ndarray]:
-    """The masks the service must answer, computed without a server: decode, squish, ONNX Runtime, back to size."""
-    rt = SegmentationRuntime.load(model, "cpu")
-    out = []
-    for data in payloads:
-        img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
-        out.append(imaging.resize_mask(rt.run(imaging.resize_to_model(img, rt.meta.input_size)[None])[0], img.size))
-    return out
+def offline_masks(model: Path, payloads: list[bytes], tile: bool = False) -> list[np.ndarray]:
+    """The masks the service must answer, computed without a server by the Python API (same data path)."""
+    seg = Segmenter.load(model, "cpu")
+    return [seg.predict(data, tile=tile) for data in payloads]
 
 
 def batch_histogram(url: str) -> dict[str, float]:

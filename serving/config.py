@@ -50,6 +50,7 @@ class ServeConfig:
     """What `bentoml serve serving.service:SegmentationService` does; each field is `SEG_<NAME>`."""
 
     model_dir: Path = Path("exported_models/default")  # folder with model.onnx (+ variants)
+    model: str = ""  # a folder or a BentoML model tag (segmentation:latest); wins over model_dir when set
     device: str = "auto"  # auto | cuda | cpu
     variant: str = "auto"  # auto (int8 on CPU when exported, fp16 on CUDA, else fp32) | fp32 | int8 | fp16
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
@@ -97,6 +98,11 @@ class ServeConfig:
         if self.device == "cuda" or (self.device == "auto" and has_gpu()):
             return 1
         return max(1, cores() // max(self.threads, 1))
+
+    @property
+    def model_source(self) -> str:
+        """What to load: SEG_MODEL (a folder or a BentoML tag) when set, else SEG_MODEL_DIR."""
+        return self.model or str(self.model_dir)
 
     @property
     def intra_op_threads(self) -> int:

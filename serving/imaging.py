@@ -127,6 +127,50 @@ def resize_to_model(img: Image.Image, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(img)
 
 
+def _bilinear_axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of half-pixel bilinear resampling along one axis (edges clamped), as
+    torch's interpolate(mode="bilinear", align_corners=False) and ONNX Resize (linear, half_pixel) do."""
+    src = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+
+def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray | None = None) -> np.ndarray:
+    """(C, h, w) class scores -> (H, W) uint8: the argmax of the scores upsampled bilinearly to `size_wh`.
+
+    Exact, but computed only where it can differ from the low-resolution argmax: a bilinear value is a
+    convex combination of its 4 source pixels, so where those 4 agree on the argmax (`ids`, the model's
+    own mask) the upsampled argmax is that class too. The scores are interpolated only in cells where
+    they disagree: along class boundaries, a small fraction of the pixels."""
+    c, h, w = probs.shape
+    W, H = size_wh
+    ids = probs.argmax(axis=0).astype(np.uint8) if ids is None else ids
+    y0, _, fy = _bilinear_axis(H, h)
+    x0, _, fx = _bilinear_axis(W, w)
+    down, right = np.minimum(np.arange(h) + 1, h - 1), np.minimum(np.arange(w) + 1, w - 1)
+    mixed = (ids != ids[down]) | (ids != ids[:, right]) | (ids != ids[down][:, right])
+    out = ids[y0][:, x0]
+    # The output pixels of source cell (r, q) are a block: rows ry[r]..ry[r+1], columns rx[q]..rx[q+1]
+    # (y0 and x0 never decrease). Mixed cells are handled a block shape at a time: their 4 corners are
+    # gathered once per cell, not once per pixel.
+    ry, rx = np.searchsorted(y0, np.arange(h + 1)), np.searchsorted(x0, np.arange(w + 1))
+    cr, cq = np.nonzero(mixed)
+    by, bx = ry[cr + 1] - ry[cr], rx[cq + 1] - rx[cq]
+    for sy, sx in set(zip(by.tolist(), bx.tolist())):
+        if not sy or not sx:
+            continue
+        sel = (by == sy) & (bx == sx)
+        r, q = cr[sel], cq[sel]
+        a, b, cc, d = probs[:, r, q], probs[:, r, right[q]], probs[:, down[r], q], probs[:, down[r], right[q]]  # (C, n)
+        yy, xx = ry[r][:, None] + np.arange(sy), rx[q][:, None] + np.arange(sx)  # (n, sy), (n, sx)
+        wy, wx = fy[yy][None, :, :, None], fx[xx][None, :, None, :]
+        # torch's order of operations (upsample_bilinear2d): the two columns of each row, then the two rows
+        top = (1 - wx) * a[:, :, None, None] + wx * b[:, :, None, None]
+        bottom = (1 - wx) * cc[:, :, None, None] + wx * d[:, :, None, None]
+        out[yy[:, :, None], xx[:, None, :]] = ((1 - wy) * top + wy * bottom).argmax(axis=0)
+    return out
+
+
 def resize_mask(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """(h, w) uint8 class ids -> (H, W) uint8 at `size_wh` = (W, H), nearest neighbour (ids never blend)."""
     if (mask.shape[1], mask.shape[0]) == tuple(size_wh):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import imaging, tiling
-from .runtime import SegmentationRuntime
+from . import imaging
+from .segmenter import Segmenter
 
 EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -76,13 +76,12 @@ def _progress(total: int):
         return Lines()
 
 
-def segment_items(rt: SegmentationRuntime, items: list[tuple[str, bytes]], *, tile: bool = False, overlays: bool = False,
+def segment_items(seg: Segmenter, items: list[tuple[str, bytes]], *, tile: bool = False, overlays: bool = False,
                   stats: bool = False, batch_size: int = 8, max_pixels: int = 400_000_000) -> list[Result]:
     """Decode, segment and encode a batch of (name, file bytes): one Result per item, in order.
 
-    The images that decode are squished to the model size and run as one batch (or, with `tile`, each is
-    segmented by overlapping tiles at full resolution); masks come back at each image's own size.
-    """
+    The images that decode go through the service's data path (serving.pipeline) in batches of equal
+    model input shape; masks come back at each image's own size."""
     results = [Result(name) for name, _ in items]
     decoded = []
     for res, (_, data) in zip(results, items):
@@ -90,21 +89,13 @@ def segment_items(rt: SegmentationRuntime, items: list[tuple[str, bytes]], *, ti
             decoded.append((res, imaging.decode_image(data, max_bytes=10**10, max_pixels=max_pixels)))
         except imaging.ImageError as exc:
             res.error = str(exc)
-    if tile:
-        overlap = tiling.default_overlap(rt.meta.input_size)
-        masks = [tiling.segment_tiled(np.asarray(img), rt.run, rt.meta.input_size, overlap, rt.meta.n_classes, batch_size)
-                 for _, img in decoded]
-    elif decoded:
-        batch = np.stack([imaging.resize_to_model(img, rt.meta.input_size) for _, img in decoded])
-        masks = [imaging.resize_mask(m, img.size) for m, (_, img) in zip(rt.run(batch), decoded)]
-    else:
-        masks = []
+    masks = seg.predict_many([img for _, img in decoded], tile=tile, batch_size=batch_size)
     for (res, img), mask in zip(decoded, masks):
-        res.mask_png = imaging.palette_png(mask, rt.meta.colours)
+        res.mask_png = seg.mask_png(mask)
         if overlays:
-            res.overlay_png = imaging.overlay_png(img, mask, rt.meta.colours)
+            res.overlay_png = imaging.overlay_png(img, mask, seg.meta.colours)
         if stats:
-            s = imaging.class_stats(mask, rt.meta.classes)
+            s = imaging.class_stats(mask, seg.meta.classes)
             res.row = {"width": s["width"], "height": s["height"], **{c["name"]: round(c["fraction"], 6) for c in s["classes"]}}
     return results
 
@@ -137,12 +128,12 @@ def _plan(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
 
 
 def _local_batches(cfg: PredictConfig, todo: list[Path]):
-    rt = SegmentationRuntime.load(cfg.model_dir, cfg.device, cfg.variant)  # fails here, before any output
+    seg = Segmenter.load(cfg.model_dir, cfg.device, cfg.variant)  # fails here, before any output
 
     def batches():
         for i in range(0, len(todo), cfg.batch_size):
             items, unread = read_items(todo[i:i + cfg.batch_size])
-            yield unread + segment_items(rt, items, tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv,
+            yield unread + segment_items(seg, items, tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv,
                                          batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
 
     return batches()

@@ -1,7 +1,7 @@
 """Folder prediction on a Ray cluster: `python -m serving predict IN OUT --ray ADDRESS`.
 
 Ray Data streams the image paths through a pool of actors (`map_batches` with a callable class and
-an `ActorPoolStrategy`); each actor holds one SegmentationRuntime and runs the same `segment_items` as the
+an `ActorPoolStrategy`); each actor holds one Segmenter and runs the same `segment_items` as the
 local path, so masks are identical. What has to be where:
 
 - the model: read once here and shipped through Ray's object store, so workers need no copy of it;
@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from .predict import PredictConfig, PredictError, Result, read_items, segment_items
-from .runtime import VARIANT_FILES, SegmentationRuntime, check_model_dir
+from .runtime import VARIANT_FILES, check_model_dir
+from .segmenter import Segmenter
 
 PACKAGE = Path(__file__).resolve().parent
 
 
-class Segmenter:
+class SegmentActor:
     """A Ray Data actor: writes the shipped model to a temp folder once, then segments batches of paths."""
 
     def __init__(self, model: list, device: str, variant: str, threads: int, opts: dict):
@@ -41,12 +42,12 @@ class Segmenter:
         self.dir = Path(tempfile.mkdtemp(prefix="seg-model-"))
         for name, data in files.items():
             (self.dir / name).write_bytes(data)
-        self.rt = SegmentationRuntime.load(self.dir, device, variant, threads=threads)
+        self.seg = Segmenter.load(self.dir, device, variant, threads=threads)
         self.opts = opts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items, unread = read_items(batch["path"])
-        results = unread + segment_items(self.rt, items, **self.opts)
+        results = unread + segment_items(self.seg, items, **self.opts)
         return {
             "name": np.array([r.name for r in results], dtype=object),
             "mask_png": np.array([r.mask_png for r in results], dtype=object),
@@ -119,7 +120,7 @@ def ray_batches(cfg: PredictConfig, todo: list[Path]):
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.ray_actors)
     opts = dict(tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
     ds = ray.data.from_items([{"path": str(p)} for p in todo]).map_batches(
-        Segmenter, batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
+        SegmentActor, batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
         num_cpus=cpus, num_gpus=cfg.ray_gpus or None,
         ray_remote_args_fn=lambda: {"max_restarts": 0},  # a dead replica fails the run in one line; rerunning resumes
         fn_constructor_kwargs=dict(model=[ray.put(files)], device=cfg.device, variant=cfg.variant, threads=cpus, opts=opts))

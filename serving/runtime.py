@@ -60,13 +60,14 @@ class ModelMeta:
             raise ContractError(f"{source}: metadata 'classes' must be a non-empty JSON list of names")
         if not isinstance(colours, list) or len(colours) != len(classes) or not all(len(c) == 3 for c in colours):
             raise ContractError(f"{source}: metadata 'colours' must hold one [r, g, b] per class ({len(classes)})")
-        if not isinstance(size, list) or len(size) != 2 or any(int(s) % 32 for s in size):
-            raise ContractError(f"{source}: metadata 'input_size' must be [H, W], multiples of 32")
+        dynamic = props.get("dynamic_hw", "false").lower() == "true"
+        if not isinstance(size, list) or len(size) != 2 or any(int(s) < 1 for s in size) or (not dynamic and any(int(s) % 32 for s in size)):
+            raise ContractError(f"{source}: metadata 'input_size' must be [H, W] (multiples of 32 unless dynamic_hw is true)")
         return cls(
             classes=tuple(str(c) for c in classes),
             colours=tuple(tuple(int(v) for v in c) for c in colours),
             input_size=(int(size[0]), int(size[1])),
-            dynamic_hw=props.get("dynamic_hw", "false").lower() == "true",
+            dynamic_hw=dynamic,
             mean=tuple(j("mean", [])), std=tuple(j("std", [])),
             resize=props.get("resize", "squish-bilinear"),
             encoder=props.get("encoder", ""), exporter=props.get("exporter", ""),
@@ -194,8 +195,8 @@ class SegmentationRuntime:
             if device == "cuda":
                 raise ContractError("SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu")
             log.warning("CUDA execution provider listed but not usable here; running on CPU")
-            if variant == "auto" and chosen == "fp16":  # fp16 is for GPUs; reload the CPU choice
-                return cls.load(model_dir, "cpu", "auto", threads, spin, available, _session_factory)
+            # the variant was chosen for CUDA: load the CPU choice instead (auto: the int8 export)
+            return cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory)
         _check_io(session, path)
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         rt = cls(session, meta, chosen, path, why)
@@ -208,25 +209,38 @@ class SegmentationRuntime:
             return self._run_bound(images)[0]
         return self.session.run(["mask"], {"image": images})[0]
 
+    def run_scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, H, W, 3) uint8 -> ((N, H, W) uint8 class ids, (N, C, H, W) float32 probabilities or None
+        when the model has no `probs` output), in one run."""
+        if "probs" not in self._outputs:
+            return self.run(images), None
+        if self._io_binding:
+            masks, probs = self._run_bound(images, ["mask", "probs"])
+            return masks, probs
+        masks, probs = self.session.run(["mask", "probs"], {"image": images})
+        return masks, probs
+
     def run_probs(self, images: np.ndarray) -> np.ndarray | None:
         """(N, H, W, 3) uint8 -> (N, C, H, W) float32 probabilities, or None when the model has no `probs` output."""
         if "probs" not in self._outputs:
             return None
         return self.session.run(["probs"], {"image": images})[0]
 
-    def _run_bound(self, images: np.ndarray) -> list[np.ndarray]:
-        # IO binding: the input goes to the GPU once and the output is fetched once per batch.
+    def _run_bound(self, images: np.ndarray, outputs=("mask",)) -> list[np.ndarray]:
+        # IO binding: the input goes to the GPU once and the outputs are fetched once per batch.
         binding = self.session.io_binding()
         binding.bind_cpu_input("image", np.ascontiguousarray(images))
-        binding.bind_output("mask", "cpu")
+        for name in outputs:
+            binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def warmup(self, batch_sizes) -> None:
-        """Run every batch size once so the first real requests do not pay allocation/tuning."""
-        h, w = self.meta.input_size
-        for n in batch_sizes:
-            self.run(np.zeros((n, h, w, 3), dtype=np.uint8))
+    def warmup(self, batch_sizes, shapes) -> None:
+        """Run every batch size at every (H, W) in `shapes` once, so the first real requests do not pay
+        allocation or (on CUDA) algorithm search for those shapes."""
+        for h, w in shapes:
+            for n in batch_sizes:
+                self.run_scores(np.zeros((n, h, w, 3), dtype=np.uint8))
 
 
 def _check_io(session, path: Path) -> None:

@@ -7,7 +7,7 @@
       4. admit: the work queued ahead fits SEG_MAX_LATENCY_MS, or 503 + Retry-After  serving.batching.Admission
       5. decode, resize to the model, batches through ONNX Runtime, mask back to the upload's size
       6. encode: palette PNG, overlay PNG or JSON                               serving.imaging
-    GET /model                                                             (a FastAPI route, mounted)
+    GET /model, GET /ui (the page, serving/ui/index.html)                  (FastAPI routes, mounted)
 
 Nothing is shed after step 4: an admitted request always gets its answer. Configuration: serving/config.py.
 """
@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, ClassVar
@@ -29,9 +28,9 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Header
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from . import imaging, tiling
+from . import imaging, pipeline, store
 from .batching import Admission, Batcher
 from .config import ServeConfig
 from .http import Gate, Problem, Upload, read_upload
@@ -41,6 +40,7 @@ log = logging.getLogger("serving.service")
 
 CONFIG, CONFIG_ERROR = ServeConfig.load()  # read once; a bad setting stops `bentoml serve` in check_deployment
 ROUTES = ("/segment", "/overlay", "/stats")
+UI_PAGE = (Path(__file__).parent / "ui" / "index.html").read_text()  # static: no CDN, no build step, works offline
 
 
 class StartupError(BentoMLException):
@@ -104,15 +104,6 @@ class Stats(bentoml.IODescriptor):
 PNG = Annotated[Path, bentoml.validators.ContentType("image/png")]
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The model work one request needs: its inputs (1, or its tiles), and its share of the batch queue."""
-
-    inputs: int
-    share: float
-    layout: tiling.TileLayout | None = None
-
-
 def _current():
     try:
         return bentoml.get_current_service()
@@ -136,7 +127,8 @@ info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 @bentoml.asgi_app(info_app, path="/")
 class SegmentationService:
     """Semantic segmentation with a fastai U-Net exported to ONNX: POST an image, get its mask (palette PNG),
-    an overlay or per-class statistics at the image's own size. Batched ONNX Runtime on CUDA or CPU."""
+    an overlay or per-class statistics at the image's own size. Batched ONNX Runtime on CUDA or CPU.
+    Try it in the browser at /ui; GET /model describes the model."""
 
     @bentoml.on_deployment
     def check_deployment() -> None:
@@ -145,7 +137,7 @@ class SegmentationService:
         if CONFIG_ERROR is not None:
             raise StartupError(str(CONFIG_ERROR))
         try:
-            SegmentationRuntime.load(CONFIG.model_dir, CONFIG.device, CONFIG.variant, threads=1)
+            SegmentationRuntime.load(store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant, threads=1)
         except ContractError as exc:
             raise StartupError(str(exc)) from None
 
@@ -154,20 +146,27 @@ class SegmentationService:
             raise CONFIG_ERROR
         self.config = CONFIG
         self.metrics = _metrics()
-        self.runtime = SegmentationRuntime.load(CONFIG.model_dir, CONFIG.device, CONFIG.variant,
+        self.runtime = SegmentationRuntime.load(store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant,
                                                 threads=CONFIG.intra_op_threads, spin=CONFIG.ort_spin)
         self.meta = self.runtime.meta
-        h, w = self.meta.input_size
+        shapes = pipeline.warmup_shapes(self.meta)
         t = time.perf_counter()
-        self.runtime.warmup(range(1, CONFIG.max_batch_size + 1))
-        log.warning("warm-up of batch sizes 1..%d took %.2f s", CONFIG.max_batch_size, time.perf_counter() - t)
+        self.runtime.warmup(range(1, CONFIG.max_batch_size + 1), shapes)
+        log.warning("warm-up of batch sizes 1..%d at %s took %.2f s", CONFIG.max_batch_size, shapes, time.perf_counter() - t)
+        h, w = shapes[0]
         t = time.perf_counter()
-        self.runtime.run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
+        self._run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
         seed = (time.perf_counter() - t) / CONFIG.max_batch_size
-        self.batcher = Batcher(self.runtime.run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w,
+        self.batcher = Batcher(self._run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w,
                                seed_seconds_per_unit=seed, on_batch=self._observe_batch)
         self.admission = Admission(self.batcher, CONFIG.max_latency_ms / 1000, CONFIG.max_concurrency)
-        self.overlap = CONFIG.tile_overlap or tiling.default_overlap(self.meta.input_size)
+        folder = self.runtime.path.parent / "samples"
+        self.samples = {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
+
+    def _run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """A batch through ONNX Runtime: (mask, probs or None) per input."""
+        masks, probs = self.runtime.run_scores(batch)
+        return list(zip(masks, probs if probs is not None else [None] * len(masks)))
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -191,6 +190,24 @@ class SegmentationService:
         Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
         return await self._answer("/stats", image, tile=tile, rle=rle)
 
+    @info_app.get("/ui", summary="A page to try the model: pick or drop an image, see its overlay, legend and mask", response_class=HTMLResponse)
+    def ui(self) -> HTMLResponse:
+        return HTMLResponse(UI_PAGE)
+
+    @info_app.get("/ui/samples", summary="Names of the held-out images the export kept beside the model (for the page)")
+    def ui_samples(self, authorization: str = Header("")) -> list[str]:
+        if not self.config.token_ok(authorization):
+            return Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`").response()
+        return sorted(self.samples)
+
+    @info_app.get("/ui/samples/{name}", summary="One of those images (PNG)", response_class=FileResponse)
+    def ui_sample(self, name: str, authorization: str = Header("")):
+        if not self.config.token_ok(authorization):
+            return Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`").response()
+        if name not in self.samples:
+            return Problem(404, f"no sample {name!r}: GET /ui/samples lists them").response()
+        return FileResponse(self.samples[name], media_type="image/png")
+
     @info_app.get("/model", summary="The model served, how, and the limits",
                   responses={200: {"description": "metadata (classes, colours, input size, metrics...), provider, variant and why, batching, admission, limits"},
                              401: {"description": "SEG_API_TOKEN is set and the bearer token is missing or wrong"}})
@@ -213,62 +230,50 @@ class SegmentationService:
             self.metrics.refused.labels(status=str(problem.status)).inc()
             return problem.response()
 
-    def plan(self, size_wh: tuple[int, int], tile: bool) -> Plan:
-        """The work for an image of `size_wh` (as displayed): one model input, or its tiles at the model size."""
-        w, h = size_wh
-        if not (tile or (self.config.tile_above and w * h > self.config.tile_above)):
-            return Plan(1, 1.0)
-        layout = tiling.plan_tiles((h, w), self.meta.input_size, self.overlap)
-        n = len(layout.origins)
-        return Plan(n, float(min(n, 2 * self.config.max_batch_size)), layout)
-
     async def _serve(self, route: str, data: bytes, options: dict[str, bool]) -> Response:
         cfg = self.config
         im = imaging.open_image(data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels)
         size = imaging.displayed_size(im)
-        plan = self.plan(size, options.get("tile", False))
+        plan = pipeline.plan(self.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap)
         if plan.inputs > cfg.max_tiles:
-            raise Problem(413, f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {self.meta.input_size[1]}x{self.meta.input_size[0]}, "
+            raise Problem(413, f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {plan.input_hw[1]}x{plan.input_hw[0]}, "
                                f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
                                "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`")
-        retry = self.admission.try_admit(plan.share)
+        # its share of the queue: one input, or the two batches of tiles it keeps queued at a time
+        share = self.batcher.units(plan.input_hw) * min(plan.inputs, 2 * cfg.max_batch_size)
+        retry = self.admission.try_admit(share)
         if retry is not None:
             raise Problem(503, f"server is busy: {self.admission.ahead_s():.1f} s of model work queued, over the "
                                f"{cfg.max_latency_ms} ms budget; retry after the Retry-After delay", retry_after=retry)
         try:
-            heavy = size[0] * size[1] > cfg.offload_pixels  # big images: Pillow work in a thread, the event loop stays free
+            heavy = size[0] * size[1] > cfg.offload_pixels  # big images: Pillow and numpy work in a thread, the event loop stays free
             img = await self._call(heavy, imaging.load_rgb, im, data)
-            mask = await (self._segment_tiles(np.asarray(img), plan.layout) if plan.layout else self._segment_one(img))
+            job = await self._call(heavy, pipeline.Job, self.meta, img, plan)
+            await self._infer(job)
+            mask = await self._call(heavy, job.mask)
             body = await self._call(heavy, self._encode, route, img, mask, options.get("rle", False))
         finally:
-            self.admission.release(plan.share)
+            self.admission.release(share)
         return Response(body, media_type="application/json" if route == "/stats" else "image/png")
 
     @staticmethod
     async def _call(offload: bool, fn, *args):
         return await asyncio.to_thread(fn, *args) if offload else fn(*args)
 
-    async def _segment_one(self, img) -> np.ndarray:
-        (mask,) = await self.batcher.submit([imaging.resize_to_model(img, self.meta.input_size)])
-        return imaging.resize_mask(mask, img.size)
-
-    async def _segment_tiles(self, image: np.ndarray, layout: tiling.TileLayout) -> np.ndarray:
-        """Tiles through the batcher in full batches, at most two batches queued at a time, blended as they come."""
-        padded = tiling.pad_for_tiles(image, layout)
-        blender = tiling.Blender(layout, self.meta.n_classes)
-        n, bs = len(layout.origins), self.config.max_batch_size
+    async def _infer(self, job: pipeline.Job) -> None:
+        """The job's inputs through the batcher in full batches, at most two batches queued at a time,
+        their outputs handed back in order as they come."""
         pending: deque[asyncio.Future] = deque()
         try:
-            for i in range(0, n, bs):
-                pending.append(asyncio.ensure_future(self.batcher.submit(list(tiling.tiles_of(padded, layout, i, min(i + bs, n))))))
+            for chunk in job.chunks(self.config.max_batch_size):
+                pending.append(asyncio.ensure_future(self.batcher.submit(chunk)))
                 if len(pending) == 2:
-                    blender.add(np.stack(await pending.popleft()))
+                    job.add(await pending.popleft())
             while pending:
-                blender.add(np.stack(await pending.popleft()))
+                job.add(await pending.popleft())
         finally:
             for fut in pending:
                 fut.cancel()
-        return blender.result()
 
     def _encode(self, route: str, img, mask: np.ndarray, rle: bool) -> bytes:
         if route == "/segment":
@@ -286,11 +291,15 @@ class SegmentationService:
             "variant": self.runtime.variant,
             "variant_reason": self.runtime.variant_reason,
             "model_file": str(self.runtime.path),
+            "model_source": cfg.model_source,
             "batching": {"max_batch_size": cfg.max_batch_size, "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",
                          "seconds_per_input": self.batcher.seconds_per_unit},
             "admission": {"max_latency_ms": cfg.max_latency_ms, "max_concurrency_per_worker": cfg.max_concurrency, "max_tiles": cfg.max_tiles,
                           "queued_seconds": self.admission.ahead_s(), "in_flight": self.admission.in_flight},
-            "tiling": {"tile_above_pixels": cfg.tile_above, "overlap": self.overlap},
+            "geometry": {"dynamic_hw": self.meta.dynamic_hw, "training_size": list(self.meta.input_size),
+                         "resize": "keep aspect, short side to the training size, pad to 32, scores upsampled" if self.meta.dynamic_hw
+                         else "squish to the model size, scores upsampled", "warmed_up_shapes": [list(x) for x in pipeline.warmup_shapes(self.meta)]},
+            "tiling": {"tile_above_pixels": cfg.tile_above, "overlap": cfg.tile_overlap or "a quarter of a tile"},
             "threads": cfg.intra_op_threads,
             "workers": cfg.resolved_workers,
             "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s},

@@ -78,21 +78,25 @@ def _window(tile_hw: tuple[int, int], overlap: int) -> np.ndarray:
 class Blender:
     """Window-weighted votes (class ids) or scores of tiles, added batch by batch in layout order.
 
-    Tiles come row by row, so when a new row of tiles starts, the image rows above it are final: they
-    are decided (argmax) and their accumulator freed. Memory: the (H, W) uint8 mask plus one band of
-    classes x tile height x W float32, whatever the number of tiles."""
+    By default tiles come row by row, so when a new row of tiles starts, the image rows above it are
+    final: they are decided (argmax) and their accumulator freed. Memory: the (H, W) uint8 mask plus one
+    band of classes x tile height x W float32, whatever the number of tiles. With `keep_scores` the
+    whole (C, H, W) accumulator is kept, for `scores()`: the blended scores, to be upsampled."""
 
-    def __init__(self, layout: TileLayout, n_classes: int):
-        self.layout, self.n_classes = layout, n_classes
+    def __init__(self, layout: TileLayout, n_classes: int, keep_scores: bool = False):
+        self.layout, self.n_classes, self.keep_scores = layout, n_classes, keep_scores
         self.window = _window(layout.tile_hw, layout.overlap)
         ph, pw = layout.padded_hw
         self.mask = np.zeros((ph, pw), np.uint8)
-        self._band = np.zeros((n_classes, layout.tile_hw[0], pw), np.float32)
+        self._band = np.zeros((n_classes, ph if keep_scores else layout.tile_hw[0], pw), np.float32)
+        self._weight = np.zeros((ph, pw), np.float32) if keep_scores else None
         self._top = 0  # image row of the band's first row
         self._next = 0  # index of the next tile expected
 
     def _finish_rows(self, until: int) -> None:
         """Decide rows [top, until) and move the band down so it starts at `until`."""
+        if self.keep_scores:
+            return
         k = min(until, self.mask.shape[0]) - self._top
         if k <= 0:
             return
@@ -107,21 +111,36 @@ class Blender:
         for out in outputs:
             y, x = self.layout.origins[self._next]
             self._finish_rows(y)
-            region = self._band[:, : th, x : x + tw]
+            row = y - self._top
+            region = self._band[:, row : row + th, x : x + tw]
             if out.ndim == 2:
                 for c in range(self.n_classes):
                     region[c] += self.window * (out == c)
             else:
                 region += out * self.window
+            if self._weight is not None:
+                self._weight[y : y + th, x : x + tw] += self.window
             self._next += 1
+
+    def _check_done(self) -> None:
+        if self._next != len(self.layout.origins):
+            raise ValueError(f"{self._next} of {len(self.layout.origins)} tiles added")
 
     def result(self) -> np.ndarray:
         """(H, W) uint8 class ids, once every tile was added."""
-        if self._next != len(self.layout.origins):
-            raise ValueError(f"{self._next} of {len(self.layout.origins)} tiles added")
-        self._finish_rows(self._top + self._band.shape[1])
+        self._check_done()
         h, w = self.layout.image_hw
+        if self.keep_scores:
+            return self._band[:, :h, :w].argmax(axis=0).astype(np.uint8)
+        self._finish_rows(self._top + self._band.shape[1])
         return self.mask[:h, :w]
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keep_scores) ((C, H, W) float32 window-weighted mean scores, (H, W) uint8 their argmax)."""
+        self._check_done()
+        h, w = self.layout.image_hw
+        probs = self._band[:, :h, :w] / self._weight[:h, :w]
+        return probs, probs.argmax(axis=0).astype(np.uint8)
 
 
 def blend_probs(probs: np.ndarray, layout: TileLayout) -> np.ndarray:

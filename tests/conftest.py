@@ -46,6 +46,16 @@ def tiny_export(tmp_path_factory, tiny_run) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_export_fixed(tmp_path_factory, tiny_run) -> Path:
+    """The same run exported with H, W fixed at 64 (the older contract): squished uploads, full-resolution tiles."""
+    from training.export import export_run
+
+    out = tmp_path_factory.mktemp("exported") / "tiny-fixed"
+    export_run(tiny_run, out, dynamic_hw=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def rule_model_dir(tmp_path_factory) -> Path:
     """A 32 px rule-based model that follows the contract: exact expected masks, no training."""
     from contract_model import make_contract_model

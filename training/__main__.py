@@ -17,10 +17,18 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init instead of ImageNet weights")
     p.add_argument("--allow-random", action="store_true", help="fall back to random init when pretrained weights cannot be loaded")
     p.add_argument("--weights", type=Path, help="encoder state_dict to start from instead of ImageNet weights")
-    p.add_argument("--size", type=int, default=d.size, help="training/model input size, a multiple of 32")
+    p.add_argument("--size", nargs="+", metavar="H [W]", help="training scale: H W, HxW or one number for a square "
+                   "(default 128x128; CamVid-layout data keep their aspect at 128 px high)")
+    p.add_argument("--crop", nargs="+", metavar="H [W]", help="train on random crops of this size taken at the --size scale "
+                   "(validation and serving see whole images)")
+    p.add_argument("--progressive", action="store_true", help="progressive resizing: the frozen phase at half size, then full size")
+    p.add_argument("--class-weights", choices=("auto", "on", "off"), default=d.class_weights,
+                   help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {10:g}x)")
     p.add_argument("--bs", type=int, default=d.bs)
-    p.add_argument("--frozen-epochs", type=int, default=d.frozen_epochs, help="epochs with the encoder frozen (head only)")
-    p.add_argument("--unfrozen-epochs", type=int, default=d.unfrozen_epochs, help="epochs after unfreezing, discriminative lrs")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in all; epochs follow the data set's size, a fifth frozen")
+    p.add_argument("--frozen-epochs", type=int, help="epochs with the encoder frozen (head only); overrides --steps")
+    p.add_argument("--unfrozen-epochs", type=int, help="epochs after unfreezing, discriminative lrs; overrides --steps")
+    p.add_argument("--last-epoch", dest="keep_best", action="store_false", help="keep the last epoch instead of the best validation Dice")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the frozen phase")
     p.add_argument("--lr-unfrozen", type=float, nargs=2, default=d.lr_unfrozen, metavar=("LO", "HI"), help="slice(LO, HI) after unfreezing")
     p.add_argument("--valid-pct", type=float, default=d.valid_pct)
@@ -34,16 +42,32 @@ def _fit_config(a: argparse.Namespace, data: Path, out: Path):
     from .train import TrainConfig
 
     return TrainConfig(data=data, out=out, encoder=a.encoder, pretrained=a.pretrained, weights=a.weights, allow_random=a.allow_random,
-                       size=a.size, bs=a.bs, frozen_epochs=a.frozen_epochs, unfrozen_epochs=a.unfrozen_epochs, lr=a.lr,
-                       lr_unfrozen=tuple(a.lr_unfrozen), valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find,
-                       threads=a.threads)
+                       size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), progressive=a.progressive,
+                       class_weights=a.class_weights, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
+                       unfrozen_epochs=a.unfrozen_epochs, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
+                       valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find, threads=a.threads)
 
 
-def _add_export_args(p: argparse.ArgumentParser) -> None:
+def _size_arg(values: list[str] | None, flag: str) -> tuple[int, int] | None:
+    """["360", "480"], ["360x480"] or ["128"] -> (H, W); a one-line TrainingError otherwise."""
+    if not values:
+        return None
+    parts = " ".join(values).lower().replace("x", " ").split()
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise TrainingError(f"{flag} {' '.join(values)}: give H W, HxW or one number, e.g. {flag} 360 480")
+    return (int(parts[0]), int(parts[-1]))
+
+
+def _add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, CPU) if it agrees >= 99.5%%")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")
     p.add_argument("--no-probs", dest="probs", action="store_false", help="leave out the float32 `probs` output")
     p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto")
+    if store:
+        p.add_argument("--bentoml", metavar="NAME", nargs="?", const="segmentation",
+                       help="also register the export in BentoML's model store under NAME (default segmentation): `bentoml models list` shows it")
+    p.add_argument("--fixed-size", dest="dynamic_hw", action="store_false",
+                   help="fix H and W at the training size (squished uploads, as older exports) instead of any size")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,26 +78,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("synth", help="write the embedded synthetic data set (generic layout)")
+    p = sub.add_parser("synth", help="write a synthetic data set: butterflies and leaves (generic layout) or street scenes (CamVid layout)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", nargs="+", metavar="H [W]", help="image size (default 128; camvid: 360 480)")
+    p.add_argument("--layout", choices=("generic", "camvid", "leeds"), default="generic",
+                   help="generic: butterflies and leaves; camvid: street scenes with thin poles; leeds: hard butterflies (0/255 masks)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("masks", help="binary 0/255 or RGB colour masks -> index masks (+ codes.txt)")
-    p.add_argument("src", type=Path, help="folder of mask PNGs")
-    p.add_argument("--out", type=Path, required=True, help="folder for the index masks (codes.txt goes beside it)")
+    p = sub.add_parser("masks", help="masks for fit: 0/255 or RGB colour masks -> index masks, or COCO / LabelMe annotations -> a data set")
+    p.add_argument("src", type=Path, nargs="?", help="folder of mask PNGs (binary 0/255, or RGB with --palette)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the index masks (codes.txt goes beside it); with --coco/--labelme the data set")
     p.add_argument("--palette", type=Path, help="`name r g b` per line, for RGB colour masks")
+    p.add_argument("--coco", type=Path, help="COCO instances JSON (polygons or RLE; CVAT and Label Studio export it)")
+    p.add_argument("--images", type=Path, help="with --coco: the folder holding its images")
+    p.add_argument("--labelme", type=Path, help="folder of LabelMe JSON files (images beside them or embedded)")
 
     p = sub.add_parser("fit", help="train a fastai U-Net on a labelled folder")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder (must be new)")
     _add_fit_args(p)
 
-    p = sub.add_parser("export", help="export a run to ONNX (parity-checked against fastai)")
-    p.add_argument("--model", type=Path, required=True, help="run folder written by `fit`")
+    p = sub.add_parser("export", help="export a run, or a Learner saved with learn.export(), to ONNX (parity-checked against fastai)")
+    p.add_argument("--model", type=Path, help="run folder written by `fit`")
+    p.add_argument("--learner", type=Path, help="a .pkl written by fastai's learn.export() (needs --trust-pickle and --images)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading --learner: unpickling runs code stored in the file")
+    p.add_argument("--images", type=Path, help="with --learner: a folder of a few images like its validation set (parity, int8)")
     p.add_argument("--out", type=Path, required=True, help="exported_models/NAME (must not exist)")
-    _add_export_args(p)
+    _add_export_args(p, store=True)
 
     p = sub.add_parser("demo", help="synth -> fit -> export: the default model `make serve` serves")
     p.add_argument("--out", type=Path, default=Path("exported_models/default"))
@@ -87,15 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "synth":
             from .synth import SynthConfig, synth
 
-            if a.size % 32:
-                raise TrainingError(f"--size {a.size} is not a multiple of 32")
-            out = synth(SynthConfig(out=a.out, n=a.n, size=a.size, seed=a.seed))
-            print(f"wrote {a.n} scenes to {out}")
+            size = _size_arg(a.size, "--size") or ((360, 480) if a.layout == "camvid" else (128, 128))
+            if a.layout != "camvid" and size[0] != size[1]:
+                raise TrainingError(f"--size {size[0]} {size[1]}: {a.layout} scenes are square; give one number (or use --layout camvid)")
+            out = synth(SynthConfig(out=a.out, n=a.n, size=size, seed=a.seed, layout=a.layout))
+            print(f"wrote {a.n} {a.layout} scenes of {size[0]}x{size[1]} to {out}")
         elif a.cmd == "masks":
-            from .masks import convert_masks
+            if a.coco or a.labelme:
+                from .annotations import coco_to_masks, labelme_to_masks
 
-            n = convert_masks(a.src, a.out, a.palette)
-            print(f"converted {n} masks into {a.out}")
+                if a.coco and not a.images:
+                    raise TrainingError("--coco needs --images, the folder holding the annotated images")
+                n, codes = coco_to_masks(a.coco, a.images, a.out) if a.coco else labelme_to_masks(a.labelme, a.out)
+                print(f"wrote {n} images and masks ({len(codes)} classes: {', '.join(codes)}) to {a.out}; train with "
+                      f"`python -m training fit --data {a.out} --out runs/NAME`")
+            else:
+                from .masks import convert_masks
+
+                if a.src is None:
+                    raise TrainingError("masks: pass a folder of mask PNGs, or --coco FILE --images DIR, or --labelme DIR")
+                n = convert_masks(a.src, a.out, a.palette)
+                print(f"converted {n} masks into {a.out}")
         elif a.cmd == "fit":
             from .train import fit
 
@@ -103,7 +147,27 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "export":
             from .export import export_run
 
-            export_run(a.model, a.out, int8=a.int8, fp16=a.fp16, probs=a.probs, exporter=a.exporter)
+            opts = dict(int8=a.int8, fp16=a.fp16, probs=a.probs, exporter=a.exporter, dynamic_hw=a.dynamic_hw)
+            if (a.model is None) == (a.learner is None):
+                raise TrainingError("export: pass either --model RUN_DIR (from `fit`) or --learner FILE.pkl (from learn.export())")
+            if a.model is not None:
+                export_run(a.model, a.out, **opts)
+            else:
+                from .export import export_learner, load_learner_pickle
+
+                learn = load_learner_pickle(a.learner, a.trust_pickle)
+                if a.images is None or not a.images.is_dir():
+                    raise TrainingError(f"--learner needs --images DIR: a folder with a few images like the Learner's validation set (got {a.images})")
+                images = sorted(p for p in a.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"))
+                if not images:
+                    raise TrainingError(f"{a.images}: no images inside")
+                print(f"[1/4] loaded the Learner from {a.learner}", flush=True)
+                export_learner(learn, a.out, images=images[:32], **opts)
+            if a.bentoml:
+                from serving.store import register
+
+                print(f"registered in BentoML's model store as {register(a.out, a.bentoml)}; serve it with "
+                      f"SEG_MODEL={a.bentoml}:latest bentoml serve serving.service:SegmentationService", flush=True)
         elif a.cmd == "demo":
             from .demo import demo
 

@@ -33,6 +33,16 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.codes)
 
+    @property
+    def void(self) -> int | None:
+        """Index of the class named "Void" (any case): unlabelled pixels, ignored by the loss and the metrics."""
+        return next((i for i, c in enumerate(self.codes) if c.lower() == "void"), None)
+
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the first image (CamVid-style data sets have one size)."""
+        with Image.open(self.pairs[0][0]) as im:
+            return im.size[1], im.size[0]
+
 
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
@@ -133,14 +143,43 @@ def split_pairs(ds: Dataset, valid_pct: float, seed: int) -> tuple[list[int], li
     return sorted(idx[n_valid:].tolist()), sorted(idx[:n_valid].tolist())
 
 
-def make_dataloaders(ds: Dataset, *, size: int, bs: int, mean, std, valid_pct: float, seed: int, augment: bool = True, num_workers: int = 0):
-    """fastai DataLoaders: squish-resize to `size` (PIL bilinear, as serving does), flips/affine, explicit Normalize.
+def class_frequencies(ds: Dataset, indices) -> np.ndarray:
+    """SegNet's class frequency over the images `indices`: pixels of class c / pixels of the images where c
+    appears (0 for a class that never appears). (C,) float64."""
+    pixels, present = np.zeros(ds.n_classes), np.zeros(ds.n_classes)
+    for i in indices:
+        m = read_mask(ds.pairs[i][1], ds.binary_255)
+        counts = np.bincount(m.ravel(), minlength=ds.n_classes)[: ds.n_classes]
+        pixels += counts
+        present += (counts > 0) * m.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present > 0, pixels / present, 0.0)
+
+
+def median_frequency_weights(freq: np.ndarray, void: int | None = None) -> np.ndarray:
+    """Median-frequency balancing (SegNet, for CamVid): weight = median class frequency / class frequency,
+    over the classes that appear, Void excluded (weight 0: the loss ignores it anyway); absent classes 1."""
+    scored = [c for c in range(len(freq)) if c != void and freq[c] > 0]
+    med = float(np.median(freq[scored])) if scored else 1.0
+    w = np.ones(len(freq))
+    for c in scored:
+        w[c] = med / freq[c]
+    if void is not None:
+        w[void] = 0.0
+    return w
+
+
+def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int] | None = None, bs: int, mean, std, valid_pct: float,
+                     seed: int, augment: bool = True, num_workers: int = 0):
+    """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
+    scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
+    flips/affine, explicit Normalize.
 
     Normalisation is set here from the encoder's own stats, never as a side effect of `pretrained=`.
     """
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
-    from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+    from fastai.vision.augment import RandomCrop, Resize, ResizeMethod, aug_transforms
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
     from fastai.data.transforms import Normalize
@@ -152,14 +191,18 @@ def make_dataloaders(ds: Dataset, *, size: int, bs: int, mean, std, valid_pct: f
     def get_y(image_path):
         return PILMask.create(read_mask(mask_of[Path(image_path)], binary))
 
-    batch_tfms = [*aug_transforms(size=size, max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)] if augment else []
+    class TrainCrop(RandomCrop):
+        split_idx = 0  # training set only: validation keeps the whole image at the training scale
+
+    batch_tfms = [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)] if augment else []
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
+    item_tfms = [Resize(tuple(size), method=ResizeMethod.Squish)] + ([TrainCrop(tuple(crop))] if crop else [])
     block = DataBlock(
         blocks=(ImageBlock, MaskBlock(list(ds.codes))),
         get_items=lambda _: [p for p, _ in ds.pairs],
         get_y=get_y,
         splitter=IndexSplitter(valid_idx),
-        item_tfms=Resize(size, method=ResizeMethod.Squish),
+        item_tfms=item_tfms,
         batch_tfms=batch_tfms,
     )
     return block.dataloaders(ds.root, bs=bs, num_workers=num_workers)

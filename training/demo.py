@@ -21,11 +21,12 @@ def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, e
     if out.exists():
         raise TrainingError(f"{out}: already exists; remove it or pass another --out")
     base = base or TrainConfig(data=Path("."), out=Path("."))
-    data = work / f"synth-n{n}-s{base.size}"
+    side = base.size[0] if base.size else 128
+    data = work / f"synth-n{n}-s{side}"
     t0 = time.perf_counter()
     if not (data / "codes.txt").is_file():
-        print(f"== demo 1/3: writing {n} synthetic {base.size} px scenes to {data}", flush=True)
-        synth(SynthConfig(out=data, n=n, size=base.size, seed=0))
+        print(f"== demo 1/3: writing {n} synthetic {side} px scenes to {data}", flush=True)
+        synth(SynthConfig(out=data, n=n, size=side, seed=0))
     else:
         print(f"== demo 1/3: reusing the synthetic data in {data}", flush=True)
     run = work / time.strftime("run-%Y%m%d-%H%M%S")

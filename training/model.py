@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +99,10 @@ def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = 
     return _resnet(name, pretrained)
 
 
-def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: Path | None = None, allow_random: bool = False, size: int, metrics=(), last_cross: bool = True):
-    """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly."""
+def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: Path | None = None, allow_random: bool = False,
+                  metrics=(), last_cross: bool = True, loss_func=None):
+    """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly.
+    `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1)."""
     from fastai.vision.learner import unet_learner
 
     body = build_encoder(encoder, pretrained=pretrained, weights=weights, allow_random=allow_random)
@@ -112,4 +115,39 @@ def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: P
         normalize=False,
         metrics=list(metrics),
         last_cross=last_cross,
+        **({"loss_func": loss_func} if loss_func is not None else {}),
     )
+
+
+@functools.cache
+def _any_size_classes():
+    import torch.nn.functional as F
+    from fastai.vision.models.unet import ResizeToOrig, UnetBlock
+
+    class AnySizeUnetBlock(UnetBlock):
+        def forward(self, up_in):
+            s = self.hook.stored
+            up_out = F.interpolate(self.shuf(up_in), s.shape[-2:], mode="nearest")  # unconditional: see any_size
+            cat_x = self.relu(torch.cat([up_out, self.bn(s)], dim=1))
+            return self.conv2(self.conv1(cat_x))
+
+    class AnySizeResizeToOrig(ResizeToOrig):
+        def forward(self, x):
+            return F.interpolate(x, x.orig.shape[-2:], mode=self.mode)
+
+    return {UnetBlock: AnySizeUnetBlock, ResizeToOrig: AnySizeResizeToOrig}
+
+
+def any_size(model: nn.Module) -> nn.Module:
+    """Make a fastai DynamicUnet trace to a graph that runs at any H and W (in place; returns it).
+
+    `UnetBlock` and `ResizeToOrig` interpolate only when the sizes they join differ, and an exporter
+    records the branch taken at the traced size: the legacy export then fails at other sizes in ONNX
+    Runtime (Concat 15 vs 14 at 250x333) and the dynamo export narrows H and W to multiples of 32. Here
+    both always interpolate; where sizes already match, nearest interpolation is a copy, so the model's
+    outputs are bit-identical to fastai's."""
+    swap = _any_size_classes()
+    for m in model.modules():
+        if type(m) in swap:
+            m.__class__ = swap[type(m)]
+    return model

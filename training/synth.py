@@ -1,10 +1,17 @@
 """Synthetic segmentation scenes built from the real photos that ship in `skimage.data`.
 
-Backgrounds and object fills are crops of real photos (grass, gravel, brick, coffee, chelsea, astronaut...),
-so the model has to learn texture and shape, not a flat colour. Two object classes with distinct shapes:
-"butterfly" (four wing ellipses and a body) and "leaf" (a random polygon). Several objects per image,
-some cut by the border. Everything is drawn from one `numpy.random.Generator` seeded per image, so a
-seed gives the same data set on every machine.
+Two kinds, both textured with crops of real photos (grass, gravel, brick, coffee, chelsea, astronaut...),
+so a model has to learn texture and shape, not a flat colour:
+
+- `layout="generic"` (the demo's): square scenes with "butterfly" (four wing ellipses and a body) and
+  "leaf" (a random polygon) objects, several per image, some cut by the border.
+- `layout="camvid"` (the seed's second data set, in miniature): non-square street scenes (360x480 by
+  default) with Sky, Building, Road, Tree, Car, thin Poles (2-4 px wide, under 1 % of the pixels) and
+  a Void class for unlabelled clutter, written in the CamVid layout (images/, labels/<stem>_P.png,
+  codes.txt with Void last). Classes are as unbalanced as in CamVid.
+
+Everything is drawn from one `numpy.random.Generator` seeded per image, so a seed gives the same data
+set on every machine.
 """
 from __future__ import annotations
 
@@ -24,14 +31,18 @@ _BUTTERFLY_FILLS = ("chelsea", "cat", "immunohistochemistry", "colorwheel", "cof
 _LEAF_FILLS = ("grass", "brick", "retina", "coins", "page")
 
 
+STREET_CLASSES = ("Sky", "Building", "Road", "Tree", "Car", "Pole", "Void")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     out: Path
     n: int = 200
-    size: int = 128
+    size: int | tuple[int, int] = 128  # generic: one side; camvid: (H, W) or one side for both
     seed: int = 0
     min_objects: int = 2
     max_objects: int = 5
+    layout: str = "generic"  # "generic" (butterflies and leaves), "camvid" (street scenes) or "leeds" (hard butterflies)
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,15 +123,138 @@ def make_scene(rng: np.random.Generator, size: int, min_objects: int = 2, max_ob
     return np.asarray(image), np.asarray(mask)
 
 
+def make_hard_butterfly(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A harder scene, Leeds-style (one class, butterfly): 1-2 butterflies whose fill is a crop of any
+    photo, half the time from the same photo as the background with a close tint, so colour and texture
+    alone do not separate them; shape and edges must. Mask 0/1."""
+    photos = _BACKGROUNDS + _BUTTERFLY_FILLS
+    bg_name = str(rng.choice(photos))
+    bg_tint = rng.uniform(0.7, 1.2, size=3).astype(np.float32)
+    image = _crop(rng, bg_name, size, bg_tint)
+    mask = Image.new("L", (size, size), 0)
+    for _ in range(int(rng.integers(1, 3))):
+        shape = _butterfly(rng, size)
+        scale = size / shape.width * float(rng.uniform(1.2, 2.0))
+        shape = shape.resize((int(shape.width * scale), int(shape.height * scale)), Image.NEAREST)
+        cx, cy = rng.uniform(size * 0.2, size * 0.8, size=2)
+        alpha = Image.new("L", (size, size), 0)
+        alpha.paste(shape, (int(cx - shape.width / 2), int(cy - shape.height / 2)))
+        same = rng.random() < 0.5
+        fill = _crop(rng, bg_name if same else str(rng.choice(photos)), size, bg_tint * rng.uniform(0.85, 1.15, size=3).astype(np.float32))
+        image.paste(fill, (0, 0), alpha)
+        mask.paste(1, (0, 0), alpha)
+    return np.asarray(image), np.asarray(mask)
+
+
+def _fill(rng: np.random.Generator, names, h: int, w: int, tint) -> Image.Image:
+    """A (w x h) texture: a random crop of one of `names`, tinted (per-channel gain)."""
+    side = max(h, w)
+    return _crop(rng, str(rng.choice(names)), side, np.asarray(tint, np.float32)).crop((0, 0, w, h))
+
+
+def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480) -> tuple[np.ndarray, np.ndarray]:
+    """One street scene: image (h, w, 3) uint8 and mask (h, w) uint8 with ids into STREET_CLASSES.
+
+    Sky above a horizon; a row of buildings on it; a road below narrowing to a vanishing point; trees
+    along the buildings; cars on the road, smaller further away; 1-3 poles 2-4 px wide (scaled with w)
+    from the road up into the sky; and a few patches of clutter labelled Void."""
+    S, B, R, T, C, P, V = range(len(STREET_CLASSES))
+    image = Image.new("RGB", (w, h))
+    mask = Image.new("L", (w, h), S)
+    k = w / 480  # sizes below are for 480 px wide scenes
+    horizon = int(h * rng.uniform(0.42, 0.55))
+    # sky: a vertical gradient with faint texture
+    top, bottom = rng.uniform([90, 140, 190], [150, 190, 240]), rng.uniform([170, 190, 210], [230, 235, 250])
+    ramp = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    sky = (top * (1 - ramp) + bottom * ramp) * np.ones((1, w, 1), np.float32)
+    sky += (np.asarray(_fill(rng, ("moon", "gravel"), h, w, (1, 1, 1)).convert("L"), np.float32)[..., None] - 128) * 0.08
+    image.paste(Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8)))
+    draw = ImageDraw.Draw(mask)
+    # buildings: rectangles standing on the horizon
+    x = int(rng.integers(-40, 0))
+    while x < w:
+        bw, bh = int(rng.uniform(50, 150) * k), int(h * rng.uniform(0.15, 0.4))
+        box = (x, horizon - bh, x + bw, horizon + 2)
+        alpha = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(alpha).rectangle(box, fill=255)
+        image.paste(_fill(rng, ("brick", "camera", "text", "page"), h, w, rng.uniform(0.6, 1.2, 3)), (0, 0), alpha)
+        draw.rectangle(box, fill=B)
+        x += bw + int(rng.integers(0, 25 * k))
+    # road: everything below the horizon, then the trapezoid narrowing to a vanishing point
+    vx = w * rng.uniform(0.35, 0.65)
+    road = [(vx - 6 * k, horizon), (vx + 6 * k, horizon), (w * rng.uniform(1.0, 1.3), h), (w * rng.uniform(-0.3, 0.0), h)]
+    ground = [(0, horizon), (w, horizon), (w, h), (0, h)]
+    for poly, names, tint, cls in ((ground, ("grass",), (0.6, 0.9, 0.5), T), (road, ("gravel", "coffee"), (0.45, 0.45, 0.45), R)):
+        alpha = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(alpha).polygon(poly, fill=255)
+        image.paste(_fill(rng, names, h, w, np.asarray(tint) * rng.uniform(0.8, 1.2)), (0, 0), alpha)
+        draw.polygon(poly, fill=cls)
+    # trees: clusters of ellipses around the horizon, in front of buildings
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy, r = w * rng.uniform(0, 1), horizon - h * rng.uniform(0.0, 0.15), rng.uniform(20, 55) * k
+        alpha = Image.new("L", (w, h), 0)
+        for _ in range(6):
+            ox, oy, rr = rng.normal(0, r * 0.5), rng.normal(0, r * 0.4), r * rng.uniform(0.5, 1.0)
+            ImageDraw.Draw(alpha).ellipse((cx + ox - rr, cy + oy - rr, cx + ox + rr, cy + oy + rr), fill=255)
+        image.paste(_fill(rng, ("grass", "retina"), h, w, (0.5, 1.1, 0.45)), (0, 0), alpha)
+        mask.paste(T, (0, 0), alpha)
+    # cars on the road, smaller towards the horizon; drawn far to near
+    for y in sorted(rng.uniform(horizon + 0.1 * (h - horizon), h, size=int(rng.integers(1, 4)))):
+        depth = (y - horizon) / (h - horizon)
+        cw, ch = w * 0.28 * depth, h * 0.12 * depth
+        cx = vx + (rng.uniform(-0.7, 0.7)) * (w * 0.55 * depth)
+        alpha = Image.new("L", (w, h), 0)
+        d = ImageDraw.Draw(alpha)
+        d.rounded_rectangle((cx - cw / 2, y - ch, cx + cw / 2, y), radius=max(1, ch * 0.25), fill=255)
+        d.rounded_rectangle((cx - cw * 0.3, y - ch * 1.5, cx + cw * 0.3, y - ch * 0.8), radius=max(1, ch * 0.2), fill=255)
+        image.paste(_fill(rng, ("coffee", "rocket", "chelsea"), h, w, rng.choice([(1.3, 0.5, 0.5), (0.5, 0.6, 1.3), (1.1, 1.1, 1.1), (0.4, 0.4, 0.4)])), (0, 0), alpha)
+        mask.paste(C, (0, 0), alpha)
+    # poles: thin vertical bars from the road edge up into the sky, 2-4 px wide at 480 px
+    for _ in range(int(rng.integers(1, 4))):
+        px, pw = w * rng.uniform(0.05, 0.95), max(1, int(round(rng.uniform(2, 4) * k)))
+        foot = horizon + (h - horizon) * rng.uniform(0.05, 0.6)
+        head = max(0, horizon - h * rng.uniform(0.25, 0.45))
+        box = (int(px), int(head), int(px) + pw - 1, int(foot))
+        alpha = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(alpha).rectangle(box, fill=255)
+        image.paste(_fill(rng, ("camera", "moon"), h, w, (0.55, 0.55, 0.6)), (0, 0), alpha)
+        mask.paste(P, (0, 0), alpha)
+    # Void: unlabelled clutter (signs, bins, people-sized blobs)
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy, r = w * rng.uniform(0, 1), horizon + (h - horizon) * rng.uniform(0, 0.5), rng.uniform(4, 14) * k
+        pts = [(cx + r * rng.uniform(0.5, 1.2) * math.cos(a), cy + r * rng.uniform(0.5, 1.2) * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]]
+        alpha = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(alpha).polygon(pts, fill=255)
+        image.paste(_fill(rng, ("astronaut", "coins", "colorwheel"), h, w, rng.uniform(0.6, 1.3, 3)), (0, 0), alpha)
+        mask.paste(V, (0, 0), alpha)
+    return np.asarray(image), np.asarray(mask)
+
+
+def _hw(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def synth(config: SynthConfig) -> Path:
-    """Write `config.n` scenes in the generic layout (images/, masks/, codes.txt) under `config.out`."""
+    """Write `config.n` scenes under `config.out`: the generic layout (images/, masks/, codes.txt); with
+    layout="camvid" the CamVid layout (images/, labels/<stem>_P.png, codes.txt); with layout="leeds" the
+    Leeds Butterfly layout (images/<id>.png, segmentations/<id>_seg0.png holding 0/255) of hard scenes."""
     out = Path(config.out)
+    labels, mask_name = {"camvid": ("labels", "{}_P.png"), "leeds": ("segmentations", "{}_seg0.png")}.get(config.layout, ("masks", "{}.png"))
     (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / labels).mkdir(parents=True, exist_ok=True)
+    h, w = _hw(config.size)
     for i in range(config.n):
         rng = np.random.default_rng([config.seed, i])
-        image, mask = make_scene(rng, config.size, config.min_objects, config.max_objects)
-        Image.fromarray(image).save(out / "images" / f"scene_{i:05d}.png")
-        Image.fromarray(mask).save(out / "masks" / f"scene_{i:05d}.png")
-    (out / "codes.txt").write_text("\n".join(CLASSES) + "\n")
+        if config.layout == "camvid":
+            image, mask = make_street_scene(rng, h, w)
+        elif config.layout == "leeds":
+            image, mask = make_hard_butterfly(rng, h)
+            mask = mask * 255
+        else:
+            image, mask = make_scene(rng, h, config.min_objects, config.max_objects)
+        stem = f"scene_{i:05d}"
+        Image.fromarray(image).save(out / "images" / f"{stem}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(out / labels / mask_name.format(stem))
+    if config.layout != "leeds":  # Leeds data carry no codes.txt: background and butterfly
+        (out / "codes.txt").write_text("\n".join(STREET_CLASSES if config.layout == "camvid" else CLASSES) + "\n")
     return out

@@ -2,12 +2,21 @@
 
 1. encoder frozen (ImageNet weights), the decoder ("head") trained with `fit_one_cycle`;
 2. encoder unfrozen, everything trained with discriminative learning rates `slice(lo, hi)`.
+
+Images are squished to `size` (H, W; the training scale), and trained whole or as random `crop`s at
+that scale (validation always sees whole images). The schedule is a budget of optimiser steps, turned
+into epochs for the data set's size; the best epoch on the validation Dice is kept. Rare classes get a
+median-frequency weighted loss when classes are unbalanced; a Void class is ignored by the loss and the
+metrics. The final metrics and results.png are computed at each validation image's own resolution, the
+way the service serves it: resized to the training scale keeping the aspect, run, scores upsampled.
+
 The run folder keeps what export needs to rebuild the learner: config.json and model.pth (a state_dict,
 no pickle), plus report.json, results.png and curves.png for people to look at.
 """
 from __future__ import annotations
 
 import json
+import math
 import platform
 import random
 import time
@@ -15,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from .data import Dataset, load_dataset, make_dataloaders, split_pairs
+from .data import Dataset, class_frequencies, load_dataset, make_dataloaders, median_frequency_weights, read_mask, split_pairs
 from .errors import TrainingError
 from .model import ENCODERS, build_learner
 
@@ -32,6 +42,22 @@ def class_colours(n: int) -> list[list[int]]:
     return [list(PALETTE[i]) if i < len(PALETTE) else rng.integers(0, 256, 3).tolist() for i in range(n)]
 
 
+def _hw(value) -> tuple[int, int] | None:
+    """An int (square), a (H, W) pair or "HxW" -> (H, W); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.lower().replace("x", " ").split()
+        value = [int(p) for p in parts]
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    return value * 2 if len(value) == 1 else value
+
+
+IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
+
+
 @dataclass
 class TrainConfig:
     data: Path
@@ -40,14 +66,19 @@ class TrainConfig:
     pretrained: bool = True
     weights: Path | None = None
     allow_random: bool = False
-    size: int = 128
+    size: tuple[int, int] | None = None  # (H, W) training scale; None: 128x128, or the CamVid data's aspect at 128 px high
+    crop: tuple[int, int] | None = None  # (H, W) random crops at the training scale (whole images when None)
+    progressive: bool = False  # fastai's progressive resizing: the frozen phase at half size, then full size
     bs: int = 8
     valid_pct: float = 0.2
     seed: int = 42
-    frozen_epochs: int = 3
-    unfrozen_epochs: int = 12
+    steps: int = 450  # optimiser steps in all; epochs follow the data set's size (20 % frozen)
+    frozen_epochs: int | None = None  # explicit epochs override the step budget
+    unfrozen_epochs: int | None = None
     lr: float = 4e-3  # head learning rate (frozen phase)
     lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
+    class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, off
+    keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     augment: bool = True
     lr_find: bool = False
     lr_find_iters: int = 100
@@ -59,16 +90,47 @@ class TrainConfig:
     def __post_init__(self):
         self.data, self.out = Path(self.data), Path(self.out)
         self.weights = Path(self.weights) if self.weights else None
-        if self.size % 32:
-            raise TrainingError(f"--size {self.size} is not a multiple of 32; use {max(32, round(self.size / 32) * 32)}")
+        try:
+            self.size, self.crop = _hw(self.size), _hw(self.crop)
+        except ValueError:
+            raise TrainingError(f"--size/--crop: give H W, HxW or one number (got {self.size!r}, {self.crop!r})") from None
+        for name, hw in (("--size", self.size), ("--crop", self.crop)):
+            if hw is not None and (len(hw) != 2 or min(hw) < 32):
+                raise TrainingError(f"{name} {hw}: give height and width, each at least 32 px")
+        if self.crop and self.size and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
+            raise TrainingError(f"--crop {self.crop[0]}x{self.crop[1]} is larger than --size {self.size[0]}x{self.size[1]}; crops are taken at the training scale")
         if self.encoder not in ENCODERS:
             raise TrainingError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if self.class_weights not in ("auto", "on", "off"):
+            raise TrainingError(f"--class-weights {self.class_weights!r}: use auto, on or off")
+        if self.steps < 1:
+            raise TrainingError(f"--steps {self.steps}: must be >= 1")
         self.lr_unfrozen = tuple(self.lr_unfrozen)
+
+    def resolved_size(self, ds: Dataset) -> tuple[int, int]:
+        """The training scale: --size, else 128x128 (generic, Leeds) or the CamVid data's aspect at 128 px high."""
+        if self.size:
+            return self.size
+        if ds.layout == "camvid":
+            h, w = ds.image_size()
+            return 128, max(32, round(128 * w / h))
+        return 128, 128
+
+    def schedule(self, n_train: int) -> tuple[int, int]:
+        """(frozen, unfrozen) epochs: explicit ones, else the step budget over this many training images
+        (at least 2 epochs, a fifth of them frozen)."""
+        if self.frozen_epochs is not None or self.unfrozen_epochs is not None:
+            return self.frozen_epochs or 0, self.unfrozen_epochs or 0
+        per_epoch = max(1, math.ceil(n_train / self.bs))
+        total = max(2, round(self.steps / per_epoch))
+        frozen = max(1, round(total * 0.2))
+        return frozen, total - frozen
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["weights"] = str(self.weights) if self.weights else None
+        d["size"], d["crop"] = (list(self.size) if self.size else None), (list(self.crop) if self.crop else None)
         return d
 
 
@@ -79,32 +141,56 @@ def versions() -> dict:
     return {"fastai": fastai.__version__, "torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__}
 
 
-def confusion(pred: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
-    """(n, n) pixel counts, rows = truth, columns = prediction."""
-    return np.bincount(truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel(), minlength=n * n).reshape(n, n)
+def confusion(pred: np.ndarray, truth: np.ndarray, n: int, void: int | None = None) -> np.ndarray:
+    """(n, n) pixel counts, rows = truth, columns = prediction; pixels whose truth is `void` are left out."""
+    truth, pred = truth.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
+    if void is not None:
+        keep = truth != void
+        truth, pred = truth[keep], pred[keep]
+    return np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
 
 
-def metrics_from_confusion(cm: np.ndarray, codes) -> dict:
-    """Pixel accuracy, per-class Dice and IoU, and their foreground means (classes 1..C-1)."""
+def scored_classes(codes, void: int | None = None) -> list[int]:
+    """The classes the summary metrics average: all but Void and a class literally named "background"."""
+    scored = [i for i, c in enumerate(codes) if i != void and c.lower() != "background"]
+    return scored or [i for i in range(len(codes)) if i != void]
+
+
+def metrics_from_confusion(cm: np.ndarray, codes, void: int | None = None) -> dict:
+    """Pixel accuracy, per-class Dice and IoU, and their means over the scored classes (`dice_fg`,
+    `iou_fg` = mean IoU): background and Void are not averaged in; Void pixels are not counted at all."""
+    cm = cm.copy()
+    if void is not None:
+        cm[void, :] = 0
     tp = np.diag(cm).astype(np.float64)
     fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
         iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
-    fg = slice(1, None) if len(codes) > 1 else slice(0, None)
+    fg = scored_classes(codes, void)
     return {
         "pixel_acc": float(tp.sum() / max(cm.sum(), 1)),
-        "dice": {c: (None if np.isnan(v) else float(v)) for c, v in zip(codes, dice)},
-        "iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(codes, iou)},
+        "dice": {c: (None if np.isnan(v) or i == void else float(v)) for i, (c, v) in enumerate(zip(codes, dice))},
+        "iou": {c: (None if np.isnan(v) or i == void else float(v)) for i, (c, v) in enumerate(zip(codes, iou))},
         "dice_fg": float(np.nanmean(dice[fg])) if np.isfinite(dice[fg]).any() else 0.0,
         "iou_fg": float(np.nanmean(iou[fg])) if np.isfinite(iou[fg]).any() else 0.0,
+        "scored_classes": [codes[i] for i in fg],
     }
 
 
-def _fastai_metrics(n_classes: int):
-    """Metrics shown in fastai's progress table: pixel accuracy and foreground Dice."""
+def _fastai_metrics(codes, void: int | None = None):
+    """Metrics shown in fastai's progress table: pixel accuracy and Dice over the scored classes (Void left out)."""
     import torch
     from fastai.learner import Metric
+
+    n_classes = len(codes)
+
+    def pairs(learn):
+        pred, y = learn.pred.argmax(dim=1).flatten().cpu(), learn.y.flatten().long().cpu()
+        if void is not None:
+            keep = y != void
+            pred, y = pred[keep], y[keep]
+        return pred, y
 
     class PixelAccuracy(Metric):
         name = "pixel_acc"
@@ -113,7 +199,7 @@ def _fastai_metrics(n_classes: int):
             self.hit, self.total = 0, 0
 
         def accumulate(self, learn):
-            pred, y = learn.pred.argmax(dim=1), learn.y
+            pred, y = pairs(learn)
             self.hit += int((pred == y).sum())
             self.total += y.numel()
 
@@ -128,12 +214,12 @@ def _fastai_metrics(n_classes: int):
             self.cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
 
         def accumulate(self, learn):
-            pred, y = learn.pred.argmax(dim=1).flatten().cpu(), learn.y.flatten().long().cpu()
+            pred, y = pairs(learn)
             self.cm += torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
         @property
         def value(self):
-            return metrics_from_confusion(self.cm.numpy(), [str(i) for i in range(n_classes)])["dice_fg"]
+            return metrics_from_confusion(self.cm.numpy(), list(codes), void)["dice_fg"]
 
     return [PixelAccuracy(), ForegroundDice()]
 
@@ -148,29 +234,58 @@ def _history(learn, phase: str, start_epoch: int) -> list[dict]:
     return rows
 
 
-def evaluate(learn, ds: Dataset, valid_idx) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics on the held-out images (fastai get_preds on the validation DataLoader)."""
-    preds, targs = learn.get_preds(dl=learn.dls.valid)
-    pred = preds.argmax(dim=1).numpy().astype(np.uint8)
-    truth = targs.numpy().astype(np.uint8)
-    cm = confusion(pred, truth, ds.n_classes)
-    return metrics_from_confusion(cm, ds.codes), pred, truth
+def predict_native(model, image: np.ndarray, size: tuple[int, int], mean, std) -> np.ndarray:
+    """The served path in PyTorch: (H, W, 3) uint8 at its own resolution -> (H, W) class ids. Resized to
+    the training scale keeping the aspect (short side to the training short side, PIL bilinear), padded
+    to a multiple of 32 by reflection, run, cropped, probabilities upsampled bilinearly, argmax."""
+    import torch
+    import torch.nn.functional as F
+
+    from serving.pipeline import ceil32, pad_reflect, scaled_hw
+
+    H, W = image.shape[:2]
+    h, w = scaled_hw(size, (W, H))
+    x = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    x = pad_reflect(x, ceil32(h), ceil32(w))
+    t = torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float() / 255.0
+    t = (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        probs = torch.softmax(model(t).float(), dim=1)[:, :, :h, :w]
+        return F.interpolate(probs, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0).numpy().astype(np.uint8)
 
 
-def save_results_png(learn, pred: np.ndarray, truth: np.ndarray, path: Path, n: int, colours) -> None:
-    """image | truth | prediction for `n` validation images."""
+def evaluate(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std) -> tuple[dict, list]:
+    """Metrics on the held-out images at their own resolution, through `predict_native`; returns the
+    metrics and (image, truth, prediction) for the first few."""
+    model = learn.model.eval()
+    cm = np.zeros((ds.n_classes, ds.n_classes), np.int64)
+    shown = []
+    for i in valid_idx:
+        image_path, mask_path = ds.pairs[i]
+        with Image.open(image_path) as im:
+            image = np.asarray(im.convert("RGB"))
+        truth = read_mask(mask_path, ds.binary_255)
+        pred = predict_native(model, image, size, mean, std)
+        cm += confusion(pred, truth, ds.n_classes, ds.void)
+        if len(shown) < 8:
+            shown.append((image, truth, pred))
+    return metrics_from_confusion(cm, ds.codes, ds.void), shown
+
+
+def save_results_png(shown: list, path: Path, n: int, colours) -> None:
+    """image | truth | prediction for `n` validation images, at their own resolution."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = min(n, len(pred))
-    items = learn.dls.valid_ds
+    n = min(n, len(shown))
     pal = np.array(colours, dtype=np.uint8)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    h, w = shown[0][0].shape[:2]
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n * h / w + 0.3), squeeze=False)
     for i in range(n):
-        img = np.asarray(items[i][0].resize((pred.shape[2], pred.shape[1])))
-        for ax, arr, title in zip(axes[i], (img, pal[truth[i]], pal[pred[i]]), ("image", "truth", "prediction")):
+        image, truth, pred = shown[i]
+        for ax, arr, title in zip(axes[i], (image, pal[truth], pal[pred]), ("image", "truth", "prediction")):
             ax.imshow(arr)
             ax.set_axis_off()
             if i == 0:
@@ -202,26 +317,52 @@ def save_curves_png(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: bool | None = None):
-    """Rebuild the learner (DataLoaders + U-Net) that `config` describes; used by fit and by export."""
+def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: bool | None = None, weights=None, half: bool = False):
+    """Rebuild the learner (DataLoaders + U-Net) that `config` describes; used by fit and by export.
+    `weights`: class weights of the loss (None: unweighted); `half`: DataLoaders at half the size and crop."""
     import torch
+    from fastai.losses import CrossEntropyLossFlat
 
     if config.threads:
         torch.set_num_threads(config.threads)
     ds = ds or load_dataset(config.data)
     spec = ENCODERS[config.encoder]
-    dls = make_dataloaders(ds, size=config.size, bs=config.bs, mean=spec.mean, std=spec.std, valid_pct=config.valid_pct,
-                           seed=config.seed, augment=config.augment if augment is None else augment)
-    learn = build_learner(dls, n_out=ds.n_classes, encoder=config.encoder, pretrained=config.pretrained, weights=config.weights,
-                          allow_random=config.allow_random, size=config.size, metrics=_fastai_metrics(ds.n_classes),
-                          last_cross=config.last_cross)
+    learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
+                          pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
+                          metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
+                          loss_func=CrossEntropyLossFlat(axis=1, weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+                                                         ignore_index=-100 if ds.void is None else ds.void))
     return learn, ds
+
+
+def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: bool | None = None, half: bool = False):
+    spec = ENCODERS[config.encoder]
+    size, crop = config.resolved_size(ds), config.crop
+    if half:  # progressive resizing: the same scale ratio, half the pixels per side
+        size = (max(32, size[0] // 2), max(32, size[1] // 2))
+        crop = (max(32, crop[0] // 2), max(32, crop[1] // 2)) if crop else None
+    return make_dataloaders(ds, size=size, crop=crop, bs=config.bs, mean=spec.mean, std=spec.std, valid_pct=config.valid_pct,
+                            seed=config.seed, augment=config.augment if augment is None else augment)
+
+
+def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | None, dict]:
+    """The loss's class weights (None: plain loss) and what the report says about them."""
+    freq = class_frequencies(ds, train_idx)
+    present = [f for i, f in enumerate(freq) if i != ds.void and f > 0]
+    ratio = float(max(present) / min(present)) if present else 1.0
+    on = config.class_weights == "on" or (config.class_weights == "auto" and ratio > IMBALANCE_RATIO)
+    weights = median_frequency_weights(freq, ds.void) if on else None
+    info = {"mode": config.class_weights, "used": bool(on), "imbalance_ratio": ratio, "threshold": IMBALANCE_RATIO,
+            "frequencies": dict(zip(ds.codes, map(float, freq))), "weights": dict(zip(ds.codes, map(float, weights))) if on else None,
+            "void": ds.codes[ds.void] if ds.void is not None else None}
+    return weights, info
 
 
 def fit(config: TrainConfig) -> dict:
     """Train and write the run folder; returns the report (also written as report.json)."""
     import torch
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
+    from fastai.callback.tracker import SaveModelCallback
 
     # fastai's augmentations draw from Python's `random` too: seed all three for a repeatable run
     random.seed(config.seed)
@@ -234,9 +375,16 @@ def fit(config: TrainConfig) -> dict:
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out}: run folder exists and is not empty; pass a new --out")
     train_idx, valid_idx = split_pairs(ds, config.valid_pct, config.seed)
-    print(f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} held out), classes: {', '.join(ds.codes)}", flush=True)
-    print(f"[2/4] building U-Net on {config.encoder} ({'pretrained' if config.pretrained or config.weights else 'random init'}) at {config.size} px", flush=True)
-    learn, ds = learner_for(config, ds)
+    size = config.resolved_size(ds)
+    frozen, unfrozen = config.schedule(len(train_idx))
+    weights, balance = _balance(config, ds, train_idx)
+    print(f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} held out), classes: {', '.join(ds.codes)}"
+          + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""), flush=True)
+    if balance["used"]:
+        print("      class weights (median frequency): " + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()), flush=True)
+    what = f"{size[0]}x{size[1]}" + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "") + (", progressive (half size first)" if config.progressive else "")
+    print(f"[2/4] building U-Net on {config.encoder} ({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}", flush=True)
+    learn, ds = learner_for(config, ds, weights=weights, half=config.progressive and frozen > 0)
     out.mkdir(parents=True, exist_ok=True)
     learn.path = out
     learn.model_dir = "."
@@ -252,43 +400,58 @@ def fit(config: TrainConfig) -> dict:
         plt.gcf().savefig(out / "lr_find.png", dpi=80)
         plt.close("all")
         print(f"      lr_find suggests {sug.valley:.2e} (plot: {out / 'lr_find.png'})", flush=True)
-    print(f"[3/4] training: {config.frozen_epochs} epochs encoder frozen (lr {config.lr:g}), then {config.unfrozen_epochs} unfrozen (lr slice{config.lr_unfrozen})", flush=True)
+    steps = (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs)
+    print(f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr slice{config.lr_unfrozen}): "
+          f"{steps} steps of {config.bs}", flush=True)
     history = []
+    # keep the best epoch of the last phase on the validation Dice
+    best = [SaveModelCallback(monitor="dice_fg", comp=np.greater, fname="best", with_opt=False)] if config.keep_best else []
     t = time.perf_counter()
-    if config.frozen_epochs:
+    if frozen:
         learn.freeze()
-        learn.fit_one_cycle(config.frozen_epochs, config.lr)
+        learn.fit_one_cycle(frozen, config.lr, cbs=best if not unfrozen else [])
         history += _history(learn, "frozen", 0)
     timings["frozen_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    if config.unfrozen_epochs:
+    if unfrozen:
+        if config.progressive and frozen:
+            learn.dls = dataloaders_for(config, ds)
         learn.unfreeze()
-        learn.fit_one_cycle(config.unfrozen_epochs, slice(*config.lr_unfrozen))
+        learn.fit_one_cycle(unfrozen, slice(*config.lr_unfrozen), cbs=best)
         history += _history(learn, "unfrozen", len(history))
     timings["unfrozen_s"] = time.perf_counter() - t
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]
-    print(f"[4/4] evaluating on {len(valid_idx)} held-out images and writing {out}", flush=True)
-    metrics, pred, truth = evaluate(learn, ds, valid_idx)
-    colours = class_colours(ds.n_classes)
+    last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
+    kept = max(last_phase, key=lambda h: h.get("dice_fg") or 0)["epoch"] if config.keep_best and last_phase else (history[-1]["epoch"] if history else None)
+    (out / "best.pth").unlink(missing_ok=True)
     spec = ENCODERS[config.encoder]
+    print(f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch {kept} kept) and writing {out}", flush=True)
+    metrics, shown = evaluate(learn, ds, valid_idx, size, spec.mean, spec.std)
+    colours = class_colours(ds.n_classes)
     run_meta = {
         "config": config.to_json(),
+        "size": list(size),
         "codes": list(ds.codes),
         "colours": colours,
         "layout": ds.layout,
         "mean": list(spec.mean),
         "std": list(spec.std),
+        "void": ds.void,
         "train_images": [str(ds.pairs[i][0]) for i in train_idx],
         "valid_images": [str(ds.pairs[i][0]) for i in valid_idx],
     }
     torch.save(learn.model.state_dict(), out / "model.pth")
     (out / "config.json").write_text(json.dumps(run_meta, indent=2))
-    save_results_png(learn, pred, truth, out / "results.png", config.n_show, colours)
+    save_results_png(shown, out / "results.png", config.n_show, colours)
     save_curves_png(history, out / "curves.png")
     timings["total_s"] = time.perf_counter() - t0
-    report = {"metrics": metrics, "history": history, "timings": timings, "versions": versions(), **run_meta}
+    schedule = {"steps_budget": config.steps, "steps": steps, "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept}
+    report = {"metrics": metrics, "history": history, "schedule": schedule, "class_balance": balance, "timings": timings,
+              "versions": versions(), **run_meta}
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"      foreground Dice {metrics['dice_fg']:.3f}, pixel accuracy {metrics['pixel_acc']:.3f}, training {timings['train_s'] / 60:.1f} min", flush=True)
+    iou = "" if ds.layout != "camvid" else f", mean IoU {metrics['iou_fg']:.3f}"
+    print(f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, pixel accuracy {metrics['pixel_acc']:.3f}, "
+          f"training {timings['train_s'] / 60:.1f} min", flush=True)
     return report
 
 
@@ -305,7 +468,7 @@ def load_run(run_dir: Path):
     c.pop("extra", None)
     c["pretrained"] = False  # the trained weights are loaded below; no need for ImageNet ones
     c["weights"] = None
-    config = TrainConfig(**c)
+    config = TrainConfig(**{k: v for k, v in c.items() if k in TrainConfig.__dataclass_fields__})
     learn, ds = learner_for(config, augment=False)
     learn.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     learn.model.eval()

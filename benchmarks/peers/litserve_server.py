@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 
 import litserve as ls
-import numpy as np
 from fastapi import Response
 
 from benchmarks.peers import work
@@ -25,18 +24,17 @@ class SegmentationAPI(ls.LitAPI):
         return work.prepare(self.rt, request["image"].file.read())
 
     def batch(self, inputs):
-        return np.stack([x for x, _ in inputs]), [size for _, size in inputs]
+        return inputs  # the jobs; predict stacks their model inputs
 
-    def predict(self, batch):
-        images, sizes = batch
-        return list(zip(self.rt.run(images), sizes))
+    def predict(self, jobs):
+        return list(zip(jobs, work.run(self.rt, [job.single_input for job in jobs])))
 
     def unbatch(self, output):
         return output
 
     def encode_response(self, output):
-        mask, size = output
-        return Response(content=work.finish(self.rt, mask, size), media_type="image/png")
+        job, out = output
+        return Response(content=work.finish(self.rt, job, out), media_type="image/png")
 
 
 def main() -> None:

@@ -21,16 +21,16 @@ class Segmentation:
         self.rt = work.load(model, variant)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.rt.run(np.stack(images)))
+    async def infer(self, images: list[np.ndarray]) -> list:
+        return work.run(self.rt, images)
 
     async def __call__(self, request: Request) -> Response:
         if request.url.path.endswith("/readyz"):
             return PlainTextResponse("ok")
         form = await request.form()
-        image, size = work.prepare(self.rt, await form["image"].read())
-        mask = await self.infer(image)
-        return Response(work.finish(self.rt, mask, size), media_type="image/png")
+        job = work.prepare(self.rt, await form["image"].read())
+        out = await self.infer(job.single_input)
+        return Response(work.finish(self.rt, job, out), media_type="image/png")
 
 
 def main() -> None:

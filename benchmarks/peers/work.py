@@ -1,11 +1,11 @@
-"""The per-request work every server in the comparison does, with the same functions as our service:
-decode and validate the upload, squish to the model size (PIL bilinear); after the model, the mask back to
-the upload's size (nearest) and a palette PNG."""
+"""The per-request work every server in the comparison does, with the same functions as our service
+(serving.pipeline): decode and validate the upload, resize it to the model's scale; after the model,
+the class scores upsampled to the upload's size, argmax, a palette PNG."""
 from __future__ import annotations
 
 import numpy as np
 
-from serving import imaging
+from serving import imaging, pipeline
 from serving.runtime import SegmentationRuntime
 
 LIMITS = {"max_bytes": 20_000_000, "max_pixels": 40_000_000}
@@ -16,12 +16,25 @@ def load(model: str, variant: str) -> SegmentationRuntime:
     return SegmentationRuntime.load(model, "cpu", variant, threads=1)
 
 
-def prepare(rt: SegmentationRuntime, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-    """Upload bytes -> (model input (H, W, 3) uint8, the upload's (W, H))."""
+def prepare(rt: SegmentationRuntime, data: bytes) -> pipeline.Job:
+    """Upload bytes -> the job of one image (its model input: `job.single_input`)."""
     img = imaging.decode_image(data, **LIMITS)
-    return imaging.resize_to_model(img, rt.meta.input_size), img.size
+    return pipeline.Job(rt.meta, img, pipeline.plan(rt.meta, img.size))
 
 
-def finish(rt: SegmentationRuntime, mask: np.ndarray, size_wh: tuple[int, int]) -> bytes:
-    """Model-size mask -> palette PNG bytes at the upload's size."""
-    return imaging.palette_png(imaging.resize_mask(mask, size_wh), rt.meta.colours)
+def run(rt: SegmentationRuntime, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """A batch of model inputs -> (mask, probs) per input, in order; inputs of different shapes (uploads
+    of other aspects) run as separate ONNX Runtime calls, as our batcher does."""
+    out: list = [None] * len(inputs)
+    for shape in dict.fromkeys(x.shape for x in inputs):
+        idx = [i for i, x in enumerate(inputs) if x.shape == shape]
+        masks, probs = rt.run_scores(np.stack([inputs[i] for i in idx]))
+        for k, i in enumerate(idx):
+            out[i] = (masks[k], probs[k] if probs is not None else None)
+    return out
+
+
+def finish(rt: SegmentationRuntime, job: pipeline.Job, output) -> bytes:
+    """The model's output for the job -> palette PNG bytes at the upload's size."""
+    job.add([output])
+    return imaging.palette_png(job.mask(), rt.meta.colours)

@@ -125,3 +125,20 @@ def test_stats_sum_to_pixel_count_and_rle_round_trips():
         assert np.array_equal(rle_decode(c["rle"]), mask == c["id"])
         assert sum(c["rle"]["counts"]) == mask.size
     assert rle_encode(np.ones((2, 2), bool))["counts"] == [0, 4]
+
+
+def test_upsampled_scores_equal_torch_bilinear_then_argmax():
+    """upsample_scores computes the bilinear sum only near class boundaries, and still equals the full
+    computation (torch interpolate, half-pixel, then argmax) pixel for pixel."""
+    import torch
+
+    from serving.imaging import upsample_scores
+
+    rng = np.random.default_rng(0)
+    for c, (h, w), (H, W) in [(3, (16, 16), (50, 37)), (7, (45, 60), (360, 480)), (2, (10, 13), (10, 13)), (4, (20, 30), (7, 9))]:
+        logits = torch.nn.functional.interpolate(torch.tensor(rng.normal(size=(1, c, 4, 5)), dtype=torch.float32), size=(h, w), mode="bilinear")
+        p = torch.softmax(logits * 3, 1)
+        ref = torch.nn.functional.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+        got = upsample_scores(p[0].numpy(), (W, H))
+        assert got.shape == (H, W) and got.dtype == np.uint8 and np.array_equal(got, ref), (c, h, w, H, W)
+

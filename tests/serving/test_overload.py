@@ -1,4 +1,5 @@
-"""Image size and overload against a real `bentoml serve` (one worker, the tiny trained model): tiled
+"""Image size and overload against a real `bentoml serve` (one worker, the tiny trained model exported
+with a fixed 64 px input, whose tiled requests cut full-resolution tiles: hundreds per image): tiled
 requests finish, small requests keep flowing meanwhile, and every refusal is early, with a fixed status
 and Retry-After."""
 from __future__ import annotations
@@ -16,16 +17,16 @@ from PIL import Image
 
 from contract_model import png_bytes
 from loadtest.server import served
-from serving import tiling
-from serving.runtime import SegmentationRuntime
 
 BIG = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((1400, 1100)))  # 23x30 = 690 tiles of 64 px
 SMALL = png_bytes(np.asarray(Image.fromarray(skimage.data.coffee()).resize((96, 64))))
 
 
 def tiled_truth(model_dir) -> np.ndarray:
-    rt = SegmentationRuntime.load(model_dir, "cpu")
-    return tiling.segment_tiled(BIG, rt.run, rt.meta.input_size, tiling.default_overlap(rt.meta.input_size), rt.meta.n_classes)
+    """The tiled mask offline, through the Python API (the same data path)."""
+    from serving import Segmenter
+
+    return Segmenter.load(model_dir, "cpu").predict(BIG, tile=True)
 
 
 class Background(threading.Thread):
@@ -47,9 +48,9 @@ def until_running(url: str, worker_busy) -> None:
         time.sleep(0.02)
 
 
-def test_a_tiled_request_finishes_while_small_requests_keep_flowing(tiny_export):
-    truth = tiled_truth(tiny_export)
-    with served(tiny_export, SEG_WORKERS=1) as proc:
+def test_a_tiled_request_finishes_while_small_requests_keep_flowing(tiny_export_fixed):
+    truth = tiled_truth(tiny_export_fixed)
+    with served(tiny_export_fixed, SEG_WORKERS=1) as proc:
         big = Background(proc.url)
         big.start()
         until_running(proc.url, lambda m: m["admission"]["in_flight"] >= 1)
@@ -68,8 +69,8 @@ def test_a_tiled_request_finishes_while_small_requests_keep_flowing(tiny_export)
     assert max(dt for _, dt in small) < 5.0
 
 
-def test_concurrency_cap_answers_429_with_retry_after(tiny_export):
-    with served(tiny_export, SEG_WORKERS=1, SEG_MAX_CONCURRENCY=1) as proc:
+def test_concurrency_cap_answers_429_with_retry_after(tiny_export_fixed):
+    with served(tiny_export_fixed, SEG_WORKERS=1, SEG_MAX_CONCURRENCY=1) as proc:
         big = Background(proc.url)
         big.start()
         until_running(proc.url, lambda m: m["admission"]["in_flight"] >= 1)
@@ -82,8 +83,8 @@ def test_concurrency_cap_answers_429_with_retry_after(tiny_export):
         assert after.status_code == 200
 
 
-def test_work_over_budget_is_refused_early_with_503_and_a_tile_cap_with_413(tiny_export):
-    with served(tiny_export, SEG_WORKERS=1, SEG_MAX_LATENCY_MS=1, SEG_MAX_TILES=1000) as proc:
+def test_work_over_budget_is_refused_early_with_503_and_a_tile_cap_with_413(tiny_export_fixed):
+    with served(tiny_export_fixed, SEG_WORKERS=1, SEG_MAX_LATENCY_MS=1, SEG_MAX_TILES=1000) as proc:
         big = Background(proc.url)
         big.start()
         until_running(proc.url, lambda m: m["admission"]["queued_seconds"] > 0.001)

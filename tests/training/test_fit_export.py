@@ -30,11 +30,14 @@ def test_export_graph_io_types_and_shapes(tiny_export):
     onnx.checker.check_model(model)
     sess = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,) = sess.get_inputs()
-    assert inp.name == "image" and inp.type == "tensor(uint8)" and inp.shape[1:] == [64, 64, 3]
-    assert not isinstance(inp.shape[0], int)  # dynamic batch
+    assert inp.name == "image" and inp.type == "tensor(uint8)" and inp.shape[3] == 3
+    assert not any(isinstance(d, int) for d in inp.shape[:3])  # batch, height and width are dynamic
     outs = {o.name: o for o in sess.get_outputs()}
-    assert outs["mask"].type == "tensor(uint8)" and outs["mask"].shape[1:] == [64, 64]
-    assert outs["probs"].type == "tensor(float)" and outs["probs"].shape[1:] == [3, 64, 64]
+    assert outs["mask"].type == "tensor(uint8)" and len(outs["mask"].shape) == 3
+    assert outs["probs"].type == "tensor(float)" and outs["probs"].shape[1] == 3
+    for h, w in [(64, 64), (97, 131), (32, 200), (250, 333)]:  # odd sizes and non-multiples of 32 run too
+        m, p = sess.run(["mask", "probs"], {"image": np.zeros((2, h, w, 3), np.uint8)})
+        assert m.shape == (2, h, w) and p.shape == (2, 3, h, w)
 
 
 def test_metadata_round_trip(tiny_export, tiny_run):
@@ -44,14 +47,18 @@ def test_metadata_round_trip(tiny_export, tiny_run):
     assert len(json.loads(meta["colours"])) == 3
     assert json.loads(meta["input_size"]) == [64, 64]
     assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
-    assert meta["exporter"] in ("dynamo", "legacy") and meta["variant"] == "fp32" and meta["resize"] == "squish-bilinear"
+    assert meta["exporter"] in ("dynamo", "legacy") and meta["variant"] == "fp32" and meta["dynamic_hw"] == "true"
+    assert meta["resize"].startswith("keep-aspect-short-side")
+    parity = json.loads(meta["parity"])
+    assert parity["identical"] and parity["other_shapes"]["identical"]
+    assert [r["shape"] for r in parity["other_shapes"]["shapes"]] == [[64, 96], [65, 83], [128, 160]]
     assert {"fastai", "torch", "onnx", "onnxruntime"} <= set(json.loads(meta["versions"]))
     assert 0 <= json.loads(meta["metrics"])["dice_fg"] <= 1
     # the serving side reads the same metadata through ONNX Runtime
     from serving.runtime import ModelMeta
 
     sm = ModelMeta.from_props(ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
-    assert sm.classes == ("background", "butterfly", "leaf") and sm.input_size == (64, 64)
+    assert sm.classes == ("background", "butterfly", "leaf") and sm.input_size == (64, 64) and sm.dynamic_hw
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -77,13 +84,14 @@ def test_onnx_masks_identical_to_fastai(tiny_export, tiny_run, tiny_dataset, bat
 
 
 def test_int8_agreement_is_computed_and_gates(tiny_export, tmp_path, monkeypatch):
-    info = json.loads((tiny_export / "export.json").read_text())["int8"]
-    assert 0.0 <= info["agreement"] <= 1.0 and info["speedup"] > 0
-    assert info["kept"] == (info["agreement"] >= 0.995)
-    assert (tiny_export / "model.int8.onnx").is_file() == info["kept"]
-    # the gate: with an impossible threshold the variant is computed and then dropped
     import training.export as ex
 
+    info = json.loads((tiny_export / "export.json").read_text())["int8"]
+    assert 0.0 <= info["agreement"] <= 1.0 and info["speedup"] > 0
+    assert info["kept"] == (info["agreement"] >= ex.INT8_MIN_AGREEMENT)
+    assert info["recipe"]["reduce_range"] and info["recipe"]["float_nodes"]["batchnorm"] == 4 and info["recipe"]["float_nodes"]["early_encoder_convs"] > 0
+    assert (tiny_export / "model.int8.onnx").is_file() == info["kept"]
+    # the gate: with an impossible threshold the variant is computed and then dropped
     monkeypatch.setattr(ex, "INT8_MIN_AGREEMENT", 1.01)
     imgs = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     res = ex.make_int8(tiny_export / "model.onnx", tmp_path / "q.onnx", imgs, imgs)

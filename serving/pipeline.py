@@ -1,0 +1,152 @@
+"""From an image to the model's inputs and from their outputs back to a mask at the image's own size.
+
+The same for the service (whose inputs go through the batcher), for `python -m serving predict`, the Ray
+runner and the Python API (which call ONNX Runtime directly): `plan` decides the work, a `Job` cuts the
+inputs and assembles the outputs.
+
+- Any-size models (`dynamic_hw`): the image is resized to the training scale keeping its aspect (its
+  short side becomes the training size's short side, PIL bilinear), padded to a multiple of 32 by
+  reflection, run, cropped back, and the class scores are upsampled bilinearly to the image's size
+  before the argmax. Inputs of the same padded shape batch together. An image that is still larger
+  than twice the training area at that scale (a panorama), or asked with tile=true, is cut into
+  overlapping tiles of the training size at that scale.
+- Fixed-size models (older exports): squished to the model size (what their training did), scores
+  upsampled the same way; tile=true cuts overlapping model-size tiles at full resolution.
+A model without a `probs` output gets its class ids resized with nearest neighbour instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from . import imaging, tiling
+from .runtime import ModelMeta
+
+AUTO_TILE_AREA = 2.0  # any-size models: tile when the image at training scale exceeds this many training areas
+
+
+def ceil32(n: int) -> int:
+    return max(32, -(-n // 32) * 32)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One image's model work. `scaled_hw`: the image at model scale (tiles and outputs live there);
+    `input_hw`: the shape of every model input; `inputs`: how many."""
+
+    size_wh: tuple[int, int]
+    scaled_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    inputs: int
+    layout: tiling.TileLayout | None = None
+
+    @property
+    def tiled(self) -> bool:
+        return self.layout is not None
+
+
+def scaled_hw(training_hw: tuple[int, int], size_wh: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of an image of `size_wh` at the training scale of an any-size model: the aspect kept, the
+    short side made the training size's short side (up or down)."""
+    W, H = size_wh
+    s = min(training_hw) / min(W, H)
+    return max(1, round(H * s)), max(1, round(W * s))
+
+
+def scaled_size(meta: ModelMeta, size_wh: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of an image of `size_wh` at the model's scale: any-size models keep the aspect
+    (`scaled_hw`); fixed-size models squish to their input size."""
+    return scaled_hw(meta.input_size, size_wh) if meta.dynamic_hw else meta.input_size
+
+
+def plan(meta: ModelMeta, size_wh: tuple[int, int], *, tile: bool = False, tile_above: int = 0, overlap: int = 0) -> Plan:
+    """The work for an image of `size_wh` (as displayed). `tile_above` (pixels of the upload) forces
+    tiles for fixed-size models; `overlap` 0 means a quarter of a tile."""
+    W, H = size_wh
+    if meta.dynamic_hw:
+        h, w = scaled_size(meta, size_wh)
+        th, tw = ceil32(meta.input_size[0]), ceil32(meta.input_size[1])
+        if tile or h * w > AUTO_TILE_AREA * th * tw:
+            layout = tiling.plan_tiles((h, w), (th, tw), overlap or tiling.default_overlap((th, tw)))
+            return Plan(size_wh, (h, w), (th, tw), len(layout.origins), layout)
+        return Plan(size_wh, (h, w), (ceil32(h), ceil32(w)), 1)
+    if tile or (tile_above and W * H > tile_above):
+        layout = tiling.plan_tiles((H, W), meta.input_size, overlap or tiling.default_overlap(meta.input_size))
+        return Plan(size_wh, (H, W), meta.input_size, len(layout.origins), layout)
+    return Plan(size_wh, meta.input_size, meta.input_size, 1)
+
+
+class Job:
+    """The model work of one image: `chunks(n)` yields its inputs in lists of at most n (H, W, 3) uint8
+    arrays; `add(outputs)` takes their outputs in the same order, each a (mask, probs-or-None) pair;
+    `mask()` is the (H, W) uint8 result at the image's own size."""
+
+    def __init__(self, meta: ModelMeta, img: Image.Image, plan: Plan):
+        self.meta, self.plan = meta, plan
+        self.size_wh = img.size
+        sh, sw = plan.scaled_hw
+        scaled = np.asarray(img if (img.size == (sw, sh)) else img.resize((sw, sh), Image.BILINEAR))
+        if plan.tiled:
+            self._padded = tiling.pad_for_tiles(scaled, plan.layout)
+            # full-resolution tiles of a fixed model are decided by votes, row band by row band; tiles at
+            # model scale keep their blended scores, which are upsampled afterwards
+            self._blender = tiling.Blender(plan.layout, meta.n_classes, keep_scores=meta.dynamic_hw)
+        else:
+            ph, pw = plan.input_hw
+            self._input = pad_reflect(scaled, ph, pw)
+        self._next = 0
+        self._output = None
+
+    @property
+    def single_input(self) -> np.ndarray:
+        """The one model input of an untiled job."""
+        return self._input
+
+    def chunks(self, n: int) -> Iterator[list[np.ndarray]]:
+        if not self.plan.tiled:
+            yield [self._input]
+            return
+        total = self.plan.inputs
+        for i in range(0, total, n):
+            yield list(tiling.tiles_of(self._padded, self.plan.layout, i, min(i + n, total)))
+
+    def add(self, outputs: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        if not self.plan.tiled:
+            (self._output,) = outputs
+            return
+        masks, probs = zip(*outputs)
+        self._blender.add(np.stack(probs) if probs[0] is not None else np.stack(masks))
+
+    def mask(self) -> np.ndarray:
+        sh, sw = self.plan.scaled_hw
+        if self.plan.tiled and not self.meta.dynamic_hw:
+            return self._blender.result()  # already at full resolution
+        if self.plan.tiled:
+            probs, ids = self._blender.scores()
+        else:
+            ids, probs = self._output
+            ids, probs = ids[:sh, :sw], (probs[:, :sh, :sw] if probs is not None else None)
+        if probs is None:
+            return imaging.resize_mask(np.ascontiguousarray(ids), self.size_wh)
+        return imaging.upsample_scores(probs, self.size_wh, np.ascontiguousarray(ids))
+
+
+def pad_reflect(image: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """(h, w, 3) -> (ph, pw, 3): bottom and right filled by reflection (edge replication when too small)."""
+    h, w = image.shape[:2]
+    if (h, w) == (ph, pw):
+        return np.ascontiguousarray(image)
+    mode = "reflect" if (ph - h < h and pw - w < w) else "edge"
+    return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
+
+
+def warmup_shapes(meta: ModelMeta) -> list[tuple[int, int]]:
+    """Input shapes worth compiling before the first request: the training shape (and its transpose
+    for any-size models, whose portrait and landscape uploads make two buckets)."""
+    if not meta.dynamic_hw:
+        return [meta.input_size]
+    th, tw = ceil32(meta.input_size[0]), ceil32(meta.input_size[1])
+    return list(dict.fromkeys([(th, tw), (tw, th)]))

@@ -1,0 +1,121 @@
+"""Image shape in training and export: non-square sizes, crops, class balancing, Void, any-size graphs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.errors import TrainingError
+from training.train import TrainConfig, metrics_from_confusion
+
+
+def test_any_size_patch_is_bit_identical_and_runs_at_odd_sizes(tiny_run):
+    """fastai's U-Net interpolates only where sizes differ; the patched copy always does, which changes
+    nothing where they match, and gives the same outputs at odd sizes in eager PyTorch too."""
+    import copy
+
+    from training.model import any_size
+    from training.train import load_run
+
+    learn, _, _ = load_run(tiny_run)
+    plain = learn.model.eval()
+    patched = any_size(copy.deepcopy(plain)).eval()
+    for h, w in [(64, 64), (96, 128), (97, 131), (33, 50)]:
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.inference_mode():
+            assert torch.equal(plain(x), patched(x)), (h, w)
+
+
+@pytest.mark.parametrize("args,want", [(["360", "480"], (360, 480)), (["360x480"], (360, 480)), (["128"], (128, 128)), (["96X64"], (96, 64))])
+def test_size_arguments(args, want):
+    from training.__main__ import _size_arg
+
+    assert _size_arg(args, "--size") == want
+
+
+def test_bad_sizes_are_one_line_errors(tmp_path):
+    from training.__main__ import _size_arg
+
+    with pytest.raises(TrainingError, match="give H W, HxW or one number"):
+        _size_arg(["360", "480", "3"], "--size")
+    with pytest.raises(TrainingError, match="crops are taken at the training scale"):
+        TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(128, 128))
+    with pytest.raises(TrainingError, match="at least 32 px"):
+        TrainConfig(data=tmp_path, out=tmp_path, size=(16, 64))
+    with pytest.raises(TrainingError, match="use auto, on or off"):
+        TrainConfig(data=tmp_path, out=tmp_path, class_weights="maybe")
+
+
+def test_schedule_follows_the_step_budget(tmp_path):
+    c = TrainConfig(data=tmp_path, out=tmp_path, steps=450, bs=8)
+    assert c.schedule(240) == (3, 12)  # the demo: 30 steps per epoch -> 15 epochs, as before
+    assert c.schedule(96) == (8, 30)  # a smaller set gets more epochs for the same steps (12 per epoch)
+    assert c.schedule(10000) == (1, 1)  # at least two epochs
+    assert TrainConfig(data=tmp_path, out=tmp_path, frozen_epochs=2, unfrozen_epochs=6).schedule(96) == (2, 6)
+
+
+def test_median_frequency_weights_and_void():
+    from training.data import median_frequency_weights
+
+    freq = np.array([0.5, 0.25, 0.01, 0.1])  # class 3 is Void
+    w = median_frequency_weights(freq, void=3)
+    assert w[3] == 0 and np.isclose(w[1], 1.0) and np.isclose(w[0], 0.5) and np.isclose(w[2], 25.0)
+
+
+def test_metrics_leave_void_out():
+    codes = ["Sky", "Pole", "Void"]
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 0, 1, 0, 1, 0])  # the two Void pixels are predicted wrong: they must not count
+    from training.train import confusion
+
+    m = metrics_from_confusion(confusion(pred, truth, 3, void=2), codes, void=2)
+    assert m["scored_classes"] == ["Sky", "Pole"] and m["iou"]["Void"] is None
+    assert m["iou"]["Sky"] == pytest.approx(2 / 3) and m["iou"]["Pole"] == pytest.approx(1 / 2) and m["pixel_acc"] == pytest.approx(3 / 4)
+
+
+def test_street_scenes_are_camvid_layout_with_thin_poles_and_void(tmp_path):
+    from PIL import Image
+
+    from training.data import load_dataset
+    from training.synth import STREET_CLASSES, SynthConfig, synth
+
+    d = synth(SynthConfig(out=tmp_path / "s", n=6, size=(360, 480), seed=3, layout="camvid"))
+    ds = load_dataset(d)
+    assert ds.layout == "camvid" and ds.codes == STREET_CLASSES and ds.codes[ds.void] == "Void"
+    masks = np.stack([np.asarray(Image.open(m)) for _, m in ds.pairs])
+    assert masks.shape == (6, 360, 480) and set(np.unique(masks)) <= set(range(7))
+    pole = masks == STREET_CLASSES.index("Pole")
+    assert 0.001 < pole.mean() < 0.02
+    widths = [int(row.sum()) for m in pole for row in m if 0 < row.sum() <= 4]
+    assert widths and max(widths) <= 4  # each pole is 2-4 px wide where it stands alone
+    again = synth(SynthConfig(out=tmp_path / "t", n=1, size=(360, 480), seed=3, layout="camvid"))
+    assert (again / "images" / "scene_00000.png").read_bytes() == (d / "images" / "scene_00000.png").read_bytes()
+
+
+def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_path):
+    """A fit on random crops at a non-square training scale, class weights on (unbalanced street scenes),
+    progressive resizing; metrics at native resolution; the any-size export then serves 360x480."""
+    from serving import Segmenter
+    from training.export import export_run
+    from training.synth import SynthConfig, synth
+    from training.train import fit
+
+    d = synth(SynthConfig(out=tmp_path / "s", n=10, size=(120, 160), seed=1, layout="camvid"))
+    report = fit(TrainConfig(data=d, out=tmp_path / "run", size=(96, 128), crop=(64, 96), bs=4, frozen_epochs=1,
+                             unfrozen_epochs=1, valid_pct=0.3, progressive=True, n_show=2))
+    assert report["size"] == [96, 128] and report["config"]["crop"] == [64, 96] and report["void"] == 6
+    balance = report["class_balance"]
+    assert balance["used"] and balance["imbalance_ratio"] > 10 and balance["weights"]["Void"] == 0
+    assert balance["weights"]["Pole"] > balance["weights"]["Road"]
+    assert report["metrics"]["iou"]["Void"] is None and "Void" not in report["metrics"]["scored_classes"]
+    assert report["schedule"]["kept_epoch"] in (0, 1) and (tmp_path / "run" / "results.png").stat().st_size > 1000
+    assert not (tmp_path / "run" / "best.pth").exists()
+    export_run(tmp_path / "run", tmp_path / "exp")
+    seg = Segmenter.load(tmp_path / "exp", "cpu")
+    assert seg.meta.dynamic_hw and seg.meta.input_size == (96, 128) and json.loads(seg.meta.raw["crop"]) == [64, 96]
+    from PIL import Image
+
+    img = Image.open(next((d / "images").iterdir())).resize((480, 360))
+    assert seg.predict(img).shape == (360, 480)
