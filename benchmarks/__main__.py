@@ -105,7 +105,7 @@ def bench_model(model_dir: Path, run_dir: Path | None, repeats: int, threads: in
             for name, run in sized.get(size, {}).items():
                 row[name] = _rate(lambda: run(x), batch, repeats)
             rows.append(row)
-    flops = count_flops(model_dir / "model.onnx")
+    flops = count_flops(model_dir / "model.onnx", hw=(h, w))
     peak, how = cpu_peak()
     best = max(v for r in rows if r["size"] == h for k, v in r.items() if k.startswith("ORT"))
     return {"rows": rows, "flops_per_image": flops, "peak_flops": peak, "peak_how": how, "input_size": [h, w],

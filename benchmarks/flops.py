@@ -6,16 +6,21 @@ from pathlib import Path
 import numpy as np
 
 
-def count_flops(path: Path, batch: int = 1) -> int:
-    """FLOPs of one forward pass at `batch` (static H, W from the graph), from shape inference."""
+def count_flops(path: Path, batch: int = 1, hw: tuple[int, int] | None = None) -> int:
+    """FLOPs of one forward pass at `batch`, from shape inference. The input's H and W: the graph's own
+    (fixed-size models), or `hw` for an any-size graph (required then: its image is (N, H, W, 3))."""
     import onnx
     from onnx import shape_inference
 
     model = onnx.load(str(path))
-    inp = model.graph.input[0]
-    for d in inp.type.tensor_type.shape.dim:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if not dims[0].dim_value:
+        dims[0].dim_value = batch
+    for i, d in enumerate(dims[1:3], start=1):
         if not d.dim_value:
-            d.dim_value = batch
+            if hw is None:
+                raise ValueError(f"{path}: the input's H and W are dynamic; pass hw=(H, W)")
+            d.dim_value = hw[i - 1]
     model = shape_inference.infer_shapes(model)
     shapes = {}
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
