@@ -141,22 +141,31 @@ def load(url: str, payloads: list[bytes], concurrency: int, n: int, route: str =
 
 
 def overhead_profile(model_dir: Path, variant: str, repeats: int = 200) -> dict:
-    """CPU milliseconds per 256 px request in each pure step of the data path (no model, no HTTP)."""
-    from serving import imaging
+    """CPU milliseconds per 256 px request in each pure step of the data path (no HTTP), as the service runs them."""
+    from serving import imaging, pipeline
     from serving.runtime import SegmentationRuntime
 
     rt = SegmentationRuntime.load(model_dir, "cpu", variant, threads=1)
     data = photos(256)[0]
-    img = imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9)
-    small = imaging.resize_to_model(img, rt.meta.input_size)
-    mask = rt.run(small[None])[0]
-    big = imaging.resize_mask(mask, img.size)
+    im = imaging.open_image(data, max_bytes=10**9, max_pixels=10**9)
+    img = imaging.load_rgb(im, data)
+    plan = pipeline.plan(rt.meta, img.size)
+    job = pipeline.Job(rt.meta, img, plan)
+    x = job.single_input[None]
+    masks, probs = rt.run_scores(x)
+
+    def finish():
+        j = pipeline.Job(rt.meta, img, plan)
+        j.add([(masks[0], probs[0] if probs is not None else None)])
+        return j.mask()
+
+    mask = finish()
     steps = {
-        "decode + validate (PNG 256 px)": lambda: imaging.decode_image(data, max_bytes=10**9, max_pixels=10**9),
-        "squish to model size": lambda: imaging.resize_to_model(img, rt.meta.input_size),
-        "mask back to 256 px": lambda: imaging.resize_mask(mask, img.size),
-        "palette PNG encode": lambda: imaging.palette_png(big, rt.meta.colours),
-        "model (ORT, 1 thread, batch 1)": lambda: rt.run(small[None]),
+        "decode + validate (PNG 256 px: header, CRCs, libspng)": lambda: imaging.load_rgb(imaging.open_image(data, max_bytes=10**9, max_pixels=10**9), data),
+        "to the model's scale (resize, pad)": lambda: pipeline.Job(rt.meta, img, plan),
+        "model (ORT, 1 thread, batch 1)": lambda: rt.run_scores(x),
+        "scores upsampled to 256 px + argmax": finish,
+        "palette PNG encode": lambda: imaging.palette_png(mask, rt.meta.colours),
     }
     res = {}
     for name, fn in steps.items():

@@ -1,8 +1,9 @@
 """Pure image functions for the data path: decode and validate uploads, resize, encode masks.
 
-Upload bytes -> validated RGB image (limits, EXIF orientation, modes) -> squish to the model size
-(PIL bilinear, exactly as training's validation did) ... mask -> original size (nearest) -> PNG / overlay /
-JSON / RLE. Each error is an ImageError whose message says what to fix and whose `status` is the HTTP code.
+Upload bytes -> validated RGB image (limits, EXIF orientation, modes) ... model scores -> mask at the
+original size (scores upsampled bilinearly along class boundaries, or class ids by nearest neighbour) ->
+PNG / overlay / JSON / RLE. The geometry between the two (training scale, padding, tiles) is
+serving/pipeline.py's. Each error is an ImageError whose message says what to fix and whose `status` is the HTTP code.
 """
 from __future__ import annotations
 
@@ -117,14 +118,6 @@ def to_rgb(im: Image.Image) -> Image.Image:
             im = im.convert("RGBA")
         return im.convert("RGB")
     raise ImageError(f"image mode {im.mode} is not supported: save it as 8-bit RGB, grey or palette", 415)
-
-
-def resize_to_model(img: Image.Image, size_hw: tuple[int, int]) -> np.ndarray:
-    """RGB image -> (H, W, 3) uint8, squished to `size_hw` with PIL bilinear (training's validation resize)."""
-    h, w = size_hw
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
-    return np.asarray(img)
 
 
 def _bilinear_axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -157,17 +157,6 @@ def blend_masks(masks: np.ndarray, layout: TileLayout, n_classes: int) -> np.nda
     return b.result()
 
 
-def segment_tiled(image: np.ndarray, run_batch, tile_hw: tuple[int, int], overlap: int, n_classes: int, batch_size: int = 8) -> np.ndarray:
-    """Offline: tile, run `run_batch` ((n, th, tw, 3) uint8 -> (n, th, tw) uint8 masks or (n, C, th, tw)
-    scores) batch by batch, blend as the batches come. Returns (H, W) uint8."""
-    layout = plan_tiles(image.shape[:2], tile_hw, overlap)
-    padded = pad_for_tiles(image, layout)
-    blender = Blender(layout, n_classes)
-    for i in range(0, len(layout.origins), batch_size):
-        blender.add(run_batch(tiles_of(padded, layout, i, min(i + batch_size, len(layout.origins)))))
-    return blender.result()
-
-
 def default_overlap(tile_hw: tuple[int, int]) -> int:
     """A quarter of the tile: enough context at the borders for a U-Net at these sizes."""
     return min(tile_hw) // 4
