@@ -251,22 +251,20 @@ def baseline_checkout(ref: str):
         subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
 
 
-def bench_compare(model_dir: Path, variant: str, concurrencies, n: int, baseline: str | None) -> dict:
+def bench_compare(model_dir: Path, variant: str, concurrencies, n: int, baseline: str | None, rounds: int = 2) -> dict:
     """256 px PNG to /segment at each concurrency: this service, the `baseline` ref's service (a worktree),
-    LitServe and Ray Serve, one after the other in this run, same model variant and per-request work."""
+    LitServe and Ray Serve, same model variant and per-request work. The machine is shared and its speed
+    drifts by tens of per cent within minutes, so the servers take turns: `rounds` rounds, in reverse
+    order every other round, and each cell is the median over rounds (all rounds are in the JSON)."""
+    import contextlib as _cl
+
     payloads = photos(256)
-    rows = {}
-
-    def sweep(url):
-        return [load(url, payloads, c, n if c > 1 else max(n // 4, 50)) for c in concurrencies]
-
-    print("   this service", flush=True)
-    with served(model_dir, SEG_VARIANT=variant) as proc:
-        rows["this service"] = sweep(proc.url)
+    servers = [("this service", lambda: _served_url(model_dir, ROOT, variant))]
+    tree = None
+    stack = _cl.ExitStack()
     if baseline:
-        print(f"   previous main ({baseline}, in a worktree)", flush=True)
-        with baseline_checkout(baseline) as tree, served(model_dir, cwd=tree, SEG_VARIANT=variant) as proc:
-            rows[f"previous main ({baseline[:7]})"] = sweep(proc.url)
+        tree = stack.enter_context(baseline_checkout(baseline))
+        servers.append((f"previous main ({baseline[:7]})", lambda: _served_url(model_dir, tree, variant)))
     for name, module, needs in (("LitServe (2 workers, batch 8)", "benchmarks.peers.litserve_server", "litserve"),
                                 ("Ray Serve (2 replicas, @serve.batch 8)", "benchmarks.peers.rayserve_server", "ray.serve")):
         try:
@@ -274,10 +272,27 @@ def bench_compare(model_dir: Path, variant: str, concurrencies, n: int, baseline
         except ImportError:
             print(f"   {name}: {needs} not installed (pip install '.[bench]'), skipped", flush=True)
             continue
-        print(f"   {name}", flush=True)
-        with peer_server(module, "--model", str(model_dir), "--variant", variant) as url:
-            rows[name] = sweep(url)
+        servers.append((name, lambda module=module: peer_server(module, "--model", str(model_dir), "--variant", variant)))
+    runs: dict[str, list] = {name: [] for name, _ in servers}
+    with stack:
+        for r in range(rounds):
+            for name, start in (servers if r % 2 == 0 else servers[::-1]):
+                print(f"   round {r + 1}: {name}", flush=True)
+                with start() as url:
+                    runs[name].append([load(url, payloads, c, n if c > 1 else max(n // 4, 50)) for c in concurrencies])
+    rows = {}
+    for name, sweeps in runs.items():
+        rows[name] = []
+        for i, c in enumerate(concurrencies):
+            cells = sorted((s[i] for s in sweeps), key=lambda x: x["rps"])
+            rows[name].append({**cells[len(cells) // 2], "rounds_rps": [s[i]["rps"] for s in sweeps]})
     return rows
+
+
+@contextlib.contextmanager
+def _served_url(model_dir: Path, cwd: Path, variant: str):
+    with served(model_dir, cwd=cwd, SEG_VARIANT=variant) as proc:
+        yield proc.url
 
 
 def cold_start(model_dir: Path, variant: str, repeats: int) -> list[float]:
@@ -350,6 +365,9 @@ def compare_markdown(r: dict) -> list[str]:
          "| server | " + " | ".join(f"c={c}: req/s (p50 / p99 ms)" for c in conc) + " | errors |", "|---|" + "---|" * (len(conc) + 1)]
     for name, xs in rows.items():
         L.append(f"| {name} | " + " | ".join(f"{x['rps']:.1f} ({x['p50']:.0f} / {x['p99']:.0f})" for x in xs) + f" | {sum(x['errors'] for x in xs)} |")
+    if any("rounds_rps" in x for xs in rows.values() for x in xs):
+        L += ["", "Each cell: the median of the rounds (servers took turns, order reversed every other round); req/s per round: "
+              + "; ".join(f"{name} " + ", ".join("/".join(f"{v:.0f}" for v in x["rounds_rps"]) for x in xs) for name, xs in rows.items()) + "."]
     L += ["", f"Raw ONNX Runtime at {r['model']['threads']} threads, no HTTP: batch 1 {r['raw_ort_b1']:.1f} img/s, batch 8 {r['raw_ort_b8']:.1f} img/s (the ceiling).", ""]
     peers = {k: v for k, v in rows.items() if k != "this service" and not k.startswith("previous")}
     ours = {x["concurrency"]: x for x in rows["this service"]}
@@ -417,6 +435,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"), help="variant every server runs")
     p.add_argument("--baseline", metavar="REF", help="also serve this git ref (e.g. the previous main) from a worktree, same run")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--compare-only", action="store_true", help="only section 2: this service, the baseline and the peers")
     a = p.parse_args(argv)
     run = a.run
     if run is None and (a.model / "export.json").is_file():
@@ -427,6 +446,17 @@ def main(argv=None) -> int:
     threads = len(os.sched_getaffinity(0))
     report = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": cpu_peak()[1], "model_dir": str(a.model), "variant": a.variant,
               "baseline": a.baseline}
+    if a.compare_only:
+        report["raw_ort_b1"] = raw_ort(a.model, a.variant, threads, 1)
+        report["raw_ort_b8"] = raw_ort(a.model, a.variant, threads, 8)
+        report["compare"] = bench_compare(a.model, a.variant, (1, 16, 32), n, a.baseline)
+        out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-compare.md"
+        md = "\n".join([f"# Section 2 only ({report['date']})", "", f"Machine: {report['machine']}; {a.variant}.", "",
+                         *compare_markdown({**report, "model": {"threads": threads}})])
+        out.write_text(md + "\n")
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
+        print(md)
+        return 0
     print("== 1/6 model throughput", flush=True)
     report["model"] = bench_model(a.model, run if run and run.is_dir() else None, repeats, threads)
     report["raw_ort_b1"] = raw_ort(a.model, a.variant, threads, 1)

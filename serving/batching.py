@@ -5,7 +5,11 @@ the model is free, the oldest input and the queued inputs of the same shape behi
 `max_batch_size`, go to ONNX Runtime as one batch, in a thread of its own so the event loop keeps
 parsing, decoding and encoding. Inputs wait only while the model is busy: a lone request runs at once,
 and under load batches fill by themselves. This is Triton's dynamic batcher with
-`max_queue_delay_microseconds: 0` and batches of equal shapes only.
+`max_queue_delay_microseconds: 0` and batches of equal shapes only. One more rule keeps the model busy:
+a batch takes inputs from at most half of the requests in flight (`share_cap`), so one batch runs while
+the requests of the next are decoded and those of the last encoded. Without it, 8 requests in flight
+on a worker all joined one batch, and the model idled while they were encoded and the next 8 decoded
+(measured here at concurrency 16: 40.9 req/s with batches of up to 8, 54.3 with this rule's 4).
 
 `Admission`: the unit is model work, not requests. One input at the model's own size is one unit (a
 larger input of an any-size graph counts by its pixels), and the seconds per unit are measured on the
@@ -32,6 +36,7 @@ class _Item:
     array: np.ndarray
     units: float
     future: asyncio.Future
+    owner: object  # one per submit call: a request, or one chunk of a tiled request's tiles
 
 
 class Batcher:
@@ -41,8 +46,10 @@ class Batcher:
     average over real batches, seeded by `seed_seconds_per_unit` (a warm-up measurement)."""
 
     def __init__(self, run: Callable[[np.ndarray], Sequence[Any]], *, max_batch_size: int, unit_pixels: int,
-                 seed_seconds_per_unit: float, on_batch: Callable[[int, float], None] | None = None):
+                 seed_seconds_per_unit: float, on_batch: Callable[[int, float], None] | None = None,
+                 share_cap: Callable[[], int] | None = None):
         self._run, self.max_batch_size, self.unit_pixels = run, max_batch_size, unit_pixels
+        self._share_cap = share_cap  # how many submits (requests or tile chunks) one batch may draw from
         self.seconds_per_unit = seed_seconds_per_unit
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
@@ -61,7 +68,8 @@ class Batcher:
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
         loop = asyncio.get_running_loop()
-        items = [_Item(a, self.units(a.shape), loop.create_future()) for a in arrays]
+        owner = object()
+        items = [_Item(a, self.units(a.shape), loop.create_future(), owner) for a in arrays]
         for it in items:
             self._queue.append(it)
             self.queued_units += it.units
@@ -74,19 +82,22 @@ class Batcher:
             raise
 
     def _next_batch(self) -> list[_Item]:
-        """The oldest input and the queued inputs of its shape behind it, up to max_batch_size."""
+        """The oldest input and the queued inputs of its shape behind it, up to max_batch_size, from at
+        most `share_cap()` submits."""
         while self._queue and self._queue[0].future.done():  # cancelled before it ran
             self.queued_units -= self._queue.popleft().units
         if not self._queue:
             return []
         shape = self._queue[0].array.shape
-        batch, rest = [], deque()
+        cap = max(1, self._share_cap()) if self._share_cap else self.max_batch_size
+        batch, rest, owners = [], deque(), set()
         while self._queue and len(batch) < self.max_batch_size:
             it = self._queue.popleft()
             if it.future.done():
                 self.queued_units -= it.units
-            elif it.array.shape == shape:
+            elif it.array.shape == shape and (it.owner in owners or len(owners) < cap):
                 batch.append(it)
+                owners.add(it.owner)
             else:
                 rest.append(it)
         rest.extend(self._queue)
@@ -137,14 +148,19 @@ class Admission:
     def seconds_for(self, units: float) -> float:
         return units * self.batcher.seconds_per_unit
 
+    def over_budget(self) -> int | None:
+        """Retry-After seconds when the work already queued is over the budget (whatever a new request
+        needs), else None: the gate refuses such requests before reading their body."""
+        ahead = self.ahead_s()
+        return max(1, math.ceil(ahead - self.budget_s)) if ahead > self.budget_s else None
+
     def try_admit(self, share: float) -> int | None:
         """Reserve `share` units and return None, or return the Retry-After seconds when the work ahead
         is over the budget (nothing reserved)."""
-        ahead = self.ahead_s()
-        if ahead > self.budget_s:
-            return max(1, math.ceil(ahead - self.budget_s))
-        self.reserved += share
-        return None
+        retry = self.over_budget()
+        if retry is None:
+            self.reserved += share
+        return retry
 
     def release(self, share: float) -> None:
         self.reserved = max(0.0, self.reserved - share)

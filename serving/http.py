@@ -38,8 +38,8 @@ class Problem(Exception):
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        if self.status == 413:
-            headers["Connection"] = "close"  # the rest of an oversize body is not read
+        if self.status in (413, 429, 503):
+            headers["Connection"] = "close"  # the body may not have been read: do not reuse the connection
         return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
 
 
@@ -152,10 +152,17 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
         await form.close()
 
 
+def busy(admission, retry_after: int) -> Problem:
+    """The refusal when the model work queued on this worker is over its latency budget."""
+    return Problem(503, f"server is busy: {admission.ahead_s():.1f} s of model work queued, over the "
+                        f"{admission.budget_s * 1000:.0f} ms budget (SEG_MAX_LATENCY_MS); retry after the Retry-After delay",
+                   retry_after=retry_after)
+
+
 class Gate:
-    """ASGI middleware for the inference routes: the bearer token (401) and the per-process concurrency
-    cap (429 + Retry-After), checked before any body is read. `service()` gives the running service
-    (its config and in-flight count)."""
+    """ASGI middleware for the inference routes: the bearer token (401), the per-process concurrency
+    cap (429 + Retry-After) and a queue already over the latency budget (503 + Retry-After), checked
+    before any body is read. `service()` gives the running service (its config and admission)."""
 
     def __init__(self, app, routes: tuple[str, ...], service):
         self.app, self.routes, self.service = app, routes, service
@@ -170,9 +177,14 @@ class Gate:
         if not svc.config.token_ok(authorization):
             problem = Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`")
             return await problem.response()(scope, receive, send)
+        problem = None
         if svc.admission.in_flight >= svc.config.max_concurrency:
             problem = Problem(429, f"too many requests in flight on this worker (SEG_MAX_CONCURRENCY={svc.config.max_concurrency}): "
                                    "retry after the Retry-After delay", retry_after=1)
+        elif (retry := svc.admission.over_budget()) is not None:  # whatever this request needs, the queue is too long
+            problem = busy(svc.admission, retry)
+        if problem is not None:
+            svc.metrics.refused.labels(status=str(problem.status)).inc()
             return await problem.response()(scope, receive, send)
         svc.admission.in_flight += 1
         try:

@@ -33,7 +33,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from . import imaging, pipeline, store
 from .batching import Admission, Batcher
 from .config import ServeConfig
-from .http import Gate, Problem, Upload, read_upload
+from .http import Gate, Problem, Upload, busy, read_upload
 from .runtime import ContractError, SegmentationRuntime
 
 log = logging.getLogger("serving.service")
@@ -113,9 +113,24 @@ def _current():
 
 info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
+DESCRIPTION = """Semantic segmentation with a fastai U-Net exported to ONNX, served with BentoML over ONNX Runtime
+(CUDA when a GPU is there, CPU otherwise). POST an image to /segment (palette PNG mask), /overlay or /stats: the
+answer has the image's own size. Try it in the browser at /ui; GET /model describes the model."""
+
+
+class DescribedService(bentoml.Service):
+    """BentoML's Swagger UI shows `doc`: a built bento's README (written from this description), and BentoML's
+    generic text under `bentoml serve` from the source tree. Ours says what this service is in both."""
+
+    @property
+    def doc(self) -> str:
+        return self.bento.doc if self.bento is not None else self.description
+
 
 @bentoml.service(
     name="segmentation",
+    description=DESCRIPTION,
+    service_class=DescribedService,
     workers=CONFIG.resolved_workers,
     # no max_concurrency here: BentoML's refusal is a 429 without Retry-After; the Gate answers it with one
     traffic={"timeout": CONFIG.timeout_s},
@@ -158,7 +173,8 @@ class SegmentationService:
         self._run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
         seed = (time.perf_counter() - t) / CONFIG.max_batch_size
         self.batcher = Batcher(self._run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w,
-                               seed_seconds_per_unit=seed, on_batch=self._observe_batch)
+                               seed_seconds_per_unit=seed, on_batch=self._observe_batch,
+                               share_cap=lambda: -(-self.admission.in_flight // 2))  # half the requests in flight
         self.admission = Admission(self.batcher, CONFIG.max_latency_ms / 1000, CONFIG.max_concurrency)
         folder = self.runtime.path.parent / "samples"
         self.samples = {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
@@ -243,8 +259,7 @@ class SegmentationService:
         share = self.batcher.units(plan.input_hw) * min(plan.inputs, 2 * cfg.max_batch_size)
         retry = self.admission.try_admit(share)
         if retry is not None:
-            raise Problem(503, f"server is busy: {self.admission.ahead_s():.1f} s of model work queued, over the "
-                               f"{cfg.max_latency_ms} ms budget; retry after the Retry-After delay", retry_after=retry)
+            raise busy(self.admission, retry)
         try:
             heavy = size[0] * size[1] > cfg.offload_pixels  # big images: Pillow and numpy work in a thread, the event loop stays free
             img = await self._call(heavy, imaging.load_rgb, im, data)

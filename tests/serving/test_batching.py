@@ -114,3 +114,26 @@ def test_admission_counts_work_ahead_against_the_budget():
     assert a.try_admit(1.0) is None
     b.seconds_per_unit = 0.1  # a slower model: 100 units ahead = 10 s, 9 s over the budget
     assert a.try_admit(1.0) == 9
+    assert a.over_budget() == 9 and a.reserved == 100  # what the gate asks before reading a body: nothing reserved
+
+
+def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_ready():
+    model = FakeModel()
+    cap = {"n": 2}
+
+    async def go():
+        b = Batcher(model, max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.01, share_cap=lambda: cap["n"])
+        model.gate.clear()
+        blocker = asyncio.ensure_future(b.submit([img(99)]))
+        await asyncio.sleep(0.05)
+        singles = [asyncio.ensure_future(b.submit([img(v)])) for v in range(5)]
+        tiled = asyncio.ensure_future(b.submit([img(50 + v) for v in range(6)]))  # one request, six inputs
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await blocker
+        return [await s for s in singles], await tiled
+
+    singles, tiled = asyncio.run(go())
+    assert singles == [[v] for v in range(5)] and tiled == [50 + v for v in range(6)]
+    # 2 requests per batch (not all 5 singles in one batch of 8); the tiled request's six fill one batch
+    assert [s[0] for s in model.batches] == [1, 2, 2, 7]

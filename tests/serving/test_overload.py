@@ -93,10 +93,10 @@ def test_work_over_budget_is_refused_early_with_503_and_a_tile_cap_with_413(tiny
         refusal_s = time.perf_counter() - t
         assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "busy" in r.json()["error"]
         assert refusal_s < 1.0  # refused at the door, not after waiting
+        big.join(300)
+        assert big.response.status_code == 200  # admitted when the queue was empty: it finishes
         huge = png_bytes(np.zeros((2200, 2200, 3), np.uint8))  # 45 x 45 tiles: over SEG_MAX_TILES
         r = requests.post(proc.url + "/segment?tile=true", files={"image": ("h.png", huge)}, timeout=30)
         assert r.status_code == 413 and "SEG_MAX_TILES=1000" in r.json()["error"] and "python -m serving predict" in r.json()["error"]
-        big.join(300)
-        assert big.response.status_code == 200  # admitted when the queue was empty: it finishes
         metrics = requests.get(proc.url + "/metrics", timeout=10).text
         assert 'seg_refused_total{status="503"}' in metrics and 'seg_refused_total{status="413"}' in metrics
