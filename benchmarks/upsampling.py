@@ -1,7 +1,7 @@
 """The cost of masks at the image's own size: class scores upsampled before the argmax, against nearest
 neighbour on class ids, at 0.3, 2 and 12 Mpx outputs.
 
-    python -m benchmarks.upsampling [--classes 7] [--from 352 480]
+    python -m benchmarks.upsampling [--classes 7] [--from 352 480] [--classes 3 --from 128 128]
 
 Four ways from a model output (C class probabilities at the model's scale) to the full-size mask:
 - nearest on ids: the argmax at model scale, resized with PIL nearest (the previous service);
@@ -11,12 +11,16 @@ Four ways from a model output (C class probabilities at the model's scale) to th
   the upsampling were exported inside the model;
 - scores, full numpy/PIL: every class channel resized by PIL (mode F, bilinear), then argmax.
 The probabilities are smooth random fields with class boundaries like a real model's. Median of
-repeats, ms; prints a table (also part of `python -m benchmarks`).
+repeats, ms; prints a table and writes benchmarks/results/upsampling-<date>.md/.json. Default: two
+sources, the CamVid-layout model's (7 classes at 352x480) and the demo model's (3 classes at 128x128).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -61,7 +65,7 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(times)) * 1000
 
 
-def measure(classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: int = 3) -> dict:
+def measure(classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: int = 3, sizes: dict | None = None) -> dict:
     """{size label: {method: ms}} and the share of pixels where the methods' masks differ from nearest."""
     from serving.imaging import resize_mask, upsample_scores
 
@@ -70,7 +74,7 @@ def measure(classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: 
     ids = probs.argmax(0).astype(np.uint8)
     sess = _graph(classes)
     rows = {}
-    for label, (W, H) in SIZES.items():
+    for label, (W, H) in (sizes or SIZES).items():
         sizes = np.array([1, classes, H, W], np.int64)
         methods = {
             "nearest on ids": lambda: resize_mask(ids, (W, H)),
@@ -99,10 +103,23 @@ def to_markdown(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--classes", type=int, default=7)
-    p.add_argument("--from", dest="source", type=int, nargs=2, default=[352, 480], metavar=("H", "W"))
+    p.add_argument("--classes", type=int, action="append", help="number of classes (repeat with --from for several sources)")
+    p.add_argument("--from", dest="source", type=int, nargs=2, action="append", metavar=("H", "W"))
     a = p.parse_args(argv)
-    print(to_markdown(measure(a.classes, tuple(a.source))))
+    classes, sources = a.classes or [7, 3], a.source or [[352, 480], [128, 128]]
+    if len(classes) != len(sources):
+        p.error("give as many --classes as --from")
+    results, md = [], [f"# Masks at the image's own size: the cost ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
+                       "`python -m benchmarks.upsampling`: " + __doc__.split("\n\n")[2].replace("\n", " "), ""]
+    for c, hw in zip(classes, sources):
+        results.append(measure(c, tuple(hw)))
+        md.append(to_markdown(results[-1]))
+        print(md[-1], flush=True)
+    out = Path(__file__).resolve().parent / "results" / f"upsampling-{dt.date.today().isoformat()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(md))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    print(f"report: {out.with_suffix('.md')}")
     return 0
 
 

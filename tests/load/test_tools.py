@@ -72,3 +72,13 @@ def test_peer_servers_do_the_same_work(module, tiny_export):
         results, _ = client.run(url, payloads, concurrency=2, n=4, keep_bodies=True,
                                 check=lambda i, r: np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[i % 2]))
     assert all(r.ok for r in results), [r.status for r in results]
+
+
+def test_upsampling_benchmark_compares_the_same_masks():
+    from benchmarks.upsampling import measure, to_markdown
+
+    r = measure(4, (24, 32), repeats=1, sizes={"small": (120, 90)})
+    row = r["rows"]["small"]
+    assert row["ours vs in-graph agreement"] > 0.999  # our runtime upsampling is the exported Resize + ArgMax
+    assert 0 < row["pixels differing from nearest"] < 0.2  # scores, not ids: boundaries move, classes do not
+    assert all(row[m] > 0 for m in ("nearest on ids", "scores, runtime (ours)")) and "| small |" in to_markdown(r)
