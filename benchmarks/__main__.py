@@ -27,7 +27,7 @@ import requests
 from PIL import Image
 
 from loadtest import client
-from loadtest.server import free_port, served, wait_ready
+from loadtest.server import process, served
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_FLOP_PER_CYCLE = 32  # AVX2: 2 FMA units x 8 fp32 lanes x 2 FLOPs
@@ -216,21 +216,8 @@ def server_cpu_per_request(model_dir: Path, variant: str, n: int = 400, fmt: str
 @contextlib.contextmanager
 def peer_server(module: str, *args: str, timeout: float = 240):
     """Run `python -m <module> ... --port P` in its own process group; yield its URL once /readyz answers."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", module, *args, "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, timeout, what=module)
+    with process([sys.executable, "-m", module, *args, "--port", "{port}"], module, timeout, stop_timeout=30) as (_, url):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
 
 
 def bench_naive(run_dir: Path, concurrency: int, n: int) -> dict:

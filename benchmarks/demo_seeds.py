@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,11 +50,7 @@ def main(argv=None) -> int:
     agree = [r["int8_agreement"] for r in rows]
     L += ["", f"int8 agreement: min {min(agree):.2%}, max {max(agree):.2%}; kept in {sum(r['int8_kept'] for r in rows)} of {len(rows)} runs."]
     md = "\n".join(L) + "\n"
-    out = ROOT / "benchmarks" / "results" / f"demo-seeds-{dt.date.today().isoformat()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    print(md)
+    write_report("demo-seeds", md, rows)
     return 0
 
 

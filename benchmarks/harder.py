@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"previous defaults (3 + 12 epochs, last kept)": ["--frozen-epochs", "3", "--unfrozen-epochs", "12", "--last-epoch"],
            "new defaults (450 steps, best epoch kept)": []}
@@ -50,11 +52,7 @@ def main(argv=None) -> int:
     for r in rows:
         L.append(f"| {r['label']} | {r['epochs']} | {r['kept_epoch']} | **{r['dice_fg']:.3f}** | {r['best_epoch_dice']:.3f} | {r['last_epoch_dice']:.3f} | {r['train_min']:.1f} |")
     md = "\n".join(L) + "\n"
-    out = ROOT / "benchmarks" / "results" / f"harder-{dt.date.today().isoformat()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    print(md)
+    write_report("harder", md, rows)
     return 0
 
 

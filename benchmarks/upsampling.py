@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks import write_report
 
 SIZES = {"0.3 Mpx (640x480)": (640, 480), "2 Mpx (1632x1224)": (1632, 1224), "12 Mpx (4000x3000)": (4000, 3000)}
 
@@ -114,12 +114,7 @@ def main(argv=None) -> int:
     for c, hw in zip(classes, sources):
         results.append(measure(c, tuple(hw)))
         md.append(to_markdown(results[-1]))
-        print(md[-1], flush=True)
-    out = Path(__file__).resolve().parent / "results" / f"upsampling-{dt.date.today().isoformat()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(md))
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    print(f"report: {out.with_suffix('.md')}")
+    write_report("upsampling", "\n".join(md), results)
     return 0
 
 
