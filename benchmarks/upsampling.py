@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     if len(classes) != len(sources):
         p.error("give as many --classes as --from")
     results, md = [], [f"# Masks at the image's own size: the cost ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-                       "`python -m benchmarks.upsampling`: " + __doc__.split("\n\n")[2].replace("\n", " "), ""]
+                       "`python -m benchmarks.upsampling`: nearest neighbour on class ids (the previous service) against class "
+                       "scores upsampled bilinearly before the argmax, three ways (see the script's docstring).", ""]
     for c, hw in zip(classes, sources):
         results.append(measure(c, tuple(hw)))
         md.append(to_markdown(results[-1]))
