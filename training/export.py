@@ -180,23 +180,25 @@ def check_parity(learn, onnx_path: Path, paths, size) -> dict:
 
     `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
     probabilities within TIE_TOL, far below any real export error); ties that flip are counted and reported."""
-    ref = _fastai_probs(learn, paths)
-    ref_mask = ref.argmax(1).astype(np.uint8)
-    ties = tie_pixels(ref)
-    images = load_images(paths, size)
-    sess = _session(onnx_path)
-    result = {"images": len(paths), "batch_sizes": list(PARITY_BATCHES), "traced_batch": TRACE_BATCH, "tie_tolerance": TIE_TOL}
-    ok = True
+    row, ok = _compare(_session(onnx_path), load_images(paths, size), _fastai_probs(learn, paths))
+    return {"images": len(paths), "batch_sizes": list(PARITY_BATCHES), "traced_batch": TRACE_BATCH, "tie_tolerance": TIE_TOL,
+            **row, "identical": ok}
+
+
+def _compare(sess, images: np.ndarray, ref: np.ndarray) -> tuple[dict, bool]:
+    """ONNX Runtime on `images` at each of PARITY_BATCHES against fastai's probabilities `ref`: agreement,
+    tie flips and the largest probability difference, and whether only numerical ties differ."""
+    ref_mask, ties = ref.argmax(1).astype(np.uint8), tie_pixels(ref)
+    row, ok = {}, True
     for b in PARITY_BATCHES:
         mask, probs = _run(sess, images, b)
         differ = mask != ref_mask
-        result[f"agreement_b{b}"] = float(1.0 - differ.mean())
-        result[f"tie_flips_b{b}"] = int((differ & ties).sum())
+        row[f"agreement_b{b}"] = float(1.0 - differ.mean())
+        row[f"tie_flips_b{b}"] = int((differ & ties).sum())
         ok &= not (differ & ~ties).any()
         if probs is not None:
-            result["max_prob_diff"] = max(result.get("max_prob_diff", 0.0), float(np.abs(probs - ref).max()))
-    result["identical"] = bool(ok)
-    return result
+            row["max_prob_diff"] = max(row.get("max_prob_diff", 0.0), float(np.abs(probs - ref).max()))
+    return row, bool(ok)
 
 
 def parity_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -225,18 +227,9 @@ def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std) -> dict:
     rows, ok = [], True
     for shape in shapes:
         images = load_images(paths, shape)
-        ref = _eager_probs(learn, images, mean, std)
-        ref_mask, ties = ref.argmax(1).astype(np.uint8), tie_pixels(ref)
-        row = {"shape": list(shape)}
-        for b in PARITY_BATCHES:
-            mask, probs = _run(sess, images, b)
-            differ = mask != ref_mask
-            row[f"agreement_b{b}"] = float(1.0 - differ.mean())
-            row[f"tie_flips_b{b}"] = int((differ & ties).sum())
-            ok &= not (differ & ~ties).any()
-            if probs is not None:
-                row["max_prob_diff"] = max(row.get("max_prob_diff", 0.0), float(np.abs(probs - ref).max()))
-        rows.append(row)
+        row, same = _compare(sess, images, _eager_probs(learn, images, mean, std))
+        rows.append({"shape": list(shape), **row})
+        ok &= same
     return {"shapes": rows, "identical": bool(ok)}
 
 
