@@ -110,6 +110,7 @@ class Batcher:
             await self._wake.wait()
             self._wake.clear()
             while batch := self._next_batch():
+                units = sum(it.units for it in batch)
                 t = time.perf_counter()
                 try:
                     outputs = await loop.run_in_executor(self._executor, self._run, np.stack([it.array for it in batch]))
@@ -119,9 +120,8 @@ class Batcher:
                             it.future.set_exception(exc)
                     continue
                 finally:
-                    self.queued_units -= sum(it.units for it in batch)
+                    self.queued_units -= units
                 took = time.perf_counter() - t
-                units = sum(it.units for it in batch)
                 self.seconds_per_unit = 0.9 * self.seconds_per_unit + 0.1 * took / units
                 if self._on_batch is not None:
                     self._on_batch(len(batch), took)
@@ -136,17 +136,14 @@ class Admission:
     `reserved` holds the queue share of every admitted request still running: 1 unit per image (more
     for a large input of an any-size graph), at most two batches for a tiled request."""
 
-    def __init__(self, batcher: Batcher, budget_s: float, max_concurrency: int):
-        self.batcher, self.budget_s, self.max_concurrency = batcher, budget_s, max_concurrency
+    def __init__(self, batcher: Batcher, budget_s: float):
+        self.batcher, self.budget_s = batcher, budget_s
         self.reserved = 0.0
         self.in_flight = 0  # requests between the gate and their answer
 
     def ahead_s(self) -> float:
         """Seconds of model work queued ahead of a request arriving now."""
         return self.reserved * self.batcher.seconds_per_unit
-
-    def seconds_for(self, units: float) -> float:
-        return units * self.batcher.seconds_per_unit
 
     def over_budget(self) -> int | None:
         """Retry-After seconds when the work already queued is over the budget (whatever a new request

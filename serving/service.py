@@ -175,7 +175,7 @@ class SegmentationService:
         self.batcher = Batcher(self._run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w,
                                seed_seconds_per_unit=seed, on_batch=self._observe_batch,
                                share_cap=lambda: -(-self.admission.in_flight // 2))  # half the requests in flight
-        self.admission = Admission(self.batcher, CONFIG.max_latency_ms / 1000, CONFIG.max_concurrency)
+        self.admission = Admission(self.batcher, CONFIG.max_latency_ms / 1000)
         folder = self.runtime.path.parent / "samples"
         self.samples = {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
 

@@ -103,7 +103,7 @@ def test_units_scale_with_pixels_and_seconds_per_unit_follows_real_batches():
 
 def test_admission_counts_work_ahead_against_the_budget():
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
-    a = Admission(b, budget_s=1.0, max_concurrency=10)
+    a = Admission(b, budget_s=1.0)
     for _ in range(100):  # 100 images of 10 ms each: 1.0 s ahead is still within the budget
         assert a.try_admit(1.0) is None
     assert a.try_admit(16.0) is None  # a tiled request reserves its two batches; the queue ahead (1.0 s) fit
