@@ -69,7 +69,7 @@ def load_rgb(im: Image.Image, data: bytes) -> Image.Image:
     """An image from `open_image` (and its bytes) -> decoded RGB with EXIF orientation applied (GIF and
     animations: first frame). 8-bit RGB/RGBA PNGs are decoded by libspng (pyspng) where installed:
     the same pixels in ~60 % of Pillow's time."""
-    if _spng is not None and im.format == "PNG" and im.mode in ("RGB", "RGBA") and im.getexif().get(0x0112, 1) == 1:
+    if _spng is not None and im.format == "PNG" and im.mode in ("RGB", "RGBA") and orientation(im, data) == 1:
         try:
             arr = _spng.load(data)
         except RuntimeError as exc:
@@ -95,10 +95,19 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
     return load_rgb(open_image(data, max_bytes=max_bytes, max_pixels=max_pixels), data)
 
 
-def displayed_size(im: Image.Image) -> tuple[int, int]:
+def orientation(im: Image.Image, data: bytes) -> int:
+    """The EXIF orientation of an image from `open_image` (1: as stored). A PNG may carry its EXIF in an
+    eXIf chunk after the pixel data, so Pillow decodes the whole image to look for one; a PNG whose bytes
+    hold no chunk type `eXIf` has none, and is not decoded here."""
+    if im.format == "PNG" and b"eXIf" not in data:
+        return 1
+    return im.getexif().get(0x0112, 1)
+
+
+def displayed_size(im: Image.Image, data: bytes) -> tuple[int, int]:
     """(W, H) as displayed: width and height swap when the EXIF orientation rotates by 90 degrees."""
     w, h = im.size
-    return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+    return (h, w) if orientation(im, data) in (5, 6, 7, 8) else (w, h)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -249,7 +249,7 @@ class SegmentationService:
     async def _serve(self, route: str, data: bytes, options: dict[str, bool]) -> Response:
         cfg = self.config
         im = imaging.open_image(data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels)
-        size = imaging.displayed_size(im)
+        size = imaging.displayed_size(im, data)
         plan = pipeline.plan(self.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap)
         if plan.inputs > cfg.max_tiles:
             raise Problem(413, f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {plan.input_hw[1]}x{plan.input_hw[0]}, "

@@ -52,6 +52,21 @@ def test_exif_orientation_is_applied():
     assert out.size == (24, 40)  # displayed orientation: width and height swapped
 
 
+@pytest.mark.parametrize("exif_chunk", [True, False])
+def test_png_orientation_read_from_its_exif_chunk(exif_chunk):
+    """A PNG's eXIf chunk rotates it; a PNG without one is taken as stored (and decoded by libspng)."""
+    im = Image.fromarray(RGB)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    data = _bytes(im, "PNG", exif=exif) if exif_chunk else _bytes(im, "PNG")
+    opened = imaging.open_image(data, **CAPS)
+    assert imaging.orientation(opened, data) == (6 if exif_chunk else 1)
+    assert imaging.displayed_size(opened, data) == ((24, 40) if exif_chunk else (40, 24))
+    out = imaging.load_rgb(opened, data)
+    expected = np.asarray(Image.fromarray(RGB).transpose(Image.Transpose.ROTATE_270)) if exif_chunk else RGB
+    assert np.array_equal(np.asarray(out), expected)
+
+
 def test_gif_first_frame():
     frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200)]
     b = io.BytesIO()
