@@ -1,6 +1,7 @@
 """Where a served request's time goes, layer by layer: py-spy samples a real `bentoml serve` under load.
 
     python -m benchmarks.profile_service [--model DIR] [--variant int8] [--requests 1500] [--format PNG|JPEG]
+    python -m benchmarks.profile_service --free --baseline REF --format PNG   # the server's own cost, before and after
 
 py-spy (a sampling profiler, in the dev extras) records every Python thread of the server's process
 tree at 200 Hz while 16 concurrent clients post 256 px photos to /segment. Each sample is charged to
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -75,6 +77,19 @@ def classify(frames: list[str]) -> str:
     return "other"
 
 
+def top_frames(raw: Path, k: int = 12) -> list[tuple[str, float]]:
+    """The `k` leaf frames (function and file, no line) with the largest share of all samples."""
+    leaves = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            leaf = stack.split(";")[-1]
+            name, _, where = leaf.partition(" (")
+            leaves[f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})"] += int(count)
+    total = sum(leaves.values()) or 1
+    return [(name, n / total) for name, n in leaves.most_common(k)]
+
+
 def aggregate(raw: Path, n_requests: int) -> dict[str, float]:
     """ms of thread time per request in each layer, from py-spy's raw (collapsed) output."""
     samples = collections.Counter()
@@ -86,15 +101,17 @@ def aggregate(raw: Path, n_requests: int) -> dict[str, float]:
     return ms
 
 
-def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: str = "PNG", concurrency: int = 16) -> dict:
+def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: str = "PNG", concurrency: int = 16,
+                    cwd: Path = ROOT, size: int = 256, label: str = "") -> dict:
+    """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post `size` px photos."""
     from benchmarks.__main__ import load, photos
     from loadtest.server import served
 
     pyspy = Path(sys.executable).with_name("py-spy")
     if not pyspy.is_file():
         raise SystemExit("error: py-spy not found next to this Python; pip install py-spy (it is in the dev extras)")
-    payloads = photos(256, fmt)
-    with tempfile.TemporaryDirectory() as tmp, served(model_dir, SEG_VARIANT=variant, SEG_MAX_BATCH_SIZE=8) as proc:
+    payloads = photos(size, fmt)
+    with tempfile.TemporaryDirectory() as tmp, served(model_dir, cwd=cwd, SEG_VARIANT=variant, SEG_MAX_BATCH_SIZE=8) as proc:
         raw = Path(tmp) / "stacks.txt"
         load(proc.url, payloads, concurrency, 100)  # warm
         spy = subprocess.Popen([str(pyspy), "record", "--subprocesses", "--nonblocking", "-r", str(RATE), "--format", "raw",
@@ -105,22 +122,28 @@ def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: 
         _, err = spy.communicate(timeout=120)
         if not raw.is_file():
             raise SystemExit(f"error: py-spy wrote nothing ({(err or '').strip().splitlines()[-1:]}); it needs ptrace rights over the server")
-        layers = aggregate(raw, n)
-    return {"format": fmt, "requests": n, "concurrency": concurrency, "rps": res["rps"], "errors": res["errors"], "layers": layers}
+        layers, top = aggregate(raw, n), top_frames(raw)
+    return {"format": fmt if size == 256 else f"{size} px {fmt}", "label": label, "requests": n, "concurrency": concurrency,
+            "rps": res["rps"], "errors": res["errors"], "layers": layers, "top": top}
 
 
 def to_markdown(profiles: list[dict]) -> str:
     L = [f"# Where a request's time goes ({dt.date.today().isoformat()})", "",
-         "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post 256 px photos "
-         "to /segment (int8 model, batches of 8). ms of thread time per request; see benchmarks/profile_service.py "
+         "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post photos "
+         "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py "
          "for the rules and what thread time means on 2 shared cores.", "",
          "Server settings: " + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN")) + ".", ""]
     names = list(dict.fromkeys(k for p in profiles for k in p["layers"]))
-    L += ["| layer | " + " | ".join(f"{p['format']} upload" for p in profiles) + " |", "|---|" + "---|" * len(profiles)]
+    L += ["| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |", "|---|" + "---|" * len(profiles)]
     for k in names:
         L.append(f"| {k} | " + " | ".join(f"{p['layers'].get(k, 0):.2f}" for p in profiles) + " |")
     L.append("| **all but the model rows** | " + " | ".join(f"**{sum(v for k, v in p['layers'].items() if not k.startswith(('model', 'batch queue'))):.2f}**" for p in profiles) + " |")
-    L += ["", " ".join(f"{p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors." for p in profiles), ""]
+    L += ["", " ".join(f"{p.get('label', '')} {p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors.".strip() for p in profiles), ""]
+    for p in profiles:
+        if p.get("top"):
+            L += [f"Top leaf frames, {p.get('label') or 'this checkout'}, {p['format']} (share of all samples; C calls that release the GIL "
+                  "include the wait to take it back):", "", "| frame | share |", "|---|---|"]
+            L += [f"| {name} | {share:.1%} |" for name, share in p["top"]] + [""]
     return "\n".join(L) + "\n"
 
 
@@ -135,8 +158,9 @@ def plot(profiles: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4))
     y = np.arange(len(names))
     for i, p in enumerate(profiles):
-        ax.barh(y + i * 0.4, [p["layers"].get(k, 0) for k in names], 0.4, label=f"{p['format']} upload")
-    ax.set_yticks(y + 0.2), ax.set_yticklabels(names, fontsize=7), ax.invert_yaxis()
+        w = 0.8 / len(profiles)
+        ax.barh(y + i * w, [p["layers"].get(k, 0) for k in names], w, label=f"{p.get('label', '')} {p['format']} upload".strip())
+    ax.set_yticks(y + 0.4 - 0.4 / len(profiles)), ax.set_yticklabels(names, fontsize=7), ax.invert_yaxis()
     ax.set_xlabel("ms of thread time per request"), ax.legend(), ax.set_title("service time beyond the model, by layer")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
@@ -150,8 +174,23 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"))
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--format", nargs="+", default=["PNG", "JPEG"], choices=("PNG", "JPEG"))
+    p.add_argument("--size", type=int, default=256, help="upload side in pixels")
+    p.add_argument("--free", action="store_true", help="serve the near-zero-cost model built from --model (benchmarks.free_model)")
+    p.add_argument("--baseline", metavar="REF", help="profile this git ref (a worktree) first, then this checkout")
     a = p.parse_args(argv)
-    profiles = [profile_service(a.model, a.variant, a.requests, f) for f in a.format]
+    with contextlib.ExitStack() as stack:
+        model = a.model
+        if a.free:
+            from benchmarks.free_model import build
+
+            model, a.variant = build(a.model, Path(stack.enter_context(tempfile.TemporaryDirectory())) / "free"), "fp32"
+        trees = [(ROOT, "this checkout")]
+        if a.baseline:
+            from benchmarks.__main__ import baseline_checkout
+
+            trees.insert(0, (stack.enter_context(baseline_checkout(a.baseline)), f"previous main ({a.baseline[:7]})"))
+        profiles = [profile_service(model, a.variant, a.requests, f, cwd=tree, size=a.size, label=label)
+                    for tree, label in trees for f in a.format]
     md = to_markdown(profiles)
     out = ROOT / "benchmarks" / "results" / f"profile-{dt.date.today().isoformat()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

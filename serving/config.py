@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+# each worker on a GPU host holds a CUDA context and its own memory arena (hundreds of MB of device memory)
+GPU_WORKERS_MAX = 8
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -54,7 +56,7 @@ class ServeConfig:
     device: str = "auto"  # auto | cuda | cpu
     variant: str = "auto"  # auto (int8 on CPU when exported, fp16 on CUDA, else fp32) | fp32 | int8 | fp16
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
-    workers: int = 0  # worker processes; 0 = one per core on a CPU host, 1 where a GPU is
+    workers: int = 0  # worker processes; 0 = one per core (a GPU host: at most GPU_WORKERS_MAX, each its own CUDA session)
     ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (its own default is on)
     max_batch_size: int = 8  # largest batch per ONNX Runtime call (1 = no batching)
     max_latency_ms: int = 10_000  # admission: the model work queued ahead of a request must fit this
@@ -67,8 +69,10 @@ class ServeConfig:
     tile_above: int = 0  # tile automatically above this many pixels (0 = only with ?tile=true)
     tile_overlap: int = 0  # overlap between neighbouring tiles in pixels (0 = a quarter of a tile)
     api_token: str = ""  # when set, the inference routes and /model need `Authorization: Bearer <token>`
-    access_log: bool = True  # BentoML's access log line per request
-    tracing: bool = True  # BentoML's OpenTelemetry spans for the inference routes
+    # BentoML's per-request middleware: off by default on the inference routes, where they cost 10-20 %
+    # of the server's own CPU per request (benchmarks/results/server-cost-*); /metrics counts requests either way
+    access_log: bool = False  # BentoML's access log line per request
+    tracing: bool = False  # BentoML's OpenTelemetry spans for the inference routes
 
     def __post_init__(self):
         if self.device not in ("auto", "cuda", "cpu"):
@@ -89,14 +93,15 @@ class ServeConfig:
 
     @property
     def resolved_workers(self) -> int:
-        """Worker processes. Unset on a CPU host: one per core, each with one ONNX Runtime thread (measured
-        here: +25-45 % req/s at concurrency 16-32 over one process with two threads, ~15 % less at
-        concurrency 1). Where a GPU is (SEG_DEVICE=cuda, or auto with an NVIDIA device node): one, so one
-        CUDA context."""
+        """Worker processes. Unset on a CPU host: one per core, each with one ONNX Runtime thread (+25-45 %
+        req/s at concurrency 16-32 over one process with two threads). Where a GPU is (SEG_DEVICE=cuda, or
+        auto with an NVIDIA device node): one per core as well, up to GPU_WORKERS_MAX, each with its own
+        CUDA session, so that every core does the HTTP, decode and encode that keep the GPU fed (one
+        process was measured to cap the server's own work at one core: benchmarks/results/server-cost-*)."""
         if self.workers:
             return self.workers
         if self.device == "cuda" or (self.device == "auto" and has_gpu()):
-            return 1
+            return max(1, min(cores(), GPU_WORKERS_MAX))
         return max(1, cores() // max(self.threads, 1))
 
     @property

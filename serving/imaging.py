@@ -65,10 +65,15 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     return im
 
 
-def load_rgb(im: Image.Image, data: bytes) -> Image.Image:
+def load_rgb(im: Image.Image, data: bytes, at_least: tuple[int, int] | None = None) -> Image.Image:
     """An image from `open_image` (and its bytes) -> decoded RGB with EXIF orientation applied (GIF and
     animations: first frame). 8-bit RGB/RGBA PNGs are decoded by libspng (pyspng) where installed:
-    the same pixels in ~60 % of Pillow's time."""
+    the same pixels in ~60 % of Pillow's time. `at_least` (W, H as displayed): a JPEG may be decoded
+    reduced by a power of two (libjpeg's DCT scaling, Pillow's `draft`, as `Image.thumbnail` does) as
+    long as it stays at least that size; the result is then smaller than the upload."""
+    if at_least is not None and im.format in ("JPEG", "MPO"):
+        w, h = at_least
+        im.draft("RGB", (h, w) if orientation(im, data) in (5, 6, 7, 8) else (w, h))
     if _spng is not None and im.format == "PNG" and im.mode in ("RGB", "RGBA") and orientation(im, data) == 1:
         try:
             arr = _spng.load(data)

@@ -262,7 +262,8 @@ class SegmentationService:
             raise busy(self.admission, retry)
         try:
             heavy = size[0] * size[1] > cfg.offload_pixels  # big images: Pillow and numpy work in a thread, the event loop stays free
-            img = await self._call(heavy, imaging.load_rgb, im, data)
+            # the overlay draws on the photo itself; the other answers only need the model's scale
+            img = await self._call(heavy, imaging.load_rgb, im, data, None if route == "/overlay" else pipeline.decode_size(plan))
             job = await self._call(heavy, pipeline.Job, self.meta, img, plan)
             await self._infer(job)
             mask = await self._call(heavy, job.mask)

@@ -18,8 +18,9 @@ def load(model: str, variant: str) -> SegmentationRuntime:
 
 def prepare(rt: SegmentationRuntime, data: bytes) -> pipeline.Job:
     """Upload bytes -> the job of one image (its model input: `job.single_input`)."""
-    img = imaging.decode_image(data, **LIMITS)
-    return pipeline.Job(rt.meta, img, pipeline.plan(rt.meta, img.size))
+    im = imaging.open_image(data, **LIMITS)
+    plan = pipeline.plan(rt.meta, imaging.displayed_size(im, data))
+    return pipeline.Job(rt.meta, imaging.load_rgb(im, data, pipeline.decode_size(plan)), plan)
 
 
 def run(rt: SegmentationRuntime, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:

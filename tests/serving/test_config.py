@@ -11,11 +11,11 @@ from serving.config import ConfigError, ServeConfig
 def test_defaults_and_overrides():
     c = ServeConfig.from_env({})
     assert c.model_dir == Path("exported_models/default") and c.device == "auto" and c.max_batch_size == 8
-    assert c.access_log is True and c.tracing is True and c.ort_spin is False and c.api_token == ""
+    assert c.access_log is False and c.tracing is False and c.ort_spin is False and c.api_token == ""
     c = ServeConfig.from_env({"SEG_MODEL_DIR": "m", "SEG_MAX_BATCH_SIZE": "3", "SEG_DEVICE": "cpu", "SEG_THREADS": "1",
-                              "SEG_TRACING": "False", "SEG_ORT_SPIN": "1", "SEG_ACCESS_LOG": "no"})
+                              "SEG_TRACING": "True", "SEG_ORT_SPIN": "1", "SEG_ACCESS_LOG": "yes"})
     assert c.model_dir == Path("m") and c.max_batch_size == 3 and c.device == "cpu" and c.intra_op_threads == 1
-    assert c.tracing is False and c.ort_spin is True and c.access_log is False
+    assert c.tracing is True and c.ort_spin is True and c.access_log is True
 
 
 def test_a_bad_setting_is_kept_for_start_up_not_raised_at_import():
@@ -63,20 +63,24 @@ def test_token_check():
     assert c.token_ok("Bearer s3cret") and not c.token_ok("Bearer s3cre") and not c.token_ok("")
 
 
-@pytest.mark.parametrize("value,excluded", [("false", ["/segment", "/overlay", "/stats"]), ("true", [])])
-def test_tracing_switch_reaches_bentoml_service_config(value, excluded):
+@pytest.mark.parametrize("env,excluded,access", [
+    ({}, ["/segment", "/overlay", "/stats"], False),  # the defaults: no spans, no access line on the inference routes
+    ({"SEG_TRACING": "false", "SEG_ACCESS_LOG": "false"}, ["/segment", "/overlay", "/stats"], False),
+    ({"SEG_TRACING": "true", "SEG_ACCESS_LOG": "true"}, [], True),
+])
+def test_tracing_and_access_log_switches_reach_bentoml_service_config(env, excluded, access):
     import os
     import subprocess
     import sys
 
-    code = "from serving.service import SegmentationService as S; print(S.config['tracing']['excluded_urls'])"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "SEG_TRACING": value})
+    code = "from serving.service import SegmentationService as S; print(S.config['tracing']['excluded_urls'], S.config['logging']['access']['enabled'])"
+    base = {k: v for k, v in os.environ.items() if k not in ("SEG_TRACING", "SEG_ACCESS_LOG")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**base, **env})
     assert r.returncode == 0, r.stderr[-1000:]
-    assert r.stdout.strip().splitlines()[-1] == str(excluded)
+    assert r.stdout.strip().splitlines()[-1] == f"{excluded} {access}"
 
 
-def test_workers_default_to_one_per_core_on_cpu_and_one_on_gpu(monkeypatch):
+def test_workers_default_to_one_per_core_on_cpu_and_on_gpu_capped(monkeypatch):
     from serving import config
 
     monkeypatch.setattr(config, "cores", lambda: 4)
@@ -85,9 +89,12 @@ def test_workers_default_to_one_per_core_on_cpu_and_one_on_gpu(monkeypatch):
     assert (c.resolved_workers, c.intra_op_threads) == (4, 1)
     assert (ServeConfig.from_env({"SEG_THREADS": "2"}).resolved_workers, ServeConfig.from_env({"SEG_THREADS": "2"}).intra_op_threads) == (2, 2)
     assert (ServeConfig.from_env({"SEG_WORKERS": "1"}).resolved_workers, ServeConfig.from_env({"SEG_WORKERS": "1"}).intra_op_threads) == (1, 4)
-    assert ServeConfig.from_env({"SEG_DEVICE": "cuda"}).resolved_workers == 1
+    assert ServeConfig.from_env({"SEG_DEVICE": "cuda"}).resolved_workers == 4  # every core feeds the GPU
     monkeypatch.setattr(config, "has_gpu", lambda: True)
-    assert ServeConfig.from_env({}).resolved_workers == 1
+    assert (ServeConfig.from_env({}).resolved_workers, ServeConfig.from_env({}).intra_op_threads) == (4, 1)
     assert ServeConfig.from_env({"SEG_DEVICE": "cpu"}).resolved_workers == 4
+    monkeypatch.setattr(config, "cores", lambda: 32)
+    assert ServeConfig.from_env({}).resolved_workers == config.GPU_WORKERS_MAX == 8  # one CUDA context each: capped
+    assert ServeConfig.from_env({"SEG_WORKERS": "12"}).resolved_workers == 12
     with pytest.raises(ConfigError, match="SEG_WORKERS=-1: must be >= 0"):
         ServeConfig.from_env({"SEG_WORKERS": "-1"})

@@ -67,3 +67,35 @@ def test_segmenter_batches_equal_shapes_and_keeps_order(tiny_export):
     assert sorted(calls) == [(2, 64, 64, 3), (2, 96, 64, 3)]  # two shape buckets, one batch each
     one = [seg.predict(im) for im in images]
     assert all(np.array_equal(a, b) for a, b in zip(masks, one))
+
+
+@pytest.mark.parametrize("exif_rotation", [1, 6])
+def test_large_jpegs_decode_reduced_to_twice_the_model_scale_and_mask_at_upload_size(exif_rotation):
+    """A JPEG far above the model's scale is decoded reduced by libjpeg, never below twice that scale;
+    the model input matches a full decode within JPEG noise and the mask keeps the upload's size."""
+    import io
+
+    import skimage.data
+
+    from serving import imaging
+
+    photo = Image.fromarray(skimage.data.astronaut()).resize((1024, 768))
+    exif = photo.getexif()
+    exif[0x0112] = exif_rotation
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90, exif=exif)
+    data = buf.getvalue()
+    m = meta(True)
+    im = imaging.open_image(data, max_bytes=10**8, max_pixels=10**8)
+    plan = pipeline.plan(m, imaging.displayed_size(im, data))
+    want_w, want_h = pipeline.decode_size(plan)
+    reduced = imaging.load_rgb(im, data, (want_w, want_h))
+    full = imaging.load_rgb(imaging.open_image(data, max_bytes=10**8, max_pixels=10**8), data)
+    assert full.size == plan.size_wh == ((1024, 768) if exif_rotation == 1 else (768, 1024))
+    assert want_w <= reduced.size[0] < full.size[0] and want_h <= reduced.size[1] < full.size[1]
+    a, b = pipeline.Job(m, reduced, plan), pipeline.Job(m, full, plan)
+    diff = np.abs(a.single_input.astype(int) - b.single_input.astype(int))
+    assert a.single_input.shape == b.single_input.shape and diff.mean() < 1.0
+    probs = np.random.default_rng(0).random((1, 3, *plan.input_hw), dtype=np.float32)
+    a.add([(probs[0].argmax(axis=0).astype(np.uint8), probs[0])])
+    assert a.mask().shape == (plan.size_wh[1], plan.size_wh[0])
