@@ -8,7 +8,7 @@ PORT ?= 3000
 # pip prints one warning per missing local index folder; keep the log readable.
 PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: install serve test model bento clean
+.PHONY: install serve test model bento image image-check engine clean
 .DEFAULT_GOAL := serve
 
 # One venv with every extra (train + serve + dev); re-installed when pyproject.toml changes.
@@ -43,6 +43,25 @@ test: install
 bento: model
 	$(BIN)/python -m serving.store $(MODEL_DIR)
 	$(BIN)/bentoml build
+
+# The serving image from the bento (deploy/image/Containerfile): FLAVOUR=cpu|cuda, BASE=a Python 3.11 image
+# (default: a Debian 12 base made locally with debootstrap). Engine: docker or podman when running, else buildah.
+FLAVOUR ?= cpu
+image: model engine
+	$(BIN)/python -m deploy.image build --flavour $(FLAVOUR) $(if $(BASE),--base $(BASE))
+
+# Builds when missing, starts the image, waits for /readyz, posts a real photo; ends with one line.
+image-check: model engine
+	$(BIN)/python -m deploy.image check --flavour $(FLAVOUR)
+
+# A container engine and debootstrap, from Debian's packages when missing (root only).
+engine:
+	@if { ! command -v buildah >/dev/null && ! docker info >/dev/null 2>&1 && ! podman info >/dev/null 2>&1; } || ! command -v debootstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing buildah and debootstrap (Debian packages)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; \
+	  else echo "no container engine: install docker, podman or buildah (and debootstrap)" >&2; exit 1; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -21,7 +21,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from .config import parse_bool
 
 MULTIPART_HINT = "e.g. curl -F image=@photo.jpg"
 _PREAMBLE_MAX = 65536  # bytes searched for the first boundary
@@ -41,6 +40,26 @@ class Problem(Exception):
         if self.status in (413, 429, 503):
             headers["Connection"] = "close"  # the body may not have been read: do not reuse the connection
         return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
+
+
+def problem_doc(description: str, retry_after: str = "") -> dict:
+    """An OpenAPI response object for a Problem: the {"error"} body, and Retry-After where it is sent."""
+    out = {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "what to fix"}}}}}}
+    if retry_after:
+        out["headers"] = {"Retry-After": {"description": retry_after, "schema": {"type": "integer", "minimum": 1}}}
+    return out
+
+
+# Every refusal the inference routes send, as OpenAPI responses (the service puts them in /docs.json; schemathesis checks them)
+ERROR_RESPONSES = {
+    400: problem_doc("malformed multipart body, no `image` field, an unknown field, an option that is not true/false, an empty, truncated or corrupt image"),
+    401: problem_doc("SEG_API_TOKEN is set and the bearer token is missing or wrong (header WWW-Authenticate: Bearer)"),
+    413: problem_doc("body over SEG_MAX_BYTES, image over SEG_MAX_PIXELS, or more tiles than SEG_MAX_TILES"),
+    415: problem_doc("not multipart/form-data, or the file is not an image (PNG, JPEG, WebP, BMP, TIFF, GIF)"),
+    429: problem_doc("more than SEG_MAX_CONCURRENCY requests in flight on this worker", "seconds to wait: 1"),
+    503: problem_doc("the model work already queued on this worker is over SEG_MAX_LATENCY_MS", "seconds the queue is over its budget"),
+}
 
 
 @dataclass
@@ -141,12 +160,12 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
         if not isinstance(image, UploadFile):
             raise Problem(400, "the field `image` holds text, not a file: send the file itself, " + MULTIPART_HINT)
         opts = {}
-        for name in options:
+        for name in options:  # JSON booleans, as the API document declares them (BentoML's client sends them so)
             raw = request.query_params.get(name, form.get(name, "false"))
-            try:
-                opts[name] = parse_bool(name, raw.strip().strip('"'))
-            except ValueError:
-                raise Problem(400, f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false") from None
+            value = raw.strip().strip('"')
+            if value not in ("true", "false"):
+                raise Problem(400, f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false")
+            opts[name] = value == "true"
         return Upload(await image.read(), image.filename or "", opts)
     finally:
         await form.close()

@@ -178,6 +178,8 @@ class SegmentationRuntime:
         available = ort.get_available_providers() if available is None else available
         providers = choose_providers(device, available)
         wants_cuda = any(isinstance(p, tuple) for p in providers)
+        if wants_cuda and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA 13 and cuDNN 9 from NVIDIA's wheels (the CUDA image has no system CUDA); silent without them
         chosen, why = pick_variant(model_dir, variant, wants_cuda)
         path = model_dir / VARIANT_FILES[chosen]
         so = session_options(threads, spin)

@@ -24,20 +24,43 @@ def test_a_bad_setting_is_kept_for_start_up_not_raised_at_import():
     assert ServeConfig.load({"SEG_MAX_BATCH_SIZE": "3"}) == (ServeConfig(max_batch_size=3), None)
 
 
-def test_readme_table_lists_exactly_the_settings():
-    """The README's configuration table and ServeConfig name the same SEG_* variables, and the code reads no other."""
+def test_configuration_reference_lists_exactly_the_settings():
+    """docs/serving.md's configuration table and ServeConfig name the same SEG_* variables, and the code reads no other."""
     import re
     import subprocess
 
     from loadtest.server import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### Configuration"):]
+    doc = (ROOT / "docs" / "serving.md").read_text()
+    table = doc[doc.index("## Configuration"):]
     table = table[: table.index("\n\n", table.index("|"))]
     documented = re.findall(r"^\| `(SEG_[A-Z0-9_]+)` \|", table, re.M)  # one variable per row
     assert sorted(documented) == sorted(ServeConfig.env_names())
     used = subprocess.run(["git", "grep", "-h", "-o", "-E", "SEG_[A-Z0-9_]+", "--", "serving/"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert set(used) <= set(ServeConfig.env_names()) | {"SEG_"}, set(used) - set(ServeConfig.env_names())
+
+
+def test_readme_short_table_states_the_real_defaults():
+    """Each row of the README's "Configuration in short" names real settings, and its default is the code's."""
+    import re
+
+    from loadtest.server import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration in short"):]
+    table = table[table.index("| variable"): table.index("\n\n", table.index("| variable"))]
+    rows = re.findall(r"^\| (`SEG_[^|]+) \| ([^|]+) \|", table, re.M)
+    c = ServeConfig()
+    expected = {"SEG_MODEL_DIR": f"`{c.model_dir}`", "SEG_DEVICE": f"`{c.device}`", "SEG_VARIANT": f"`{c.variant}`",
+                "SEG_MAX_BATCH_SIZE": str(c.max_batch_size), "SEG_MAX_LATENCY_MS": str(c.max_latency_ms),
+                "SEG_API_TOKEN": "unset", "SEG_WORKERS": "one per core"}
+    assert len(rows) == 7
+    for names, default in rows:
+        for name in re.findall(r"SEG_[A-Z_]+", names):
+            assert name in ServeConfig.env_names()
+            if name in expected:
+                assert default.strip() == expected[name], (name, default)
+    assert c.api_token == "" and c.workers == 0 and c.model == ""
 
 
 @pytest.mark.parametrize("env,needle", [

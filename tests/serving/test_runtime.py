@@ -45,13 +45,19 @@ def test_cuda_asked_without_gpu_is_a_clear_error(rule_model_dir):
         SegmentationRuntime.load(rule_model_dir, "cuda", available=["CPUExecutionProvider"])
 
 
-def test_cuda_path_uses_options_and_fp16(tmp_path):
-    """With a faked session factory that 'loads' CUDA: fp16 is picked and CUDA options are passed."""
+def test_cuda_path_uses_options_and_fp16(tmp_path, monkeypatch):
+    """With a faked session factory that 'loads' CUDA: fp16 is picked, CUDA options are passed, and CUDA and
+    cuDNN from NVIDIA's wheels are preloaded first (only when CUDA is asked for)."""
     make_contract_model(tmp_path / "model.onnx")
     make_contract_model(tmp_path / "model.fp16.onnx", metadata={"variant": "fp16"})
     seen = {}
 
     import onnxruntime as ort
+
+    preloads = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: preloads.append(a), raising=False)
+    SegmentationRuntime.load(tmp_path, "cpu", available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert preloads == []
 
     class FakeSession(ort.InferenceSession):
         def __init__(self, path, so, providers):
@@ -62,7 +68,7 @@ def test_cuda_path_uses_options_and_fp16(tmp_path):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
     rt = SegmentationRuntime.load(tmp_path, "cuda", available=["CUDAExecutionProvider", "CPUExecutionProvider"], _session_factory=FakeSession)
-    assert seen["path"].endswith("model.fp16.onnx") and rt.variant == "fp16"
+    assert seen["path"].endswith("model.fp16.onnx") and rt.variant == "fp16" and len(preloads) == 1
     assert seen["providers"][0][1]["device_id"] == 0 and seen["providers"][0][1]["arena_extend_strategy"]
     x = np.zeros((2, 32, 32, 3), np.uint8)
     assert rt._io_binding and rt.run(x).shape == (2, 32, 32)
