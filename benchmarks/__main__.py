@@ -134,6 +134,37 @@ def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
     return out
 
 
+def forced_int8(model_dir: Path, run: Path | None) -> Path:
+    """A temporary copy of `model_dir` with an int8 variant made by the export's own recipe (training.export.make_int8),
+    calibrated on the run's training images (or the model's samples), kept whatever its agreement: for a benchmark
+    only. Its agreement with fp32 is printed and written beside it as int8-forced.json."""
+    import shutil
+    import tempfile
+
+    from training.export import make_int8
+
+    out = Path(tempfile.mkdtemp(prefix="forced-int8-")) / model_dir.name
+    shutil.copytree(model_dir, out)
+    from serving.runtime import SegmentationRuntime
+
+    size = SegmentationRuntime.load(model_dir, "cpu", "fp32", threads=1).meta.input_size
+    train = []
+    if run is not None and (run / "config.json").is_file():
+        data = ROOT / json.loads((run / "config.json").read_text())["config"]["data"]
+        train = sorted((data / "images").glob("*.png"))[:32]
+    paths = train or sorted((model_dir / "samples").glob("*.png"))
+
+    def load_images(ps):
+        return np.stack([np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR)) for p in ps])
+
+    check = load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8])
+    info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths), check)
+    (out / "int8-forced.json").write_text(json.dumps(info, indent=2, default=float))
+    print(f"   int8 forced for this run: {info['agreement']:.2%} pixel agreement with fp32 (the export's gate: "
+          f"{info['threshold']:.1%}), {info['speedup']:.2f}x fp32 in the export's speed check", flush=True)
+    return out
+
+
 def load(url: str, payloads: list[bytes], concurrency: int, n: int, route: str = "/segment") -> dict:
     """n requests at `concurrency` (after a warm-up round): req/s, p50/p95/p99 ms, errors."""
     results, wall = client.run(url, payloads, concurrency=concurrency, n=n, route=route, timeout=120, warmup=min(concurrency, n))
@@ -421,6 +452,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, help="fastai run folder (for PyTorch eager and the naive server); default: the one in export.json")
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"), help="variant every server runs")
     p.add_argument("--baseline", metavar="REF", help="also serve this git ref (e.g. the previous main) from a worktree, same run")
+    p.add_argument("--force-int8", action="store_true", help="where the export dropped int8 (its agreement gate), quantize a "
+                   "copy of the model for this run only, with the export's own recipe; the report gives its agreement")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--compare-only", action="store_true", help="only section 2: this service, the baseline and the peers")
     a = p.parse_args(argv)
@@ -428,7 +461,11 @@ def main(argv=None) -> int:
     if run is None and (a.model / "export.json").is_file():
         run = Path(json.loads((a.model / "export.json").read_text())["run"])
     if a.variant == "int8" and not (a.model / "model.int8.onnx").is_file():
-        a.variant = "fp32"
+        if not a.force_int8:
+            print(f"   {a.model}: the export kept no int8 variant; serving fp32 (--force-int8 makes one for this run)", flush=True)
+            a.variant = "fp32"
+        else:
+            a.model = forced_int8(a.model, run)
     repeats, n = (2, 100) if a.quick else (3, 600)
     threads = len(os.sched_getaffinity(0))
     report = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": cpu_peak()[1], "model_dir": str(a.model), "variant": a.variant,
@@ -437,7 +474,7 @@ def main(argv=None) -> int:
         report["raw_ort_b1"] = raw_ort(a.model, a.variant, threads, 1)
         report["raw_ort_b8"] = raw_ort(a.model, a.variant, threads, 8)
         report["compare"] = bench_compare(a.model, a.variant, (1, 16, 32), n, a.baseline)
-        out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-compare.md"
+        out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-compare-{a.variant}.md"
         md = "\n".join([f"# Section 2 only ({report['date']})", "", f"Machine: {report['machine']}; {a.variant}.", "",
                          *compare_markdown({**report, "model": {"threads": threads}})])
         out.write_text(md + "\n")

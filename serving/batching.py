@@ -8,8 +8,7 @@ and under load batches fill by themselves. This is Triton's dynamic batcher with
 `max_queue_delay_microseconds: 0` and batches of equal shapes only. One more rule keeps the model busy:
 a batch takes inputs from at most half of the requests in flight (`share_cap`), so one batch runs while
 the requests of the next are decoded and those of the last encoded. Without it, 8 requests in flight
-on a worker all joined one batch, and the model idled while they were encoded and the next 8 decoded
-(measured here at concurrency 16: 40.9 req/s with batches of up to 8, 54.3 with this rule's 4).
+on a worker all joined one batch, and the model idled while they were encoded and the next 8 decoded.
 
 `Admission`: the unit is model work, not requests. One input at the model's own size is one unit (a
 larger input of an any-size graph counts by its pixels), and the seconds per unit are measured on the
@@ -130,16 +129,33 @@ class Batcher:
                         it.future.set_result(out)
 
 
+QUEUED_BATCHES = 2  # a tiled request keeps at most this many batches of its tiles in the queue at a time
+
+
 class Admission:
-    """Admission by work for one worker process: see the module docstring.
+    """Admission by work for one worker process, and the requests in flight on it: see the module docstring.
 
     `reserved` holds the queue share of every admitted request still running: 1 unit per image (more
-    for a large input of an any-size graph), at most two batches for a tiled request."""
+    for a large input of an any-size graph), at most QUEUED_BATCHES batches for a tiled request.
+    `watch(batcher)` ties it to the batcher whose measured seconds per unit price the queue."""
 
-    def __init__(self, batcher: Batcher, budget_s: float):
-        self.batcher, self.budget_s = batcher, budget_s
+    def __init__(self, budget_s: float, max_batch_size: int):
+        self.budget_s, self.max_batch_size = budget_s, max_batch_size
         self.reserved = 0.0
         self.in_flight = 0  # requests between the gate and their answer
+        self.batcher: Batcher | None = None
+
+    def watch(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    def batch_share_cap(self) -> int:
+        """How many requests one batch may draw from: half of those in flight (rounded up), so the next
+        batch's requests are decoded while one runs and the last one's are encoded."""
+        return -(-self.in_flight // 2)
+
+    def share(self, units_per_input: float, inputs: int) -> float:
+        """A request's share of the queue: its one input, or the batches of tiles it keeps queued at a time."""
+        return units_per_input * min(inputs, QUEUED_BATCHES * self.max_batch_size)
 
     def ahead_s(self) -> float:
         """Seconds of model work queued ahead of a request arriving now."""

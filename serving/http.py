@@ -171,6 +171,12 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
         await form.close()
 
 
+def check_token(config, authorization: str) -> None:
+    """The one token check: raises the 401 Problem when SEG_API_TOKEN is set and `authorization` does not carry it."""
+    if not config.token_ok(authorization):
+        raise Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`")
+
+
 def busy(admission, retry_after: int) -> Problem:
     """The refusal when the model work queued on this worker is over its latency budget."""
     return Problem(503, f"server is busy: {admission.ahead_s():.1f} s of model work queued, over the "
@@ -192,9 +198,9 @@ class Gate:
         svc = self.service()
         if svc is None:  # not started yet: BentoML answers (its readiness is not ours to fake)
             return await self.app(scope, receive, send)
-        authorization = Headers(scope=scope).get("authorization", "")
-        if not svc.config.token_ok(authorization):
-            problem = Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`")
+        try:
+            check_token(svc.config, Headers(scope=scope).get("authorization", ""))
+        except Problem as problem:
             return await problem.response()(scope, receive, send)
         problem = None
         if svc.admission.in_flight >= svc.config.max_concurrency:

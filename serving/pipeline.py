@@ -106,7 +106,6 @@ class Job:
         else:
             ph, pw = plan.input_hw
             self._input = pad_reflect(scaled, ph, pw)
-        self._next = 0
         self._output = None
 
     @property

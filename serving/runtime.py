@@ -222,12 +222,6 @@ class SegmentationRuntime:
         masks, probs = self.session.run(["mask", "probs"], {"image": images})
         return masks, probs
 
-    def run_probs(self, images: np.ndarray) -> np.ndarray | None:
-        """(N, H, W, 3) uint8 -> (N, C, H, W) float32 probabilities, or None when the model has no `probs` output."""
-        if "probs" not in self._outputs:
-            return None
-        return self.session.run(["probs"], {"image": images})[0]
-
     def _run_bound(self, images: np.ndarray, outputs=("mask",)) -> list[np.ndarray]:
         # IO binding: the input goes to the GPU once and the outputs are fetched once per batch.
         binding = self.session.io_binding()

@@ -28,15 +28,15 @@ import attrs
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
-from fastapi import FastAPI, Header
+from fastapi import Depends, FastAPI, Header
 from fastapi import Path as FastAPIPath
 from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from . import imaging, pipeline, store
-from .batching import Admission, Batcher
+from .batching import QUEUED_BATCHES, Admission, Batcher
 from .config import ServeConfig
-from .http import ERROR_RESPONSES, Gate, Problem, Upload, busy, problem_doc, read_upload
+from .http import ERROR_RESPONSES, Gate, Problem, Upload, busy, check_token, problem_doc, read_upload
 from .runtime import ContractError, SegmentationRuntime
 
 log = logging.getLogger("serving.service")
@@ -117,6 +117,16 @@ def _current():
 
 info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
+
+@info_app.exception_handler(Problem)
+async def _problem(request, problem: Problem):
+    return problem.response()
+
+
+def _token(authorization: str = Header("")) -> None:
+    """The routes of info_app that need the bearer token depend on this (the inference routes: the Gate)."""
+    check_token(CONFIG, authorization)
+
 DESCRIPTION = """Semantic segmentation with a fastai U-Net exported to ONNX, served with BentoML over ONNX Runtime
 (CUDA when a GPU is there, CPU otherwise). POST an image to /segment (palette PNG mask), /overlay or /stats: the
 answer has the image's own size. Try it in the browser at /ui; GET /model describes the model."""
@@ -190,10 +200,10 @@ class SegmentationService:
         t = time.perf_counter()
         self._run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
         seed = (time.perf_counter() - t) / CONFIG.max_batch_size
-        self.batcher = Batcher(self._run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w,
-                               seed_seconds_per_unit=seed, on_batch=self._observe_batch,
-                               share_cap=lambda: -(-self.admission.in_flight // 2))  # half the requests in flight
-        self.admission = Admission(self.batcher, CONFIG.max_latency_ms / 1000)
+        self.admission = Admission(CONFIG.max_latency_ms / 1000, CONFIG.max_batch_size)
+        self.batcher = Batcher(self._run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w, seed_seconds_per_unit=seed,
+                               on_batch=self._observe_batch, share_cap=self.admission.batch_share_cap)
+        self.admission.watch(self.batcher)
         folder = self.runtime.path.parent / "samples"
         self.samples = {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
         # What is loaded by now (BentoML, ONNX Runtime, numpy: ~130k objects) lives as long as the worker. Out of
@@ -234,27 +244,22 @@ class SegmentationService:
         return HTMLResponse(UI_PAGE)
 
     @info_app.get("/ui/samples", summary="Names of the held-out images the export kept beside the model (for the page)",
-                  responses={401: ERROR_RESPONSES[401]})
-    def ui_samples(self, authorization: str = Header("")) -> list[str]:
-        if not self.config.token_ok(authorization):
-            return Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`").response()
+                  responses={401: ERROR_RESPONSES[401]}, dependencies=[Depends(_token)])
+    def ui_samples(self) -> list[str]:
         return sorted(self.samples)
 
     @info_app.get("/ui/samples/{name}", summary="One of those images (PNG)", response_class=FileResponse,
-                  responses={200: {"content": {"image/png": {}}}, 401: ERROR_RESPONSES[401], 404: problem_doc("no sample of that name: GET /ui/samples lists them")})
-    def ui_sample(self, name: Annotated[str, FastAPIPath(pattern=r"^[A-Za-z0-9_.-]+$")], authorization: str = Header("")):
-        if not self.config.token_ok(authorization):
-            return Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`").response()
+                  responses={200: {"content": {"image/png": {}}}, 401: ERROR_RESPONSES[401], 404: problem_doc("no sample of that name: GET /ui/samples lists them")},
+                  dependencies=[Depends(_token)])
+    def ui_sample(self, name: Annotated[str, FastAPIPath(pattern=r"^[A-Za-z0-9_.-]+$")]):
         if name not in self.samples:
             return Problem(404, f"no sample {name!r}: GET /ui/samples lists them").response()
         return FileResponse(self.samples[name], media_type="image/png")
 
     @info_app.get("/model", summary="The model served, how, and the limits",
                   responses={200: {"description": "metadata (classes, colours, input size, metrics...), provider, variant and why, batching, admission, limits"},
-                             401: ERROR_RESPONSES[401]})
-    def model_info(self, authorization: str = Header("")) -> dict:
-        if not self.config.token_ok(authorization):
-            return Problem(401, "missing or wrong bearer token: send `Authorization: Bearer <SEG_API_TOKEN>`").response()
+                             401: ERROR_RESPONSES[401]}, dependencies=[Depends(_token)])
+    def model_info(self) -> dict:
         return self.describe()
 
     async def _answer(self, route: str, image: Path | Upload | Problem, **options: bool) -> Response:
@@ -280,8 +285,7 @@ class SegmentationService:
             raise Problem(413, f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {plan.input_hw[1]}x{plan.input_hw[0]}, "
                                f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
                                "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`")
-        # its share of the queue: one input, or the two batches of tiles it keeps queued at a time
-        share = self.batcher.units(plan.input_hw) * min(plan.inputs, 2 * cfg.max_batch_size)
+        share = self.admission.share(self.batcher.units(plan.input_hw), plan.inputs)
         retry = self.admission.try_admit(share)
         if retry is not None:
             raise busy(self.admission, retry)
@@ -302,13 +306,13 @@ class SegmentationService:
         return await asyncio.to_thread(fn, *args) if offload else fn(*args)
 
     async def _infer(self, job: pipeline.Job) -> None:
-        """The job's inputs through the batcher in full batches, at most two batches queued at a time,
-        their outputs handed back in order as they come."""
+        """The job's inputs through the batcher in full batches, at most QUEUED_BATCHES queued at a time (the
+        share admission reserved), their outputs handed back in order as they come."""
         pending: deque[asyncio.Future] = deque()
         try:
             for chunk in job.chunks(self.config.max_batch_size):
                 pending.append(asyncio.ensure_future(self.batcher.submit(chunk)))
-                if len(pending) == 2:
+                if len(pending) == QUEUED_BATCHES:
                     job.add(await pending.popleft())
             while pending:
                 job.add(await pending.popleft())

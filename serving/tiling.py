@@ -55,12 +55,6 @@ def tiles_of(padded: np.ndarray, layout: TileLayout, start: int, stop: int) -> n
     return np.stack([padded[y : y + th, x : x + tw] for y, x in layout.origins[start:stop]])
 
 
-def make_tiles(image: np.ndarray, tile_hw: tuple[int, int], overlap: int) -> tuple[np.ndarray, TileLayout]:
-    """(H, W, 3) uint8 -> all tiles (N, th, tw, 3) uint8 covering the image, and their layout."""
-    layout = plan_tiles(image.shape[:2], tile_hw, overlap)
-    return tiles_of(pad_for_tiles(image, layout), layout, 0, len(layout.origins)), layout
-
-
 def _window(tile_hw: tuple[int, int], overlap: int) -> np.ndarray:
     """(th, tw) float32 weights: 1 inside, a raised-cosine ramp over `overlap` pixels at each edge, never 0."""
     def ramp(n):
@@ -141,20 +135,6 @@ class Blender:
         h, w = self.layout.image_hw
         probs = self._band[:, :h, :w] / self._weight[:h, :w]
         return probs, probs.argmax(axis=0).astype(np.uint8)
-
-
-def blend_probs(probs: np.ndarray, layout: TileLayout) -> np.ndarray:
-    """(N, C, th, tw) float per tile -> (H, W) uint8 class ids, window-weighted average over overlaps."""
-    b = Blender(layout, probs.shape[1])
-    b.add(probs)
-    return b.result()
-
-
-def blend_masks(masks: np.ndarray, layout: TileLayout, n_classes: int) -> np.ndarray:
-    """(N, th, tw) uint8 class ids per tile -> (H, W) uint8: window-weighted votes over overlaps."""
-    b = Blender(layout, n_classes)
-    b.add(masks)
-    return b.result()
 
 
 def default_overlap(tile_hw: tuple[int, int]) -> int:

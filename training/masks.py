@@ -54,11 +54,6 @@ def colour_to_index(rgb: np.ndarray, colours: np.ndarray, path: Path | str = "ma
     return order[pos].astype(np.uint8)
 
 
-def index_to_colour(mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 colours (the inverse of colour_to_index)."""
-    return colours[mask]
-
-
 def convert_masks(src: Path, out: Path, palette: Path | None = None) -> int:
     """Convert every mask PNG in `src` into `out` (index PNGs, same names); returns the count.
 

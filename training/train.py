@@ -326,7 +326,6 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: bool
     if config.threads:
         torch.set_num_threads(config.threads)
     ds = ds or load_dataset(config.data)
-    spec = ENCODERS[config.encoder]
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
                           metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,

@@ -11,6 +11,19 @@ from contract_model import expected_mask, png_bytes
 from serving import tiling
 from serving.runtime import SegmentationRuntime
 
+# Whole-image helpers over the public pieces (plan_tiles, pad_for_tiles, tiles_of, Blender): the service
+# itself feeds tiles batch by batch (serving.pipeline.Job).
+def make_tiles(image, tile_hw, overlap):
+    layout = tiling.plan_tiles(image.shape[:2], tile_hw, overlap)
+    return tiling.tiles_of(tiling.pad_for_tiles(image, layout), layout, 0, len(layout.origins)), layout
+
+
+def blend(outputs, layout, n_classes):
+    b = tiling.Blender(layout, n_classes)
+    b.add(outputs)
+    return b.result()
+
+
 
 def dice(a, b, n):
     ds = []
@@ -36,10 +49,10 @@ def scene(h=384, w=512, seed=0) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(384, 512), (20, 25), (32, 32), (100, 37)])
 def test_tiles_cover_and_blend_back_exactly(shape):
     img = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    tiles, layout = tiling.make_tiles(img, (32, 32), 8)
+    tiles, layout = make_tiles(img, (32, 32), 8)
     assert tiles.shape[1:] == (32, 32, 3) and tiles.dtype == np.uint8
     masks = expected_mask(tiles)
-    out = tiling.blend_masks(masks, layout, 3)
+    out = blend(masks, layout, 3)
     assert out.shape == shape and out.dtype == np.uint8
     assert np.array_equal(out, expected_mask(img[None])[0])  # a per-pixel model: tiling is exact everywhere
 
@@ -65,9 +78,9 @@ def test_no_seams_with_a_real_unet(tiny_export):
     img = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((256, 192)))
     th, tw = rt.meta.input_size
     overlap = tiling.default_overlap((th, tw))
-    tiles, layout = tiling.make_tiles(img, (th, tw), overlap)
-    votes = tiling.blend_masks(rt.run(tiles), layout, rt.meta.n_classes)
-    probs = tiling.blend_probs(rt.run_probs(tiles), layout)
+    tiles, layout = make_tiles(img, (th, tw), overlap)
+    votes = blend(rt.run(tiles), layout, rt.meta.n_classes)
+    probs = blend(rt.run_scores(tiles)[1], layout, rt.meta.n_classes)
     assert votes.shape == probs.shape == (192, 256)
     # a seam would show as a line where the mask flips: compare each tile-edge column to its neighbours
     edges = sorted({x for _, x in layout.origins if x} | {x + tw for _, x in layout.origins if x + tw < 256})

@@ -103,7 +103,9 @@ def test_units_scale_with_pixels_and_seconds_per_unit_follows_real_batches():
 
 def test_admission_counts_work_ahead_against_the_budget():
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
-    a = Admission(b, budget_s=1.0)
+    a = Admission(budget_s=1.0, max_batch_size=8)
+    a.watch(b)
+    assert a.share(1.0, 1) == 1.0 and a.share(1.0, 100) == 16.0 and a.share(2.0, 3) == 6.0  # tiles: two batches queued at most
     for _ in range(100):  # 100 images of 10 ms each: 1.0 s ahead is still within the budget
         assert a.try_admit(1.0) is None
     assert a.try_admit(16.0) is None  # a tiled request reserves its two batches; the queue ahead (1.0 s) fit
@@ -115,6 +117,8 @@ def test_admission_counts_work_ahead_against_the_budget():
     b.seconds_per_unit = 0.1  # a slower model: 100 units ahead = 10 s, 9 s over the budget
     assert a.try_admit(1.0) == 9
     assert a.over_budget() == 9 and a.reserved == 100  # what the gate asks before reading a body: nothing reserved
+    a.in_flight = 5
+    assert a.batch_share_cap() == 3  # a batch draws from half the requests in flight, rounded up
 
 
 def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_ready():

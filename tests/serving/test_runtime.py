@@ -15,7 +15,7 @@ def test_runs_and_matches_rule(rule_model_dir):
     rt = SegmentationRuntime.load(rule_model_dir, "cpu")
     x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     assert np.array_equal(rt.run(x), expected_mask(x))
-    assert rt.run_probs(x).shape == (5, 3, 32, 32)
+    assert rt.run_scores(x)[1].shape == (5, 3, 32, 32)
     assert rt.provider == "CPUExecutionProvider" and rt.variant == "fp32"
     assert rt.meta.classes == ("background", "red", "green") and rt.meta.input_size == (32, 32)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from training.data import detect_layout, load_dataset
 from training.errors import DataError
-from training.masks import colour_to_index, convert_masks, index_to_colour, read_palette
+from training.masks import colour_to_index, convert_masks, read_palette
 from training.synth import SynthConfig, synth
 
 
@@ -101,7 +101,7 @@ def test_colour_masks_round_trip_with_palette(tmp_path):
     pal.write_text("background 0 0 0\nroad 128 64 128\ncar 64 0 128\n")
     names, colours = read_palette(pal)
     idx = np.random.default_rng(0).integers(0, 3, (9, 7)).astype(np.uint8)
-    rgb = index_to_colour(idx, colours)
+    rgb = colours[idx]  # ids -> colours: the inverse of colour_to_index
     assert np.array_equal(colour_to_index(rgb, colours), idx)
     Image.fromarray(rgb).save(tmp_path / "c.png")
     (tmp_path / "src").mkdir()
