@@ -119,7 +119,7 @@ def layouts(model_dir: Path, workers: list[int], n: int, rounds: int) -> dict:
     """req/s of this service against SEG_WORKERS (each worker its own session: the GPU layout when the
     model costs what a GPU costs) at c=32, 128 and 256 px PNG."""
     sets = {k: v for k, v in payload_sets(quick=True).items()}
-    servers = [(f"{w} worker{'s' if w > 1 else ''}", lambda w=w: ours(model_dir, SEG_WORKERS=w, SEG_THREADS=1)) for w in workers]
+    servers = [(f"{w} worker{'s' if w > 1 else ''}", lambda w=w: ours(model_dir, SEG_WORKERS=w)) for w in workers]
     return race(servers, sets, n, rounds, concurrencies=(32,))
 
 
