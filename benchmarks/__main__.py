@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
 from PIL import Image
 
 from loadtest import client
@@ -120,11 +119,12 @@ def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
     import onnxruntime as ort
 
     from serving.runtime import session_options
-    from training.export import _export_graph, _wrap, make_int8
+    from training.export import make_int8
+    from training.export.graph import export_graph, inference_module
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{size}-"))
     fp32, int8 = tmp / "model.onnx", tmp / "model.int8.onnx"
-    _export_graph(_wrap(learn.model, meta["mean"], meta["std"], probs=True), (size, size), fp32, True, "auto")
+    export_graph(inference_module(learn.model, meta["mean"], meta["std"], probs=True), (size, size), fp32, True, "auto")
     crops = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in photos(size)] * 2)
     make_int8(fp32, int8, crops, crops[:4])
     out = {}

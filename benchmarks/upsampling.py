@@ -38,7 +38,6 @@ def _probs(c: int, h: int, w: int) -> np.ndarray:
 
 def _graph(c: int):
     """ONNX Runtime session: probs (1, C, h, w) + sizes (4,) int64 -> (H, W) uint8 argmax of the bilinear resize."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

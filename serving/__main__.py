@@ -5,8 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR
 from .predict import PredictConfig, PredictError, predict_folder
-from .runtime import ContractError
+from .runtime import DEVICES, VARIANTS, ContractError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,10 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("predict", help="segment every image of a folder (batched, resumable)")
     q.add_argument("input_dir", type=Path)
     q.add_argument("output_dir", type=Path)
-    q.add_argument("--model", type=Path, default=Path("exported_models/default"))
-    q.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    q.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), default="auto")
-    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    q.add_argument("--device", choices=DEVICES, default="auto")
+    q.add_argument("--variant", choices=VARIANTS, default="auto")
+    q.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     q.add_argument("--overlays", action="store_true", help="also write <stem>.overlay.png")
     q.add_argument("--csv", action="store_true", help="also write classes.csv with class fractions per image")
     q.add_argument("--tile", action="store_true", help="segment by overlapping tiles at full resolution")

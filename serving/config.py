@@ -14,6 +14,10 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .runtime import DEVICES, VARIANTS
+
+DEFAULT_MODEL_DIR = Path("exported_models/default")  # what `make serve`, predict, the demo and the image use
+DEFAULT_BATCH_SIZE = 8  # model inputs per ONNX Runtime call: the service, predict, the Python API
 # each worker on a GPU host holds a CUDA context and its own memory arena (hundreds of MB of device memory)
 GPU_WORKERS_MAX = 8
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -51,14 +55,14 @@ def has_gpu() -> bool:
 class ServeConfig:
     """What `bentoml serve serving.service:SegmentationService` does; each field is `SEG_<NAME>`."""
 
-    model_dir: Path = Path("exported_models/default")  # folder with model.onnx (+ variants)
+    model_dir: Path = DEFAULT_MODEL_DIR  # folder with model.onnx (+ variants)
     model: str = ""  # a folder or a BentoML model tag (segmentation:latest); wins over model_dir when set
     device: str = "auto"  # auto | cuda | cpu
     variant: str = "auto"  # auto (int8 on CPU when exported, fp16 on CUDA, else fp32) | fp32 | int8 | fp16
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
     workers: int = 0  # worker processes; 0 = one per core (a GPU host: at most GPU_WORKERS_MAX, each its own CUDA session)
     ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (its own default is on)
-    max_batch_size: int = 8  # largest batch per ONNX Runtime call (1 = no batching)
+    max_batch_size: int = DEFAULT_BATCH_SIZE  # largest batch per ONNX Runtime call (1 = no batching)
     max_latency_ms: int = 10_000  # admission: the model work queued ahead of a request must fit this
     max_concurrency: int = 256  # requests in flight per worker; beyond, 429 + Retry-After
     max_tiles: int = 2048  # model inputs (tiles) one request may need; beyond, 413
@@ -75,10 +79,10 @@ class ServeConfig:
     tracing: bool = False  # BentoML's OpenTelemetry spans for the inference routes
 
     def __post_init__(self):
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ConfigError(f"SEG_DEVICE={self.device!r}: use auto, cuda or cpu")
-        if self.variant not in ("auto", "fp32", "int8", "fp16"):
-            raise ConfigError(f"SEG_VARIANT={self.variant!r}: use auto, fp32, int8 or fp16")
+        if self.device not in DEVICES:
+            raise ConfigError(f"SEG_DEVICE={self.device!r}: use {', '.join(DEVICES)}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"SEG_VARIANT={self.variant!r}: use {', '.join(VARIANTS)}")
         for name in ("threads", "workers", "tile_above", "tile_overlap", "offload_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be >= 0")
@@ -158,4 +162,4 @@ class ServeConfig:
             return cls(), exc
 
 
-__all__ = ["ConfigError", "ServeConfig", "cores", "has_gpu", "parse_bool"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MODEL_DIR", "ConfigError", "ServeConfig", "cores", "has_gpu", "parse_bool"]

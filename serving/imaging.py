@@ -8,6 +8,7 @@ serving/pipeline.py's. Each error is an ImageError whose message says what to fi
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -23,6 +24,8 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # file names of those formats (folders, training)
+NO_LIMIT = {"max_bytes": 10**12, "max_pixels": 10**10}  # offline use (predict, the Python API): files are trusted, not uploads
 _DIRECT_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV", "La"}
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
@@ -102,11 +105,25 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
 
 def orientation(im: Image.Image, data: bytes) -> int:
     """The EXIF orientation of an image from `open_image` (1: as stored). A PNG may carry its EXIF in an
-    eXIf chunk after the pixel data, so Pillow decodes the whole image to look for one; a PNG whose bytes
-    hold no chunk type `eXIf` has none, and is not decoded here."""
-    if im.format == "PNG" and b"eXIf" not in data:
+    eXIf chunk after the pixel data, so Pillow decodes the whole image to look for one; a PNG whose chunk
+    list has no eXIf has none, and is not decoded here."""
+    if im.format == "PNG" and not _png_has_exif(data):
         return 1
     return im.getexif().get(0x0112, 1)
+
+
+def _png_has_exif(data: bytes) -> bool:
+    """Whether the PNG's chunk list (length and type of each, from the signature to IEND) has an eXIf chunk:
+    a few header reads instead of a search through the compressed pixels."""
+    pos, end = 8, len(data)
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            return False
+        pos += 12 + length
+    return False
 
 
 def displayed_size(im: Image.Image, data: bytes) -> tuple[int, int]:

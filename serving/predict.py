@@ -17,12 +17,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from . import imaging
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR
 from .segmenter import Segmenter
 
-EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+MAX_PIXELS = 400_000_000  # per image (a 20000 x 20000 photo); a larger one is reported and skipped, the run goes on
 
 
 class PredictError(Exception):
@@ -33,14 +35,14 @@ class PredictError(Exception):
 class PredictConfig:
     input_dir: Path
     output_dir: Path
-    model_dir: Path = Path("exported_models/default")
+    model_dir: Path = DEFAULT_MODEL_DIR
     device: str = "auto"
     variant: str = "auto"
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     overlays: bool = False
     csv: bool = False
     tile: bool = False
-    max_pixels: int = 400_000_000
+    max_pixels: int = MAX_PIXELS
     ray: str | None = None  # None: this process; "local": a Ray cluster started here; else a Ray address
     ray_actors: int = 2
     ray_gpus: float = 0.0
@@ -77,7 +79,7 @@ def _progress(total: int):
 
 
 def segment_items(seg: Segmenter, items: list[tuple[str, bytes]], *, tile: bool = False, overlays: bool = False,
-                  stats: bool = False, batch_size: int = 8, max_pixels: int = 400_000_000) -> list[Result]:
+                  stats: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = MAX_PIXELS) -> list[Result]:
     """Decode, segment and encode a batch of (name, file bytes): one Result per item, in order.
 
     The images that decode go through the service's data path (serving.pipeline) in batches of equal
@@ -86,7 +88,7 @@ def segment_items(seg: Segmenter, items: list[tuple[str, bytes]], *, tile: bool 
     decoded = []
     for res, (_, data) in zip(results, items):
         try:
-            decoded.append((res, imaging.decode_image(data, max_bytes=10**10, max_pixels=max_pixels)))
+            decoded.append((res, imaging.decode_image(data, max_bytes=imaging.NO_LIMIT["max_bytes"], max_pixels=max_pixels)))
         except imaging.ImageError as exc:
             res.error = str(exc)
     masks = seg.predict_many([img for _, img in decoded], tile=tile, batch_size=batch_size)
@@ -111,7 +113,7 @@ def read_items(paths) -> tuple[list[tuple[str, bytes]], list[Result]]:
     return items, unread
 
 
-def _plan(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
+def _check_folders(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
     """Check the arguments; returns the output folder, the images still to do and how many are done."""
     src, dst = Path(cfg.input_dir).resolve(), Path(cfg.output_dir).resolve()
     if not src.is_dir():
@@ -120,9 +122,9 @@ def _plan(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
         raise PredictError(f"{cfg.output_dir}: output folder is the input folder; pass another one so no input is overwritten")
     if cfg.batch_size < 1:
         raise PredictError(f"--batch-size {cfg.batch_size}: must be >= 1")
-    images = sorted(p for p in src.iterdir() if p.suffix.lower() in EXTS and p.is_file())
+    images = sorted(p for p in src.iterdir() if p.suffix.lower() in imaging.EXTENSIONS and p.is_file())
     if not images:
-        raise PredictError(f"{cfg.input_dir}: no images ({', '.join(EXTS)})")
+        raise PredictError(f"{cfg.input_dir}: no images ({', '.join(imaging.EXTENSIONS)})")
     todo = [p for p in images if not (dst / f"{p.stem}.png").exists()]
     return dst, todo, len(images) - len(todo)
 
@@ -141,7 +143,7 @@ def _local_batches(cfg: PredictConfig, todo: list[Path]):
 
 def predict_folder(cfg: PredictConfig) -> dict:
     """Segment every image in `cfg.input_dir` into `cfg.output_dir`; returns counts (done, skipped, failed)."""
-    dst, todo, skipped = _plan(cfg)
+    dst, todo, skipped = _check_folders(cfg)
     if cfg.ray is not None:
         from .ray_predict import ray_batches
 

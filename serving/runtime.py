@@ -16,6 +16,8 @@ import numpy as np
 log = logging.getLogger("serving.runtime")
 
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+DEVICES = ("auto", "cuda", "cpu")
+VARIANTS = ("auto", *VARIANT_FILES)
 REQUIRED_KEYS = ("classes", "colours", "input_size")
 
 

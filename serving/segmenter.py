@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image
 
 from . import imaging, pipeline
+from .config import DEFAULT_BATCH_SIZE
 from .runtime import SegmentationRuntime
 
-_NO_LIMIT = {"max_bytes": 10**12, "max_pixels": 10**10}
 
 
-def to_image(image, max_pixels: int = _NO_LIMIT["max_pixels"]) -> Image.Image:
+def to_image(image, max_pixels: int = imaging.NO_LIMIT["max_pixels"]) -> Image.Image:
     """A path, bytes, PIL image or (H, W, 3) uint8 array -> RGB PIL image (EXIF orientation applied);
     imaging.ImageError says what is wrong with a file."""
     if isinstance(image, Image.Image):
@@ -33,7 +33,7 @@ def to_image(image, max_pixels: int = _NO_LIMIT["max_pixels"]) -> Image.Image:
     if isinstance(image, np.ndarray):
         return Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
     data = Path(image).read_bytes() if isinstance(image, (str, Path)) else bytes(image)
-    return imaging.decode_image(data, max_bytes=_NO_LIMIT["max_bytes"], max_pixels=max_pixels)
+    return imaging.decode_image(data, max_bytes=imaging.NO_LIMIT["max_bytes"], max_pixels=max_pixels)
 
 
 class Segmenter:
@@ -58,7 +58,7 @@ class Segmenter:
         """One image -> (H, W) uint8 class ids at its own size."""
         return self.predict_many([to_image(image)], tile=tile)[0]
 
-    def predict_many(self, images: list[Image.Image], tile: bool = False, batch_size: int = 8) -> list[np.ndarray]:
+    def predict_many(self, images: list[Image.Image], tile: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> list[np.ndarray]:
         """RGB images -> their masks, in order. Untiled images of the same model input shape share batches."""
         jobs = [pipeline.Job(self.meta, img, pipeline.plan(self.meta, img.size, tile=tile)) for img in images]
         by_shape = defaultdict(list)

@@ -31,7 +31,7 @@ from bentoml.exceptions import BentoMLException
 from fastapi import Depends, FastAPI, Header
 from fastapi import Path as FastAPIPath
 from pydantic import BaseModel, Field
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 
 from . import imaging, pipeline, store
 from .batching import QUEUED_BATCHES, Admission, Batcher
@@ -105,6 +105,8 @@ class Stats(bentoml.IODescriptor):
     classes: list[ClassStats]
 
 
+# The wire type of /segment and /overlay: BentoML documents it as image/png and its client saves it to a file. The
+# methods return a starlette Response holding those PNG bytes (BentoML passes a Response through as it is).
 PNG = Annotated[Path, bentoml.validators.ContentType("image/png")]
 
 

@@ -70,11 +70,9 @@ def _add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
                    help="fix H and W at the training size (squished uploads, as older exports) instead of any size")
 
 
-def main(argv: list[str] | None = None) -> int:
-    # Library deprecation chatter (torch.jit, fastai, onnxscript) is not for users of this command.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+def _parser() -> argparse.ArgumentParser:
+    from serving.config import DEFAULT_MODEL_DIR
+
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -108,70 +106,88 @@ def main(argv: list[str] | None = None) -> int:
     _add_export_args(p, store=True)
 
     p = sub.add_parser("demo", help="synth -> fit -> export: the default model `make serve` serves")
-    p.add_argument("--out", type=Path, default=Path("exported_models/default"))
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--work", type=Path, default=Path("runs/demo"), help="where the data set and the run go")
     p.add_argument("--n", type=int, default=300, help="synthetic scenes (80 %% train, 20 %% held out)")
     _add_fit_args(p)
     _add_export_args(p)
+    return parser
 
-    a = parser.parse_args(argv)
+
+def _synth(a: argparse.Namespace) -> None:
+    from .synth import SynthConfig, synth
+
+    size = _size_arg(a.size, "--size") or ((360, 480) if a.layout == "camvid" else (128, 128))
+    if a.layout != "camvid" and size[0] != size[1]:
+        raise TrainingError(f"--size {size[0]} {size[1]}: {a.layout} scenes are square; give one number (or use --layout camvid)")
+    out = synth(SynthConfig(out=a.out, n=a.n, size=size, seed=a.seed, layout=a.layout))
+    print(f"wrote {a.n} {a.layout} scenes of {size[0]}x{size[1]} to {out}")
+
+
+def _masks(a: argparse.Namespace) -> None:
+    if a.coco or a.labelme:
+        from .annotations import coco_to_masks, labelme_to_masks
+
+        if a.coco and not a.images:
+            raise TrainingError("--coco needs --images, the folder holding the annotated images")
+        n, codes = coco_to_masks(a.coco, a.images, a.out) if a.coco else labelme_to_masks(a.labelme, a.out)
+        print(f"wrote {n} images and masks ({len(codes)} classes: {', '.join(codes)}) to {a.out}; train with "
+              f"`python -m training fit --data {a.out} --out runs/NAME`")
+        return
+    from .masks import convert_masks
+
+    if a.src is None:
+        raise TrainingError("masks: pass a folder of mask PNGs, or --coco FILE --images DIR, or --labelme DIR")
+    print(f"converted {convert_masks(a.src, a.out, a.palette)} masks into {a.out}")
+
+
+def _fit(a: argparse.Namespace) -> None:
+    from .train import fit
+
+    fit(_fit_config(a, a.data, a.out))
+
+
+def _export(a: argparse.Namespace) -> None:
+    from .export import export_learner, export_run, load_learner_pickle
+
+    opts = dict(int8=a.int8, fp16=a.fp16, probs=a.probs, exporter=a.exporter, dynamic_hw=a.dynamic_hw)
+    if (a.model is None) == (a.learner is None):
+        raise TrainingError("export: pass either --model RUN_DIR (from `fit`) or --learner FILE.pkl (from learn.export())")
+    if a.model is not None:
+        export_run(a.model, a.out, **opts)
+    else:
+        from .data import list_images
+
+        learn = load_learner_pickle(a.learner, a.trust_pickle)
+        if a.images is None or not a.images.is_dir():
+            raise TrainingError(f"--learner needs --images DIR: a folder with a few images like the Learner's validation set (got {a.images})")
+        images = list_images(a.images)
+        if not images:
+            raise TrainingError(f"{a.images}: no images inside")
+        export_learner(learn, a.out, images=images[:32], **opts)
+    if a.bentoml:
+        from serving.store import register
+
+        print(f"registered in BentoML's model store as {register(a.out, a.bentoml)}; serve it with "
+              f"SEG_MODEL={a.bentoml}:latest bentoml serve serving.service:SegmentationService", flush=True)
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from .demo import demo
+
+    demo(out=a.out, work=a.work, n=a.n, base=_fit_config(a, Path("."), Path(".")), exporter=a.exporter)
+
+
+COMMANDS = {"synth": _synth, "masks": _masks, "fit": _fit, "export": _export, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Library deprecation chatter (torch.jit, fastai, onnxscript) is not for users of this command.
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    a = _parser().parse_args(argv)
     try:
-        if a.cmd == "synth":
-            from .synth import SynthConfig, synth
-
-            size = _size_arg(a.size, "--size") or ((360, 480) if a.layout == "camvid" else (128, 128))
-            if a.layout != "camvid" and size[0] != size[1]:
-                raise TrainingError(f"--size {size[0]} {size[1]}: {a.layout} scenes are square; give one number (or use --layout camvid)")
-            out = synth(SynthConfig(out=a.out, n=a.n, size=size, seed=a.seed, layout=a.layout))
-            print(f"wrote {a.n} {a.layout} scenes of {size[0]}x{size[1]} to {out}")
-        elif a.cmd == "masks":
-            if a.coco or a.labelme:
-                from .annotations import coco_to_masks, labelme_to_masks
-
-                if a.coco and not a.images:
-                    raise TrainingError("--coco needs --images, the folder holding the annotated images")
-                n, codes = coco_to_masks(a.coco, a.images, a.out) if a.coco else labelme_to_masks(a.labelme, a.out)
-                print(f"wrote {n} images and masks ({len(codes)} classes: {', '.join(codes)}) to {a.out}; train with "
-                      f"`python -m training fit --data {a.out} --out runs/NAME`")
-            else:
-                from .masks import convert_masks
-
-                if a.src is None:
-                    raise TrainingError("masks: pass a folder of mask PNGs, or --coco FILE --images DIR, or --labelme DIR")
-                n = convert_masks(a.src, a.out, a.palette)
-                print(f"converted {n} masks into {a.out}")
-        elif a.cmd == "fit":
-            from .train import fit
-
-            fit(_fit_config(a, a.data, a.out))
-        elif a.cmd == "export":
-            from .export import export_run
-
-            opts = dict(int8=a.int8, fp16=a.fp16, probs=a.probs, exporter=a.exporter, dynamic_hw=a.dynamic_hw)
-            if (a.model is None) == (a.learner is None):
-                raise TrainingError("export: pass either --model RUN_DIR (from `fit`) or --learner FILE.pkl (from learn.export())")
-            if a.model is not None:
-                export_run(a.model, a.out, **opts)
-            else:
-                from .export import export_learner, load_learner_pickle
-
-                learn = load_learner_pickle(a.learner, a.trust_pickle)
-                if a.images is None or not a.images.is_dir():
-                    raise TrainingError(f"--learner needs --images DIR: a folder with a few images like the Learner's validation set (got {a.images})")
-                images = sorted(p for p in a.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"))
-                if not images:
-                    raise TrainingError(f"{a.images}: no images inside")
-                print(f"[1/4] loaded the Learner from {a.learner}", flush=True)
-                export_learner(learn, a.out, images=images[:32], **opts)
-            if a.bentoml:
-                from serving.store import register
-
-                print(f"registered in BentoML's model store as {register(a.out, a.bentoml)}; serve it with "
-                      f"SEG_MODEL={a.bentoml}:latest bentoml serve serving.service:SegmentationService", flush=True)
-        elif a.cmd == "demo":
-            from .demo import demo
-
-            demo(out=a.out, work=a.work, n=a.n, base=_fit_config(a, Path("."), Path(".")), exporter=a.exporter)
+        COMMANDS[a.cmd](a)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from serving.imaging import EXTENSIONS as IMAGE_EXTS  # the formats serving reads
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .errors import DataError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Dataset:
             return im.size[1], im.size[0]
 
 
-def _images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
+    """The image files of `folder` (by extension, hidden files left out), sorted."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
 
 
@@ -99,7 +100,7 @@ def load_dataset(root: Path, codes: tuple[str, ...] | None = None, check: bool =
     """
     root = Path(root)
     layout = detect_layout(root)
-    images = _images(root / "images")
+    images = list_images(root / "images")
     if not images:
         raise DataError(f"{root / 'images'}: folder is empty; add images ({', '.join(IMAGE_EXTS)}) with a mask each")
     binary = layout == "leeds"

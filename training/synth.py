@@ -157,48 +157,66 @@ def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480) -> t
 
     Sky above a horizon; a row of buildings on it; a road below narrowing to a vanishing point; trees
     along the buildings; cars on the road, smaller further away; 1-3 poles 2-4 px wide (scaled with w)
-    from the road up into the sky; and a few patches of clutter labelled Void."""
-    S, B, R, T, C, P, V = range(len(STREET_CLASSES))
+    from the road up into the sky; and a few patches of clutter labelled Void. Drawn back to front, in
+    this order (the random draws too: a seed gives the same scene)."""
     image = Image.new("RGB", (w, h))
-    mask = Image.new("L", (w, h), S)
+    mask = Image.new("L", (w, h), 0)
     k = w / 480  # sizes below are for 480 px wide scenes
     horizon = int(h * rng.uniform(0.42, 0.55))
-    # sky: a vertical gradient with faint texture
+    _street_sky_and_buildings(rng, image, mask, horizon, k)
+    vx = _street_ground(rng, image, mask, horizon, k)
+    _street_trees_and_cars(rng, image, mask, horizon, vx, k)
+    _street_poles_and_void(rng, image, mask, horizon, k)
+    return np.asarray(image), np.asarray(mask)
+
+
+def _paste(rng, image: Image.Image, mask: Image.Image, alpha: Image.Image, names, tint, cls: int) -> None:
+    """A textured shape: `alpha` (L) cut from a fill of `names` pasted on the image, `cls` on the mask."""
+    h, w = image.height, image.width
+    image.paste(_fill(rng, names, h, w, tint), (0, 0), alpha)
+    mask.paste(cls, (0, 0), alpha)
+
+
+def _street_sky_and_buildings(rng, image, mask, horizon: int, k: float) -> None:
+    """Sky: a vertical gradient with faint texture; buildings: rectangles standing on the horizon."""
+    h, w = image.height, image.width
     top, bottom = rng.uniform([90, 140, 190], [150, 190, 240]), rng.uniform([170, 190, 210], [230, 235, 250])
     ramp = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     sky = (top * (1 - ramp) + bottom * ramp) * np.ones((1, w, 1), np.float32)
     sky += (np.asarray(_fill(rng, ("moon", "gravel"), h, w, (1, 1, 1)).convert("L"), np.float32)[..., None] - 128) * 0.08
     image.paste(Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8)))
-    draw = ImageDraw.Draw(mask)
-    # buildings: rectangles standing on the horizon
     x = int(rng.integers(-40, 0))
     while x < w:
         bw, bh = int(rng.uniform(50, 150) * k), int(h * rng.uniform(0.15, 0.4))
-        box = (x, horizon - bh, x + bw, horizon + 2)
         alpha = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(alpha).rectangle(box, fill=255)
-        image.paste(_fill(rng, ("brick", "camera", "text", "page"), h, w, rng.uniform(0.6, 1.2, 3)), (0, 0), alpha)
-        draw.rectangle(box, fill=B)
+        ImageDraw.Draw(alpha).rectangle((x, horizon - bh, x + bw, horizon + 2), fill=255)
+        _paste(rng, image, mask, alpha, ("brick", "camera", "text", "page"), rng.uniform(0.6, 1.2, 3), STREET_CLASSES.index("Building"))
         x += bw + int(rng.integers(0, 25 * k))
-    # road: everything below the horizon, then the trapezoid narrowing to a vanishing point
+
+
+def _street_ground(rng, image, mask, horizon: int, k: float) -> float:
+    """Everything below the horizon, then the road's trapezoid narrowing to a vanishing point; returns its x."""
+    h, w = image.height, image.width
     vx = w * rng.uniform(0.35, 0.65)
     road = [(vx - 6 * k, horizon), (vx + 6 * k, horizon), (w * rng.uniform(1.0, 1.3), h), (w * rng.uniform(-0.3, 0.0), h)]
     ground = [(0, horizon), (w, horizon), (w, h), (0, h)]
-    for poly, names, tint, cls in ((ground, ("grass",), (0.6, 0.9, 0.5), T), (road, ("gravel", "coffee"), (0.45, 0.45, 0.45), R)):
+    for poly, names, tint, cls in ((ground, ("grass",), (0.6, 0.9, 0.5), "Tree"), (road, ("gravel", "coffee"), (0.45, 0.45, 0.45), "Road")):
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).polygon(poly, fill=255)
-        image.paste(_fill(rng, names, h, w, np.asarray(tint) * rng.uniform(0.8, 1.2)), (0, 0), alpha)
-        draw.polygon(poly, fill=cls)
-    # trees: clusters of ellipses around the horizon, in front of buildings
+        _paste(rng, image, mask, alpha, names, np.asarray(tint) * rng.uniform(0.8, 1.2), STREET_CLASSES.index(cls))
+    return vx
+
+
+def _street_trees_and_cars(rng, image, mask, horizon: int, vx: float, k: float) -> None:
+    """Trees: clusters of ellipses around the horizon; cars on the road, smaller towards it, drawn far to near."""
+    h, w = image.height, image.width
     for _ in range(int(rng.integers(1, 4))):
         cx, cy, r = w * rng.uniform(0, 1), horizon - h * rng.uniform(0.0, 0.15), rng.uniform(20, 55) * k
         alpha = Image.new("L", (w, h), 0)
         for _ in range(6):
             ox, oy, rr = rng.normal(0, r * 0.5), rng.normal(0, r * 0.4), r * rng.uniform(0.5, 1.0)
             ImageDraw.Draw(alpha).ellipse((cx + ox - rr, cy + oy - rr, cx + ox + rr, cy + oy + rr), fill=255)
-        image.paste(_fill(rng, ("grass", "retina"), h, w, (0.5, 1.1, 0.45)), (0, 0), alpha)
-        mask.paste(T, (0, 0), alpha)
-    # cars on the road, smaller towards the horizon; drawn far to near
+        _paste(rng, image, mask, alpha, ("grass", "retina"), (0.5, 1.1, 0.45), STREET_CLASSES.index("Tree"))
     for y in sorted(rng.uniform(horizon + 0.1 * (h - horizon), h, size=int(rng.integers(1, 4)))):
         depth = (y - horizon) / (h - horizon)
         cw, ch = w * 0.28 * depth, h * 0.12 * depth
@@ -207,27 +225,26 @@ def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480) -> t
         d = ImageDraw.Draw(alpha)
         d.rounded_rectangle((cx - cw / 2, y - ch, cx + cw / 2, y), radius=max(1, ch * 0.25), fill=255)
         d.rounded_rectangle((cx - cw * 0.3, y - ch * 1.5, cx + cw * 0.3, y - ch * 0.8), radius=max(1, ch * 0.2), fill=255)
-        image.paste(_fill(rng, ("coffee", "rocket", "chelsea"), h, w, rng.choice([(1.3, 0.5, 0.5), (0.5, 0.6, 1.3), (1.1, 1.1, 1.1), (0.4, 0.4, 0.4)])), (0, 0), alpha)
-        mask.paste(C, (0, 0), alpha)
-    # poles: thin vertical bars from the road edge up into the sky, 2-4 px wide at 480 px
+        tint = rng.choice([(1.3, 0.5, 0.5), (0.5, 0.6, 1.3), (1.1, 1.1, 1.1), (0.4, 0.4, 0.4)])
+        _paste(rng, image, mask, alpha, ("coffee", "rocket", "chelsea"), tint, STREET_CLASSES.index("Car"))
+
+
+def _street_poles_and_void(rng, image, mask, horizon: int, k: float) -> None:
+    """Poles: thin vertical bars (2-4 px at 480 px) from the road up into the sky; Void: unlabelled clutter."""
+    h, w = image.height, image.width
     for _ in range(int(rng.integers(1, 4))):
         px, pw = w * rng.uniform(0.05, 0.95), max(1, int(round(rng.uniform(2, 4) * k)))
         foot = horizon + (h - horizon) * rng.uniform(0.05, 0.6)
         head = max(0, horizon - h * rng.uniform(0.25, 0.45))
-        box = (int(px), int(head), int(px) + pw - 1, int(foot))
         alpha = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(alpha).rectangle(box, fill=255)
-        image.paste(_fill(rng, ("camera", "moon"), h, w, (0.55, 0.55, 0.6)), (0, 0), alpha)
-        mask.paste(P, (0, 0), alpha)
-    # Void: unlabelled clutter (signs, bins, people-sized blobs)
+        ImageDraw.Draw(alpha).rectangle((int(px), int(head), int(px) + pw - 1, int(foot)), fill=255)
+        _paste(rng, image, mask, alpha, ("camera", "moon"), (0.55, 0.55, 0.6), STREET_CLASSES.index("Pole"))
     for _ in range(int(rng.integers(1, 4))):
         cx, cy, r = w * rng.uniform(0, 1), horizon + (h - horizon) * rng.uniform(0, 0.5), rng.uniform(4, 14) * k
         pts = [(cx + r * rng.uniform(0.5, 1.2) * math.cos(a), cy + r * rng.uniform(0.5, 1.2) * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]]
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).polygon(pts, fill=255)
-        image.paste(_fill(rng, ("astronaut", "coins", "colorwheel"), h, w, rng.uniform(0.6, 1.3, 3)), (0, 0), alpha)
-        mask.paste(V, (0, 0), alpha)
-    return np.asarray(image), np.asarray(mask)
+        _paste(rng, image, mask, alpha, ("astronaut", "coins", "colorwheel"), rng.uniform(0.6, 1.3, 3), STREET_CLASSES.index("Void"))
 
 
 def _hw(size) -> tuple[int, int]:

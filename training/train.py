@@ -360,8 +360,6 @@ def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | 
 def fit(config: TrainConfig) -> dict:
     """Train and write the run folder; returns the report (also written as report.json)."""
     import torch
-    from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
-    from fastai.callback.tracker import SaveModelCallback
 
     # fastai's augmentations draw from Python's `random` too: seed all three for a repeatable run
     random.seed(config.seed)
@@ -387,23 +385,44 @@ def fit(config: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     learn.path = out
     learn.model_dir = "."
-    timings = {}
     if config.lr_find:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        learn.freeze()
-        sug = learn.lr_find(num_it=config.lr_find_iters, show_plot=True)
-        plt.gcf().savefig(out / "lr_find.png", dpi=80)
-        plt.close("all")
-        print(f"      lr_find suggests {sug.valley:.2e} (plot: {out / 'lr_find.png'})", flush=True)
+        _lr_find(learn, config, out)
     steps = (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs)
     print(f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr slice{config.lr_unfrozen}): "
           f"{steps} steps of {config.bs}", flush=True)
-    history = []
-    # keep the best epoch of the last phase on the validation Dice
+    history, timings, kept = _train(learn, config, ds, frozen, unfrozen)
+    schedule = {"steps_budget": config.steps, "steps": steps, "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept}
+    report = _write_run(learn, config, ds, (train_idx, valid_idx), size, history, schedule, balance, timings)
+    report["timings"]["total_s"] = time.perf_counter() - t0
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    metrics = report["metrics"]
+    iou = "" if ds.layout != "camvid" else f", mean IoU {metrics['iou_fg']:.3f}"
+    print(f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, pixel accuracy {metrics['pixel_acc']:.3f}, "
+          f"training {timings['train_s'] / 60:.1f} min", flush=True)
+    return report
+
+
+def _lr_find(learn, config: TrainConfig, out: Path) -> None:
+    """fastai's lr_find on the frozen model; its plot goes to lr_find.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    learn.freeze()
+    sug = learn.lr_find(num_it=config.lr_find_iters, show_plot=True)
+    plt.gcf().savefig(out / "lr_find.png", dpi=80)
+    plt.close("all")
+    print(f"      lr_find suggests {sug.valley:.2e} (plot: {out / 'lr_find.png'})", flush=True)
+
+
+def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[list, dict, int | None]:
+    """The frozen phase, then the unfrozen one at discriminative learning rates; the best validation epoch of
+    the last phase is kept (SaveModelCallback) unless --last-epoch. Returns (history, timings, kept epoch)."""
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
+    from fastai.callback.tracker import SaveModelCallback
+
+    history, timings = [], {}
     best = [SaveModelCallback(monitor="dice_fg", comp=np.greater, fname="best", with_opt=False)] if config.keep_best else []
     t = time.perf_counter()
     if frozen:
@@ -422,20 +441,24 @@ def fit(config: TrainConfig) -> dict:
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]
     last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
     kept = max(last_phase, key=lambda h: h.get("dice_fg") or 0)["epoch"] if config.keep_best and last_phase else (history[-1]["epoch"] if history else None)
-    (out / "best.pth").unlink(missing_ok=True)
+    (learn.path / "best.pth").unlink(missing_ok=True)
+    return history, timings, kept
+
+
+def _write_run(learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict) -> dict:
+    """Evaluate at native resolution and write the run folder (model.pth, config.json, results.png,
+    curves.png); returns the report."""
+    import torch
+
+    out, (train_idx, valid_idx) = config.out, split
     spec = ENCODERS[config.encoder]
-    print(f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch {kept} kept) and writing {out}", flush=True)
+    print(f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch {schedule['kept_epoch']} kept) "
+          f"and writing {out}", flush=True)
     metrics, shown = evaluate(learn, ds, valid_idx, size, spec.mean, spec.std)
     colours = class_colours(ds.n_classes)
     run_meta = {
-        "config": config.to_json(),
-        "size": list(size),
-        "codes": list(ds.codes),
-        "colours": colours,
-        "layout": ds.layout,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "void": ds.void,
+        "config": config.to_json(), "size": list(size), "codes": list(ds.codes), "colours": colours, "layout": ds.layout,
+        "mean": list(spec.mean), "std": list(spec.std), "void": ds.void,
         "train_images": [str(ds.pairs[i][0]) for i in train_idx],
         "valid_images": [str(ds.pairs[i][0]) for i in valid_idx],
     }
@@ -443,15 +466,8 @@ def fit(config: TrainConfig) -> dict:
     (out / "config.json").write_text(json.dumps(run_meta, indent=2))
     save_results_png(shown, out / "results.png", config.n_show, colours)
     save_curves_png(history, out / "curves.png")
-    timings["total_s"] = time.perf_counter() - t0
-    schedule = {"steps_budget": config.steps, "steps": steps, "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept}
-    report = {"metrics": metrics, "history": history, "schedule": schedule, "class_balance": balance, "timings": timings,
-              "versions": versions(), **run_meta}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    iou = "" if ds.layout != "camvid" else f", mean IoU {metrics['iou_fg']:.3f}"
-    print(f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, pixel accuracy {metrics['pixel_acc']:.3f}, "
-          f"training {timings['train_s'] / 60:.1f} min", flush=True)
-    return report
+    return {"metrics": metrics, "history": history, "schedule": schedule, "class_balance": balance, "timings": timings,
+            "versions": versions(), **run_meta}
 
 
 def load_run(run_dir: Path):

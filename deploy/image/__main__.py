@@ -95,7 +95,9 @@ def build_bento() -> tuple[str, Path]:
     try:
         bentoml.models.get(f"{NAME}:latest")
     except bentoml.exceptions.NotFound:
-        model_dir = ROOT / "exported_models" / "default"
+        from serving.config import DEFAULT_MODEL_DIR
+
+        model_dir = ROOT / DEFAULT_MODEL_DIR
         if not (model_dir / "model.onnx").is_file():
             raise ImageError(f"{model_dir}: no model to pack; run `make model` (or `python -m training demo`) first") from None
         from serving.store import register

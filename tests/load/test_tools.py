@@ -5,7 +5,6 @@ import io
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np

@@ -121,3 +121,23 @@ def test_workers_default_to_one_per_core_on_cpu_and_on_gpu_capped(monkeypatch):
     assert ServeConfig.from_env({"SEG_WORKERS": "12"}).resolved_workers == 12
     with pytest.raises(ConfigError, match="SEG_WORKERS=-1: must be >= 0"):
         ServeConfig.from_env({"SEG_WORKERS": "-1"})
+
+
+def test_defaults_have_one_home_each():
+    """The model folder, batch size, devices, variants and image extensions are defined once and read everywhere."""
+    import re
+    import subprocess
+
+    from loadtest.server import ROOT
+    from serving import config, imaging, predict, runtime
+
+    assert config.DEFAULT_MODEL_DIR == ServeConfig().model_dir == predict.PredictConfig(None, None).model_dir
+    assert config.DEFAULT_BATCH_SIZE == ServeConfig().max_batch_size == predict.PredictConfig(None, None).batch_size
+    assert re.search(r"^MODEL_DIR \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1) == str(config.DEFAULT_MODEL_DIR)
+    assert runtime.VARIANTS == ("auto", "fp32", "int8", "fp16") and runtime.DEVICES == ("auto", "cuda", "cpu")
+    from training.data import IMAGE_EXTS
+
+    assert IMAGE_EXTS is imaging.EXTENSIONS
+    found = subprocess.run(["git", "grep", "-n", "-E", r'Path\("exported_models/default"\)|"\.jpeg", |batch_size: int = 8\b',
+                            "--", "serving/*.py", "training/*.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip().splitlines()
+    assert len(found) == 2 and all("DEFAULT_MODEL_DIR =" in ln or "EXTENSIONS =" in ln for ln in found), found  # the definitions only

@@ -7,10 +7,8 @@ from __future__ import annotations
 import io
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 import requests
 import skimage.data
 from PIL import Image

@@ -10,7 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from training.export import _fastai_probs, load_images, read_metadata, tie_pixels
+from training.export import load_images, read_metadata, tie_pixels
+from training.export.gates import _fastai_probs
 
 
 def test_fit_writes_artefacts_and_metrics_in_range(tiny_run):
@@ -122,7 +123,7 @@ def test_fp16_variant_checks_and_runs(tiny_export):
     x = np.random.default_rng(4).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     assert (s16.run(["mask"], {"image": x})[0] == s32.run(["mask"], {"image": x})[0]).mean() > 0.99
     info = json.loads((tiny_export / "export.json").read_text())["fp16"]
-    assert info["checked"] and "unmeasured" in info["gpu_speed"] and info["cpu_agreement"] > 0.99
+    assert info["checked"] and "gpu_speed" not in info and info["cpu_agreement"] > 0.99
 
 
 def test_lr_find_writes_its_plot(tiny_dataset, tmp_path):

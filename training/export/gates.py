@@ -1,0 +1,134 @@
+"""The parity gate: ONNX Runtime against fastai's own output, at the training size (`get_preds`) and at other
+shapes (its model), each at batch sizes other than the traced one: identical masks except numerical ties."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ExportError
+from .graph import TRACE_BATCH
+
+PARITY_BATCHES = (1, 3)
+TIE_TOL = 1e-4  # probability gap below which PyTorch and ONNX Runtime may pick either class
+
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run(sess, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    masks, probs = [], []
+    names = [o.name for o in sess.get_outputs()]
+    for i in range(0, len(images), batch):
+        out = sess.run(None, {"image": images[i : i + batch]})
+        masks.append(out[0])
+        if "probs" in names:
+            probs.append(out[names.index("probs")])
+    return np.concatenate(masks), (np.concatenate(probs) if probs else None)
+
+
+def load_images(paths, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, 3) uint8: each image squished to `size` with PIL bilinear, as training validation and serving do."""
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)))
+    return np.stack(out)
+
+
+def _fastai_probs(learn, paths) -> np.ndarray:
+    """fastai's own output for `paths`, through its validation pipeline: (N, C, H, W) float32."""
+    dl = learn.dls.test_dl([Path(p) for p in paths], bs=4)
+    preds, _ = learn.get_preds(dl=dl)
+    return preds.numpy()
+
+
+def tie_pixels(probs: np.ndarray, tol: float = TIE_TOL) -> np.ndarray:
+    """(N, C, H, W) probabilities -> (N, H, W) bool: pixels whose two best classes are within `tol`,
+    where the order of float operations (PyTorch vs ONNX Runtime) may decide the argmax either way."""
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) < tol
+
+
+def check_parity(learn, onnx_path: Path, paths, size) -> dict:
+    """ONNX Runtime vs fastai on `paths` at batch sizes PARITY_BATCHES.
+
+    `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
+    probabilities within TIE_TOL, far below any real export error); ties that flip are counted and reported."""
+    row, ok = _compare(session(onnx_path), load_images(paths, size), _fastai_probs(learn, paths))
+    return {"images": len(paths), "batch_sizes": list(PARITY_BATCHES), "traced_batch": TRACE_BATCH, "tie_tolerance": TIE_TOL,
+            **row, "identical": ok}
+
+
+def _compare(sess, images: np.ndarray, ref: np.ndarray) -> tuple[dict, bool]:
+    """ONNX Runtime on `images` at each of PARITY_BATCHES against fastai's probabilities `ref`: agreement,
+    tie flips and the largest probability difference, and whether only numerical ties differ."""
+    ref_mask, ties = ref.argmax(1).astype(np.uint8), tie_pixels(ref)
+    row, ok = {}, True
+    for b in PARITY_BATCHES:
+        mask, probs = run(sess, images, b)
+        differ = mask != ref_mask
+        row[f"agreement_b{b}"] = float(1.0 - differ.mean())
+        row[f"tie_flips_b{b}"] = int((differ & ties).sum())
+        ok &= not (differ & ~ties).any()
+        if probs is not None:
+            row["max_prob_diff"] = max(row.get("max_prob_diff", 0.0), float(np.abs(probs - ref).max()))
+    return row, bool(ok)
+
+
+def parity_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (H, W) the parity gate checks besides the training size: transposed (or widened, if square),
+    odd and not multiples of 32, and larger."""
+    h, w = size
+    other = (w, h) if h != w else (h, w + 32)
+    odd = (max(h * 3 // 4 + 1, 65), max(w * 5 // 4 + 3, 67))  # deep 5x5 kernels need a few pixels at 1/32 scale
+    return list(dict.fromkeys([other, odd, (h + 64, w + 96)]))
+
+
+def _eager_probs(learn, images: np.ndarray, mean, std) -> np.ndarray:
+    """fastai's model (as trained, not patched) in PyTorch on (N, H, W, 3) uint8: (N, C, H, W) float32 probabilities."""
+    import torch
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return torch.softmax(learn.model.eval()(x).float(), dim=1).numpy()
+
+
+def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std) -> dict:
+    """ONNX Runtime vs fastai's model at each (H, W) of `shapes`, at batch sizes PARITY_BATCHES: the images
+    squished to that shape (PIL bilinear); identical masks except numerical ties, as check_parity."""
+    sess = session(onnx_path)
+    rows, ok = [], True
+    for shape in shapes:
+        images = load_images(paths, shape)
+        row, same = _compare(sess, images, _eager_probs(learn, images, mean, std))
+        rows.append({"shape": list(shape), **row})
+        ok &= same
+    return {"shapes": rows, "identical": bool(ok)}
+
+
+
+def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dynamic_hw: bool) -> dict:
+    """Both parity checks on `fp32`; ExportError (nothing written) unless every mask is identical but for ties."""
+    shapes = parity_shapes(size) if dynamic_hw else []
+    print(f"[3/4] parity: ONNX Runtime vs fastai on {len(valid)} held-out images, batch sizes {PARITY_BATCHES}: get_preds at "
+          f"{size[0]}x{size[1]}" + (", its model at " + ", ".join(f"{h}x{w}" for h, w in shapes) if shapes else ""), flush=True)
+    parity = check_parity(learn, fp32, valid, size)
+    parity["other_shapes"] = check_shapes(learn, fp32, valid, shapes, mean, std)
+    rows = [parity] + parity["other_shapes"]["shapes"]
+    if not (parity["identical"] and parity["other_shapes"]["identical"]):
+        worst = min(r[f"agreement_b{b}"] for r in rows for b in PARITY_BATCHES)
+        raise ExportError(f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels, and not only on numerical ties (need 100 %); nothing written")
+    flips = sum(r[f"tie_flips_b{b}"] for r in rows for b in PARITY_BATCHES)
+    print("      masks identical on 100 % of pixels at every shape and batch size" + (f" but {flips} numerical tie(s) (top-2 gap < {TIE_TOL:g})" if flips else "")
+          + f"; largest probability difference {max(r.get('max_prob_diff', 0) for r in rows):.2e}", flush=True)
+    return parity

@@ -1,0 +1,163 @@
+"""The variants beside the fp32 graph: int8 for CPUs (static QDQ, kept only when it keeps the masks) and fp16
+for GPUs (ONNX Runtime's converter, inputs and outputs keep their types)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .gates import run, session
+from .graph import set_metadata
+
+INT8_MIN_AGREEMENT = 0.995
+
+
+def _throughput(path: Path, images: np.ndarray, batch: int = 8, repeats: int = 3) -> float:
+    """Images per second of ONNX Runtime CPU on `images` (median of repeats)."""
+    sess = session(path)
+    run(sess, images[:batch], batch)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run(sess, images, batch)
+        rates.append(len(images) / (time.perf_counter() - t))
+    return float(np.median(rates))
+
+
+@contextlib.contextmanager
+def _in_dir(path: Path):
+    """quant_pre_process leaves temporary files in the working directory: run it somewhere disposable."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def float_nodes(model, size: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """The nodes the int8 recipe keeps in float: (BatchNormalization nodes, early encoder convs).
+
+    - BatchNormalization: the skip connections' BNs in fastai's UnetBlock follow no conv, so they cannot
+      be folded; quantizing their 1-D weights per channel is what printed "Axis 1 is out-of-range for
+      weight ...bn.weight". They stay float: the warning is gone at its cause.
+    - The encoder's convs at 1/2 and 1/4 of the input resolution (the stem and the first blocks, before
+      the first decoder upsampling): measured on the demo model, they carry most of the int8 error
+      (keeping them float: 99.43 % -> 99.70 % agreement; keeping the decoder float instead: 99.48 %)."""
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(_fixed_hw(model, size))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(model.graph.value_info) + list(model.graph.output)}
+    nodes = list(model.graph.node)
+    first_up = next((i for i, n in enumerate(nodes) if n.op_type == "DepthToSpace"), len(nodes))
+    bns = [n.name for n in nodes if n.op_type == "BatchNormalization"]
+    early = []
+    for n in nodes[:first_up]:
+        dims = shapes.get(n.output[0], [])
+        if n.op_type == "Conv" and len(dims) == 4 and dims[2] and dims[2] * 4 >= size[0]:
+            early.append(n.name)
+    return bns, early
+
+
+def _fixed_hw(model, size: tuple[int, int]):
+    """A copy of `model` whose image input has H, W fixed to `size` (for shape inference)."""
+    import copy as _copy
+
+    m = _copy.deepcopy(model)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value, dims[1].dim_value, dims[2].dim_value = 1, size[0], size[1]
+    return m
+
+
+def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.ndarray) -> dict:
+    """Static QDQ int8 copy of `fp32` calibrated on `calib_images`; kept only if its masks agree with fp32's
+    on >= INT8_MIN_AGREEMENT of the pixels of `check_images`.
+
+    The recipe: weights per channel with 7-bit range (`reduce_range`: on CPUs without VNNI, ONNX
+    Runtime's u8s8 kernels can saturate 16-bit intermediate sums, which cost ~0.5 % agreement here),
+    activations uint8 MinMax, and the nodes of `float_nodes` kept in float."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"image": calib_images[i : i + 1]} for i in range(len(calib_images))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    fp32, out = Path(fp32).resolve(), Path(out).resolve()  # we chdir below
+    with tempfile.TemporaryDirectory(prefix="int8-") as tmp, _in_dir(Path(tmp)):
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        bns, early = float_nodes(onnx.load(str(pre)), calib_images.shape[1:3])
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=bns + early)
+    ref, _ = run(session(fp32), check_images, 8)
+    got, _ = run(session(out), check_images, 8)
+    agreement = float((ref == got).mean())
+    speed_fp32 = _throughput(fp32, check_images)
+    speed_int8 = _throughput(out, check_images)
+    kept = agreement >= INT8_MIN_AGREEMENT
+    return {"agreement": agreement, "kept": kept, "fp32_img_s": speed_fp32, "int8_img_s": speed_int8,
+            "speedup": speed_int8 / speed_fp32, "calibration_images": len(calib_images), "threshold": INT8_MIN_AGREEMENT,
+            "recipe": {"reduce_range": True, "per_channel": True, "float_nodes": {"batchnorm": len(bns), "early_encoder_convs": len(early)}}}
+
+
+def make_fp16(fp32: Path, out: Path, check_images: np.ndarray) -> dict:
+    """fp16 copy for GPUs (inputs/outputs keep their types). Checked with onnx and, where ORT can, run on CPU."""
+    import onnx
+    from onnxruntime.transformers import float16
+
+    # ONNX Runtime's converter: onnxconverter-common's took minutes on the any-size graph (its shape
+    # arithmetic around every Resize). Cast stays fp32-typed: converted, our uint8 -> float Cast keeps a
+    # float32 output type that no longer matches ("Type (tensor(float16)) of output arg ... does not match").
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + ["Cast"]
+    model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, op_block_list=block)
+    # a tensor feeding two blocked nodes (the logits: ArgMax and Softmax) gets two identical Cast nodes
+    seen, unique = set(), []
+    for node in model.graph.node:
+        key = (node.name, node.op_type, tuple(node.input), tuple(node.output))
+        if key not in seen:
+            seen.add(key)
+            unique.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(unique)
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    OnnxModel(model).topological_sort()  # the inserted Casts are appended out of order
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    result = {"checked": True}
+    try:
+        ref, _ = run(session(fp32), check_images, 4)
+        got, _ = run(session(out), check_images, 4)
+        result["cpu_agreement"] = float((ref == got).mean())
+    except Exception as exc:  # some fp16 kernels exist only on GPU providers
+        result["cpu_run"] = f"ONNX Runtime CPU could not run it: {exc.__class__.__name__}"
+    return result
+
+
+def write_variants(fp32: Path, folder: Path, metadata: dict, *, int8: bool, fp16: bool, calib: np.ndarray, check: np.ndarray) -> tuple[dict | None, dict | None]:
+    """model.int8.onnx and model.fp16.onnx beside `fp32` in `folder` as asked (int8 only when its gate passes),
+    with the fp32 metadata and their own results; returns (int8 result, fp16 result)."""
+    print("[4/4] variants" + (": int8" if int8 else "") + (" fp16" if fp16 else "") + ("" if int8 or fp16 else ": none asked"), flush=True)
+    int8_result = fp16_result = None
+    if int8:
+        int8_result = make_int8(fp32, folder / "model.int8.onnx", calib, check)
+        if int8_result["kept"]:
+            set_metadata(folder / "model.int8.onnx", {**metadata, "variant": "int8", "int8": int8_result})
+            print(f"      int8: {int8_result['agreement']:.2%} agreement with fp32, {int8_result['speedup']:.2f}x faster", flush=True)
+        else:
+            (folder / "model.int8.onnx").unlink()
+            print(f"      int8 dropped: {int8_result['agreement']:.2%} agreement < {INT8_MIN_AGREEMENT:.1%}", flush=True)
+    if fp16:
+        fp16_result = make_fp16(fp32, folder / "model.fp16.onnx", check)
+        set_metadata(folder / "model.fp16.onnx", {**metadata, "variant": "fp16"})
+        print(f"      fp16 written; CPU check: {fp16_result.get('cpu_agreement', fp16_result.get('cpu_run'))}", flush=True)
+    return int8_result, fp16_result
