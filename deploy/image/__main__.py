@@ -63,13 +63,14 @@ def image_exists(eng: str, ref: str) -> bool:
 
 
 def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
-    """Debian 12 (minbase) with Python 3.11 and venv, made by debootstrap from Debian's mirror and committed as `tag`."""
+    """Debian 12 (minbase) with Python 3.11 and venv, made by debootstrap from Debian's mirror and committed as `tag`
+    (--include does not resolve dependencies: venv needs python3-distutils and the pip and setuptools wheels)."""
     if not shutil.which("debootstrap"):
         raise ImageError("debootstrap not found: apt-get install debootstrap (or pass --base with a Python 3.11 image)")
     with tempfile.TemporaryDirectory(prefix="seg-base-") as tmp:
         root = Path(tmp) / "rootfs"
         print(f"==> debootstrap bookworm into {root} (about 80 s)", flush=True)
-        _run(["debootstrap", "--variant=minbase", "--include=python3.11,python3.11-venv,ca-certificates", "bookworm", str(root)],
+        _run(["debootstrap", "--variant=minbase", "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates", "bookworm", str(root)],
              "debootstrap", timeout=1800)
         shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         shutil.rmtree(root / "var" / "lib" / "apt" / "lists", ignore_errors=True)

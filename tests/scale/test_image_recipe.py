@@ -49,7 +49,7 @@ def test_local_base_is_debian_12_with_python_3_11(monkeypatch):
     monkeypatch.setattr(image, "_run", lambda cmd, what, **kw: calls.append(cmd) or type("R", (), {"stdout": "ctr"})())
     assert image.make_base("buildah") == image.LOCAL_BASE
     (boot,) = [c for c in calls if c[0] == "debootstrap"]
-    assert "bookworm" in boot and "--include=python3.11,python3.11-venv,ca-certificates" in boot
+    assert "bookworm" in boot and "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates" in boot
     assert calls[-1][-2:] == ["ctr", image.LOCAL_BASE] and "vfs" in calls[-1]  # committed as the default base
 
 
