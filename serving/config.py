@@ -80,9 +80,9 @@ class ServeConfig:
 
     def __post_init__(self):
         if self.device not in DEVICES:
-            raise ConfigError(f"SEG_DEVICE={self.device!r}: use {', '.join(DEVICES)}")
+            raise ConfigError(f"SEG_DEVICE={self.device!r}: use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
         if self.variant not in VARIANTS:
-            raise ConfigError(f"SEG_VARIANT={self.variant!r}: use {', '.join(VARIANTS)}")
+            raise ConfigError(f"SEG_VARIANT={self.variant!r}: use {', '.join(VARIANTS[:-1])} or {VARIANTS[-1]}")
         for name in ("threads", "workers", "tile_above", "tile_overlap", "offload_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be >= 0")

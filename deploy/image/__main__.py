@@ -132,7 +132,9 @@ def build(flavour: str = "cpu", base: str | None = None) -> str:
     versioned, moving = image_ref(tag, flavour)
     with tempfile.TemporaryDirectory(prefix="seg-image-") as tmp:
         ctx = Path(tmp)
-        shutil.copytree(bento, ctx / "bento")
+        import bentoml
+
+        bentoml.export_bento(tag, str(ctx / "segmentation.bento"))
         wheels = ctx / "wheelhouse"
         wheels.mkdir()
         reqs = requirements(bento, flavour)
@@ -151,9 +153,10 @@ def build(flavour: str = "cpu", base: str | None = None) -> str:
 
 def image_size(eng: str, ref: str) -> int:
     """Bytes of the image's layers as the engine reports them."""
-    if eng == "buildah":
+    if eng == "buildah":  # its JSON has the size in words only ("386 MB", decimal units)
         info = json.loads(_run(_cmd(eng, "images", "--json", ref), "buildah images").stdout)
-        return int(info[0]["size"])
+        number, unit = info[0]["size"].split()
+        return int(float(number) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit])
     return int(_run([eng, "image", "inspect", "--format", "{{.Size}}", ref], f"{eng} image inspect").stdout.strip())
 
 
@@ -248,21 +251,30 @@ class _started:
         else:
             self.ctr = f"seg-check-{os.getpid()}"
             cmd = [self.eng, "run", "--rm", "--name", self.ctr, "--network", "host", *envs, self.ref]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.log = tempfile.NamedTemporaryFile(prefix="seg-image-check-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.proc
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         import signal
 
         if self.eng != "buildah":
             subprocess.run([self.eng, "stop", "-t", "10", self.ctr], capture_output=True)
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
         if self.eng == "buildah":
             subprocess.run(_cmd(self.eng, "rm", self.ctr), capture_output=True)
+        self.log.close()
+        if exc_type is not None:  # say what the container printed last
+            tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-3:]
+            raise ImageError(f"{exc} (container output, {self.log.name}: {' | '.join(tail)[:400]})") from None
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,8 @@ def _directive(name: str) -> list[str]:
 def test_containerfile_serves_the_bento_as_a_non_root_user_on_the_probed_port():
     assert _directive("ARG")[0] == f"BASE={image.LOCAL_BASE}" and _directive("FROM") == ["${BASE}"]
     assert _directive("USER") == ["1034"] and _directive("EXPOSE") == ["3000"]
-    assert _directive("ENTRYPOINT") == ['["/opt/venv/bin/bentoml", "serve", "/home/bentoml/bento"]']
+    assert _directive("ENTRYPOINT") == ['["/opt/venv/bin/bentoml", "serve", "segmentation:latest"]']
+    assert "bentoml import /tmp/segmentation.bento" in RECIPE  # the bento, with its model, in the image's own store
     env = dict(re.findall(r"(\w+)=(\S+)", RECIPE[RECIPE.index("ENV "):RECIPE.index("COPY ")]))
     assert env["BENTOML_PORT"] == "3000" and env["BENTOML_HOST"] == "0.0.0.0"
     bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())

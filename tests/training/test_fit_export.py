@@ -93,7 +93,7 @@ def test_int8_agreement_is_computed_and_gates(tiny_export, tmp_path, monkeypatch
     assert info["recipe"]["reduce_range"] and info["recipe"]["float_nodes"]["batchnorm"] == 4 and info["recipe"]["float_nodes"]["early_encoder_convs"] > 0
     assert (tiny_export / "model.int8.onnx").is_file() == info["kept"]
     # the gate: with an impossible threshold the variant is computed and then dropped
-    monkeypatch.setattr(ex, "INT8_MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(ex.variants, "INT8_MIN_AGREEMENT", 1.01)  # where make_int8 reads it
     imgs = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     res = ex.make_int8(tiny_export / "model.onnx", tmp_path / "q.onnx", imgs, imgs)
     assert res["kept"] is False and res["threshold"] == 1.01
