@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib
 import io
 import json
 import os
@@ -283,13 +282,9 @@ def bench_compare(model_dir: Path, variant: str, concurrencies, n: int, baseline
     if baseline:
         tree = stack.enter_context(baseline_checkout(baseline))
         servers.append((f"previous main ({baseline[:7]})", lambda: _served_url(model_dir, tree, variant)))
-    for name, module, needs in (("LitServe (2 workers, batch 8)", "benchmarks.peers.litserve_server", "litserve"),
-                                ("Ray Serve (2 replicas, @serve.batch 8)", "benchmarks.peers.rayserve_server", "ray.serve")):
-        try:
-            importlib.import_module(needs)
-        except ImportError:
-            print(f"   {name}: {needs} not installed (pip install '.[bench]'), skipped", flush=True)
-            continue
+    from benchmarks import peers
+
+    for name, module in peers.available():
         servers.append((name, lambda module=module: peer_server(module, "--model", str(model_dir), "--variant", variant)))
     runs: dict[str, list] = {name: [] for name, _ in servers}
     with stack:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import write_report
+from benchmarks import peers, write_report
 from loadtest import client
 from loadtest.server import process, served
 
@@ -79,13 +78,7 @@ def contenders(model_dir: Path, baseline_tree: Path | None, baseline: str | None
     out = [("this service", lambda: ours(model_dir))]
     if baseline_tree is not None:
         out.append((f"previous main ({baseline[:7]})", lambda: ours(model_dir, cwd=baseline_tree)))
-    for name, module, needs in (("LitServe (2 workers, batch 8)", "benchmarks.peers.litserve_server", "litserve"),
-                                ("Ray Serve (2 replicas, @serve.batch 8)", "benchmarks.peers.rayserve_server", "ray.serve")):
-        try:
-            importlib.import_module(needs)
-        except ImportError:
-            print(f"   {name}: {needs} not installed (pip install '.[bench]'), skipped", flush=True)
-            continue
+    for name, module in peers.available():
         out.append((name, lambda module=module: peer(module, model_dir)))
     return out
 
