@@ -36,6 +36,8 @@ LAYERS = [
     ("decode + validate upload (Pillow)", "load_rgb"),
     ("decode + validate upload (Pillow)", "open_image"),
     ("decode + validate upload (Pillow)", "decode_image"),
+    ("decode + validate upload (Pillow)", "displayed_size"),  # EXIF orientation (once a full PNG decode)
+    ("decode + validate upload (Pillow)", "orientation"),
     ("to the model's scale (resize, pad)", "Job.__init__"),
     ("scores upsampled to the upload's size", "upsample_scores"),
     ("scores upsampled to the upload's size", "Job.mask"),
