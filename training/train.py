@@ -360,6 +360,11 @@ def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | 
 def fit(config: TrainConfig) -> dict:
     """Train and write the run folder; returns the report (also written as report.json)."""
     import torch
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
+    from fastai.callback.tracker import SaveModelCallback  # noqa: F401
+
+    # both imported before the seeding below: importing them draws from the random generators (it changed every
+    # fit when they were first imported later, in _train)
 
     # fastai's augmentations draw from Python's `random` too: seed all three for a repeatable run
     random.seed(config.seed)

@@ -90,20 +90,21 @@ def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
 
 
 def build_bento() -> tuple[str, Path]:
-    """Register exported_models/default in BentoML's model store when it is not there, then `bentoml build`: (tag, path)."""
+    """`bentoml build` of the model `make serve` serves: exported_models/default registered in BentoML's model
+    store first (a new version when it exists), else the store's latest; returns (bento tag, bento folder)."""
     import bentoml
 
-    try:
-        bentoml.models.get(f"{NAME}:latest")
-    except bentoml.exceptions.NotFound:
-        from serving.config import DEFAULT_MODEL_DIR
+    from serving.config import DEFAULT_MODEL_DIR
+    from serving.store import register
 
-        model_dir = ROOT / DEFAULT_MODEL_DIR
-        if not (model_dir / "model.onnx").is_file():
-            raise ImageError(f"{model_dir}: no model to pack; run `make model` (or `python -m training demo`) first") from None
-        from serving.store import register
-
+    model_dir = ROOT / DEFAULT_MODEL_DIR
+    if (model_dir / "model.onnx").is_file():
         print(f"==> registered {register(model_dir)} in BentoML's model store", flush=True)
+    else:
+        try:
+            bentoml.models.get(f"{NAME}:latest")
+        except bentoml.exceptions.NotFound:
+            raise ImageError(f"{model_dir}: no model to pack; run `make model` (or `python -m training demo`) first") from None
     bento = bentoml.bentos.build_bentofile(str(ROOT / "bentofile.yaml"), build_ctx=str(ROOT))
     return str(bento.tag), Path(bento.path)
 
