@@ -270,42 +270,15 @@ def baseline_checkout(ref: str):
 
 def bench_compare(model_dir: Path, variant: str, concurrencies, n: int, baseline: str | None, rounds: int = 2) -> dict:
     """256 px PNG to /segment at each concurrency: this service, the `baseline` ref's service (a worktree),
-    LitServe and Ray Serve, same model variant and per-request work. The machine is shared and its speed
-    drifts by tens of per cent within minutes, so the servers take turns: `rounds` rounds, in reverse
-    order every other round, and each cell is the median over rounds (all rounds are in the JSON)."""
-    import contextlib as _cl
+    LitServe and Ray Serve, same model variant and per-request work, raced as benchmarks.server_cost races
+    them (servers taking turns, order reversed every other round; each cell the median round, all rounds
+    kept). name -> one row per concurrency."""
+    from benchmarks.server_cost import contenders, race
 
-    payloads = photos(256)
-    servers = [("this service", lambda: _served_url(model_dir, ROOT, variant))]
-    tree = None
-    stack = _cl.ExitStack()
-    if baseline:
-        tree = stack.enter_context(baseline_checkout(baseline))
-        servers.append((f"previous main ({baseline[:7]})", lambda: _served_url(model_dir, tree, variant)))
-    from benchmarks import peers
-
-    for name, module in peers.available():
-        servers.append((name, lambda module=module: peer_server(module, "--model", str(model_dir), "--variant", variant)))
-    runs: dict[str, list] = {name: [] for name, _ in servers}
-    with stack:
-        for r in range(rounds):
-            for name, start in (servers if r % 2 == 0 else servers[::-1]):
-                print(f"   round {r + 1}: {name}", flush=True)
-                with start() as url:
-                    runs[name].append([load(url, payloads, c, n if c > 1 else max(n // 4, 50)) for c in concurrencies])
-    rows = {}
-    for name, sweeps in runs.items():
-        rows[name] = []
-        for i, c in enumerate(concurrencies):
-            cells = sorted((s[i] for s in sweeps), key=lambda x: x["rps"])
-            rows[name].append({**cells[len(cells) // 2], "rounds_rps": [s[i]["rps"] for s in sweeps]})
-    return rows
-
-
-@contextlib.contextmanager
-def _served_url(model_dir: Path, cwd: Path, variant: str):
-    with served(model_dir, cwd=cwd, SEG_VARIANT=variant) as proc:
-        yield proc.url
+    with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(baseline_checkout(baseline)) if baseline else None
+        table = race(contenders(model_dir, tree, baseline, variant), {"256 px PNG": photos(256)}, n, rounds, concurrencies)
+    return {name: rows["256 px PNG"] for name, rows in table.items()}
 
 
 def cold_start(model_dir: Path, variant: str, repeats: int) -> list[float]:

@@ -60,26 +60,28 @@ def measure(url: str, pid: int, payloads: list[bytes], concurrency: int, n: int)
 
 
 @contextlib.contextmanager
-def ours(model_dir: Path, cwd: Path = ROOT, **env):
+def ours(model_dir: Path, cwd: Path = ROOT, variant: str = "fp32", **env):
     """`bentoml serve` of `model_dir` from the checkout `cwd`: yields (url, pid)."""
-    with served(model_dir, cwd=cwd, SEG_VARIANT="fp32", **env) as proc:
+    with served(model_dir, cwd=cwd, SEG_VARIANT=variant, **env) as proc:
         yield proc.url, proc.pid
 
 
 @contextlib.contextmanager
-def peer(module: str, model_dir: Path, *args: str):
+def peer(module: str, model_dir: Path, variant: str = "fp32"):
     """A peer server module (benchmarks.peers.*) over `model_dir`: yields (url, pid)."""
-    cmd = [sys.executable, "-m", module, "--model", str(model_dir), "--variant", "fp32", *args, "--port", "{port}"]
+    cmd = [sys.executable, "-m", module, "--model", str(model_dir), "--variant", variant, "--port", "{port}"]
     with process(cmd, module, 240, stop_timeout=30) as (proc, url):
         yield url, proc.pid
 
 
-def contenders(model_dir: Path, baseline_tree: Path | None, baseline: str | None) -> list[tuple[str, callable]]:
-    out = [("this service", lambda: ours(model_dir))]
+def contenders(model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32") -> list[tuple[str, callable]]:
+    """(name, start) of this service, the previous main (a worktree) and the installed peers, all serving
+    `model_dir`'s `variant`; `start()` yields (url, pid)."""
+    out = [("this service", lambda: ours(model_dir, variant=variant))]
     if baseline_tree is not None:
-        out.append((f"previous main ({baseline[:7]})", lambda: ours(model_dir, cwd=baseline_tree)))
+        out.append((f"previous main ({baseline[:7]})", lambda: ours(model_dir, cwd=baseline_tree, variant=variant)))
     for name, module in peers.available():
-        out.append((name, lambda module=module: peer(module, model_dir)))
+        out.append((name, lambda module=module: peer(module, model_dir, variant)))
     return out
 
 

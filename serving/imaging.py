@@ -76,7 +76,7 @@ def load_rgb(im: Image.Image, data: bytes, at_least: tuple[int, int] | None = No
     long as it stays at least that size; the result is then smaller than the upload."""
     if at_least is not None and im.format in ("JPEG", "MPO"):
         w, h = at_least
-        im.draft("RGB", (h, w) if orientation(im, data) in (5, 6, 7, 8) else (w, h))
+        im.draft("RGB", (h, w) if _turned(im, data) else (w, h))
     if _spng is not None and im.format == "PNG" and im.mode in ("RGB", "RGBA") and orientation(im, data) == 1:
         try:
             arr = _spng.load(data)
@@ -129,7 +129,12 @@ def _png_has_exif(data: bytes) -> bool:
 def displayed_size(im: Image.Image, data: bytes) -> tuple[int, int]:
     """(W, H) as displayed: width and height swap when the EXIF orientation rotates by 90 degrees."""
     w, h = im.size
-    return (h, w) if orientation(im, data) in (5, 6, 7, 8) else (w, h)
+    return (h, w) if _turned(im, data) else (w, h)
+
+
+def _turned(im: Image.Image, data: bytes) -> bool:
+    """The EXIF orientation turns the image by 90 degrees (width and height swap when displayed)."""
+    return orientation(im, data) in (5, 6, 7, 8)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
