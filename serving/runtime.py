@@ -116,7 +116,8 @@ def choose_providers(device: str, available: list[str], device_id: int = 0) -> l
 
 def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str]:
     """(variant, why): `auto` serves fp16 on CUDA and the export's int8 on CPU when those files exist
-    (export writes model.int8.onnx only when it passed its agreement gate), fp32 otherwise."""
+    (export writes model.int8.onnx only when it kept the accuracy rule there; `SegmentationRuntime.load`
+    checks it again on this CPU), fp32 otherwise."""
     if variant != "auto":
         if not (model_dir / VARIANT_FILES[variant]).is_file():
             raise ContractError(f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it (--{variant}) or use SEG_VARIANT=auto")
@@ -126,7 +127,7 @@ def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str
             return "fp16", "auto: fp16 on CUDA"
         return "fp32", "auto: CUDA, and the export made no model.fp16.onnx"
     if (model_dir / VARIANT_FILES["int8"]).is_file():
-        return "int8", "auto: int8 on CPU (the export kept model.int8.onnx after its agreement gate)"
+        return "int8", "auto: int8 on CPU (the export kept model.int8.onnx by the accuracy rule)"
     return "fp32", "auto: CPU, and the export kept no model.int8.onnx"
 
 
@@ -160,17 +161,19 @@ def session_options(threads: int | None = None, spin: bool = False):
 class SegmentationRuntime:
     """One ONNX Runtime session over an exported model; `run` maps (N, H, W, 3) uint8 -> (N, H, W) uint8."""
 
-    def __init__(self, session, meta: ModelMeta, variant: str, path: Path, variant_reason: str = ""):
+    def __init__(self, session, meta: ModelMeta, variant: str, path: Path, variant_reason: str = "", int8_check: dict | None = None):
         self.session, self.meta, self.variant, self.path = session, meta, variant, path
         self.variant_reason = variant_reason
+        self.int8_check = int8_check  # the accuracy rule re-run on this CPU (None: not run)
         self.provider = session.get_providers()[0]
         self._outputs = [o.name for o in session.get_outputs()]
         self._io_binding = self.provider == "CUDAExecutionProvider"  # inputs/outputs cross to the GPU once per batch
 
     @classmethod
     def load(cls, model_dir: Path | str, device: str = "auto", variant: str = "auto", threads: int | None = None,
-             spin: bool = False, available: list[str] | None = None, _session_factory=None) -> "SegmentationRuntime":
-        """Open the model in `model_dir` on `device` ("auto" | "cuda" | "cpu"), checking its contract.
+             spin: bool = False, available: list[str] | None = None, _session_factory=None, recheck: bool = True) -> "SegmentationRuntime":
+        """Open the model in `model_dir` on `device` ("auto" | "cuda" | "cpu"), checking its contract. Where `auto`
+        picks int8, its accuracy rule is run again on this CPU first (`recheck`); if int8 fails it here, fp32 is served.
 
         `available` and `_session_factory` exist for tests (faked provider availability)."""
         import onnxruntime as ort
@@ -202,8 +205,19 @@ class SegmentationRuntime:
             # the variant was chosen for CUDA: load the CPU choice instead (auto: the int8 export)
             return cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory)
         _check_io(session, path)
+        int8_check = None
+        if chosen == "int8" and variant == "auto" and recheck:
+            int8_check = _recheck_int8(model_dir, session, so, factory)
+            if not int8_check["kept"]:
+                why = f"auto: int8 failed the accuracy rule on this CPU ({int8_check['why']}); serving fp32"
+                log.warning("model %s: %s", model_dir, why)
+                chosen, path = "fp32", model_dir / VARIANT_FILES["fp32"]
+                session = factory(str(path), so, providers=providers)
+                _check_io(session, path)
+            else:
+                why += f"; re-checked on this CPU: {int8_check['why']}"
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
-        rt = cls(session, meta, chosen, path, why)
+        rt = cls(session, meta, chosen, path, why, int8_check)
         log.warning("model %s: provider %s, variant %s (%s), input %s, classes %s", path, rt.provider, chosen, why, meta.input_size, ", ".join(meta.classes))
         return rt
 
@@ -239,6 +253,27 @@ class SegmentationRuntime:
         for h, w in shapes:
             for n in batch_sizes:
                 self.run_scores(np.zeros((n, h, w, 3), dtype=np.uint8))
+
+
+def _recheck_int8(model_dir: Path, int8_session, so, factory) -> dict:
+    """The int8 accuracy rule (serving.accuracy) on the held-out images bundled in `model_dir`/check, scored
+    here, on this CPU, for int8 and fp32: {"kept", "why", and the rule's figures}. A folder without a check
+    (exported before it was bundled) keeps int8 and says so."""
+    import time
+
+    from . import accuracy
+
+    bundled = accuracy.read_check(model_dir)
+    if bundled is None:
+        return {"kept": True, "why": f"not re-checked: {model_dir} has no {accuracy.CHECK_DIR}/ (re-export to bundle held-out images)"}
+    images, truths, info = bundled
+    t = time.perf_counter()
+    fp32 = factory(str(model_dir / VARIANT_FILES["fp32"]), so, providers=["CPUExecutionProvider"])
+    result = accuracy.judge(lambda x: fp32.run(["mask"], {"image": x})[0], lambda x: int8_session.run(["mask"], {"image": x})[0],
+                            images, truths, info["codes"], info.get("void"), info.get("metric", "dice_fg"))
+    result["seconds"] = time.perf_counter() - t
+    result["why"] = accuracy.explain(result) + f" on {result['images']} held-out images"
+    return result
 
 
 def _check_io(session, path: Path) -> None:

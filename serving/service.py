@@ -182,7 +182,7 @@ class SegmentationService:
         if CONFIG_ERROR is not None:
             raise StartupError(str(CONFIG_ERROR))
         try:
-            SegmentationRuntime.load(store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant, threads=1)
+            SegmentationRuntime.load(store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant, threads=1, recheck=False)
         except ContractError as exc:
             raise StartupError(str(exc)) from None
 
@@ -337,6 +337,7 @@ class SegmentationService:
             "provider": self.runtime.provider,
             "variant": self.runtime.variant,
             "variant_reason": self.runtime.variant_reason,
+            "int8_check": self.runtime.int8_check,
             "model_file": str(self.runtime.path),
             "model_source": cfg.model_source,
             "batching": {"max_batch_size": cfg.max_batch_size, "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",

@@ -22,15 +22,16 @@ def expected_mask(images: np.ndarray) -> np.ndarray:
 
 
 def make_contract_model(path: Path, size: int = 32, *, metadata: dict | None = None, input_type: int | None = None,
-                        probs: bool = True, drop_keys: tuple[str, ...] = ()) -> Path:
-    """Write the model to `path` (a .onnx file); `metadata`, `input_type`, `drop_keys` let tests break the contract."""
+                        probs: bool = True, drop_keys: tuple[str, ...] = (), background: float = 0.5) -> Path:
+    """Write the model to `path` (a .onnx file); `metadata`, `input_type`, `drop_keys` let tests break the contract;
+    `background` other than 0.5 makes a model that disagrees with `expected_mask` (a worse "variant")."""
     import onnx
     from onnx import TensorProto, helper
 
     in_type = TensorProto.UINT8 if input_type is None else input_type
     w = np.zeros((3, 3, 1, 1), np.float32)
     w[1, 0], w[2, 1] = 1.0, 1.0
-    b = np.array([0.5, 0.0, 0.0], np.float32)
+    b = np.array([background, 0.0, 0.0], np.float32)
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["f", "c255"], ["x"]),
@@ -67,6 +68,20 @@ def make_contract_model(path: Path, size: int = 32, *, metadata: dict | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def make_int8_folder(folder: Path, background: float) -> Path:
+    """A model folder with fp32 = the rule model, int8 = the rule model with its background bias at `background`
+    (0.5: the same masks; higher: fewer foreground pixels, a worse "int8"), and a bundled held-out check whose
+    truth is the rule itself (serving.accuracy)."""
+    from serving.accuracy import write_check
+
+    folder = Path(folder)
+    make_contract_model(folder / "model.onnx")
+    make_contract_model(folder / "model.int8.onnx", metadata={"variant": "int8"}, background=background)
+    images = np.random.default_rng(9).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    write_check(folder, images, expected_mask(images), CLASSES, None, "dice_fg")
+    return folder
 
 
 def png_bytes(arr_or_im, fmt: str = "PNG", **kw) -> bytes:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from serving.accuracy import confusion, metrics_from_confusion, scored_classes  # noqa: F401  (training reports the served metrics)
+
 from .data import Dataset, class_frequencies, load_dataset, make_dataloaders, median_frequency_weights, read_mask, split_pairs
 from .errors import TrainingError
 from .model import ENCODERS, build_learner
@@ -139,43 +141,6 @@ def versions() -> dict:
     import torch
 
     return {"fastai": fastai.__version__, "torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__}
-
-
-def confusion(pred: np.ndarray, truth: np.ndarray, n: int, void: int | None = None) -> np.ndarray:
-    """(n, n) pixel counts, rows = truth, columns = prediction; pixels whose truth is `void` are left out."""
-    truth, pred = truth.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
-    if void is not None:
-        keep = truth != void
-        truth, pred = truth[keep], pred[keep]
-    return np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
-
-
-def scored_classes(codes, void: int | None = None) -> list[int]:
-    """The classes the summary metrics average: all but Void and a class literally named "background"."""
-    scored = [i for i, c in enumerate(codes) if i != void and c.lower() != "background"]
-    return scored or [i for i in range(len(codes)) if i != void]
-
-
-def metrics_from_confusion(cm: np.ndarray, codes, void: int | None = None) -> dict:
-    """Pixel accuracy, per-class Dice and IoU, and their means over the scored classes (`dice_fg`,
-    `iou_fg` = mean IoU): background and Void are not averaged in; Void pixels are not counted at all."""
-    cm = cm.copy()
-    if void is not None:
-        cm[void, :] = 0
-    tp = np.diag(cm).astype(np.float64)
-    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-        iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
-    fg = scored_classes(codes, void)
-    return {
-        "pixel_acc": float(tp.sum() / max(cm.sum(), 1)),
-        "dice": {c: (None if np.isnan(v) or i == void else float(v)) for i, (c, v) in enumerate(zip(codes, dice))},
-        "iou": {c: (None if np.isnan(v) or i == void else float(v)) for i, (c, v) in enumerate(zip(codes, iou))},
-        "dice_fg": float(np.nanmean(dice[fg])) if np.isfinite(dice[fg]).any() else 0.0,
-        "iou_fg": float(np.nanmean(iou[fg])) if np.isfinite(iou[fg]).any() else 0.0,
-        "scored_classes": [codes[i] for i in fg],
-    }
 
 
 def _fastai_metrics(codes, void: int | None = None):

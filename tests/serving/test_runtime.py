@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 from onnx import TensorProto
 
-from contract_model import expected_mask, make_contract_model
+from contract_model import CLASSES, expected_mask, make_contract_model, make_int8_folder
 from serving.runtime import ContractError, SegmentationRuntime, choose_providers
 
 
@@ -90,7 +91,7 @@ def test_auto_serves_the_exported_int8_on_cpu_fp16_on_cuda_and_says_why(tmp_path
     make_contract_model(tmp_path / "model.int8.onnx", metadata={"variant": "int8"})
     make_contract_model(tmp_path / "model.fp16.onnx", metadata={"variant": "fp16"})
     variant, why = pick_variant(tmp_path, "auto", on_cuda=False)
-    assert variant == "int8" and "agreement gate" in why
+    assert variant == "int8" and "accuracy rule" in why
     assert pick_variant(tmp_path, "auto", on_cuda=True) == ("fp16", "auto: fp16 on CUDA")
     assert pick_variant(tmp_path, "fp32", on_cuda=False) == ("fp32", "SEG_VARIANT=fp32")
     rt = SegmentationRuntime.load(tmp_path, "auto")  # no GPU here: the CPU choice, int8
@@ -118,3 +119,62 @@ def test_contract_violations_are_one_line(tmp_path, break_it, needle):
     with pytest.raises(ContractError, match=needle) as e:
         SegmentationRuntime.load(d, "cpu")
     assert "\n" not in str(e.value)
+
+
+def test_accuracy_rule_either_side_of_99_percent():
+    """MLPerf's rule: int8 keeps >= 99 % of fp32's task metric; agreement is not what decides."""
+    from serving.accuracy import explain, rule
+
+    assert rule({"dice_fg": 0.90}, {"dice_fg": 0.8911}, "dice_fg")["kept"] is True  # 99.01 %
+    below = rule({"dice_fg": 0.90}, {"dice_fg": 0.8909}, "dice_fg")  # 98.99 %
+    assert below["kept"] is False and abs(below["ratio"] - 0.8909 / 0.90) < 1e-12
+    assert rule({"iou_fg": 0.5}, {"iou_fg": 0.6}, "iou_fg")["kept"] is True  # better than fp32: kept
+    assert explain(below) == "foreground Dice int8 0.8909 vs fp32 0.9000 = 98.99% of fp32 < 99%"
+
+
+def _flip(mask: np.ndarray, k: int) -> np.ndarray:
+    """`mask` with its first `k` foreground pixels (class 1 or 2) set to background."""
+    out = mask.copy().ravel()
+    out[np.flatnonzero(out > 0)[:k]] = 0
+    return out.reshape(mask.shape)
+
+
+def test_judge_scores_both_variants_against_the_truth_either_side():
+    """`judge` runs both variants, scores them against the ground truth (Void left out) and applies the rule:
+    an int8 that loses foreground pixels just under 1 % of fp32's Dice is kept, just over is dropped."""
+    from serving.accuracy import judge, score
+
+    images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    truth = expected_mask(images)
+    full = score([truth], [truth], CLASSES)["dice_fg"]
+    assert full == 1.0
+    fg = int((truth > 0).sum())
+    # Dice of a prediction missing k of fg foreground pixels (one class each) stays near 1 - k / (2 fg); find k either side of 99 %
+    ks = [k for k in range(1, fg) if score([_flip(truth, k)], [truth], CLASSES)["dice_fg"] < 0.99]
+    k_fail = ks[0]
+    for k, kept in ((k_fail - 1, True), (k_fail, False)):
+        r = judge(lambda x: expected_mask(x), lambda x, k=k: _flip(expected_mask(x), k) if len(x) == len(images) else expected_mask(x),
+                  images, truth, CLASSES, None, "dice_fg")
+        assert r["kept"] is kept and r["fp32"] == 1.0 and r["agreement"] == 1 - k / truth.size
+    # Void pixels are not scored: errors only where the truth is Void change nothing
+    void_truth = truth.copy()
+    void_truth[:, :4] = 2
+    r = score([np.where(void_truth == 2, 1, truth)], [void_truth], CLASSES, void=2)
+    assert r["scored_classes"] == ["red"] and r["dice"]["green"] is None
+
+
+def test_startup_recheck_serves_int8_only_when_it_keeps_the_rule_on_this_cpu(tmp_path, caplog):
+    good = SegmentationRuntime.load(make_int8_folder(tmp_path / "good", 0.5), "cpu")
+    assert good.variant == "int8" and good.int8_check["kept"] and good.int8_check["ratio"] == 1.0
+    assert "re-checked on this CPU: foreground Dice int8 1.0000 vs fp32 1.0000 = 100.00% of fp32 >= 99% on 5 held-out images" in good.variant_reason
+    with caplog.at_level("WARNING", logger="serving.runtime"):
+        bad = SegmentationRuntime.load(make_int8_folder(tmp_path / "bad", 0.8), "cpu")
+    assert bad.variant == "fp32" and bad.path.name == "model.onnx" and bad.meta.variant == "fp32"
+    assert not bad.int8_check["kept"] and bad.int8_check["ratio"] < 0.99 and bad.int8_check["fp32"] == 1.0
+    assert bad.variant_reason.startswith("auto: int8 failed the accuracy rule on this CPU (foreground Dice int8 0.")
+    assert "serving fp32" in caplog.text and "< 99%" in caplog.text
+    # asked for by name, int8 is served as asked (no re-check); without a bundled check, auto keeps int8 and says so
+    assert SegmentationRuntime.load(tmp_path / "bad", "cpu", "int8").variant == "int8"
+    (tmp_path / "bad" / "check" / "check.json").unlink()
+    old = SegmentationRuntime.load(tmp_path / "bad", "cpu")
+    assert old.variant == "int8" and "not re-checked" in old.variant_reason

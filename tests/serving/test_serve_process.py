@@ -14,7 +14,7 @@ import requests
 import skimage.data
 from PIL import Image
 
-from contract_model import png_bytes
+from contract_model import expected_mask, make_int8_folder, png_bytes
 from loadtest.server import BENTOML, ROOT, free_port, served
 from loadtest.verify_batching import offline_masks
 
@@ -141,3 +141,20 @@ def test_bentoml_sync_http_client_calls_the_three_routes(real_server, tiny_expor
         assert sum(c["pixels"] for c in stats["classes"]) == photo.shape[0] * photo.shape[1] and "rle" in stats["classes"][0]
     finally:
         client.close()
+
+
+def test_int8_failing_the_accuracy_rule_on_this_cpu_is_not_served_and_model_says_why(tmp_path):
+    """A model folder whose int8 loses foreground Dice on its bundled held-out images: `bentoml serve` (auto)
+    serves fp32, its log and GET /model say why, and the answers are fp32's."""
+    folder = make_int8_folder(tmp_path / "m", background=0.8)
+    log = tmp_path / "serve.log"
+    with served(folder, log_path=log) as proc:
+        info = requests.get(proc.url + "/model", timeout=10).json()
+        photo = PHOTOS["coffee"][:32, :32]
+        r = requests.post(proc.url + "/segment", files={"image": ("c.png", png_bytes(photo))}, timeout=30)
+    assert info["variant"] == "fp32" and info["model_file"].endswith("model.onnx")
+    assert info["variant_reason"].startswith("auto: int8 failed the accuracy rule on this CPU (foreground Dice int8 ")
+    check = info["int8_check"]
+    assert check["kept"] is False and check["ratio"] < 0.99 and check["fp32"] == 1.0 and check["images"] == 5 and check["seconds"] < 5
+    assert "int8 failed the accuracy rule on this CPU" in log.read_text(errors="replace")
+    assert r.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected_mask(photo[None])[0])

@@ -84,19 +84,36 @@ def test_onnx_masks_identical_to_fastai(tiny_export, tiny_run, tiny_dataset, bat
     assert np.abs(probs - ref).max() < 1e-4
 
 
-def test_int8_agreement_is_computed_and_gates(tiny_export, tmp_path, monkeypatch):
+def test_int8_is_judged_by_the_accuracy_rule_and_the_check_is_bundled(tiny_export, tiny_run, tmp_path, monkeypatch):
+    """export.json records the rule (foreground Dice of int8 vs fp32 on the held-out images against their truth),
+    pixel agreement as information and the speed-up measured as the service runs it; model.int8.onnx is there
+    exactly when the rule kept it; check/ holds held-out images at the training size with their truths."""
+    import serving.accuracy as acc
     import training.export as ex
+    from training.export.gates import load_truths
 
     info = json.loads((tiny_export / "export.json").read_text())["int8"]
-    assert 0.0 <= info["agreement"] <= 1.0 and info["speedup"] > 0
-    assert info["kept"] == (info["agreement"] >= ex.INT8_MIN_AGREEMENT)
-    assert info["recipe"]["reduce_range"] and info["recipe"]["float_nodes"]["batchnorm"] == 4 and info["recipe"]["float_nodes"]["early_encoder_convs"] > 0
+    assert info["metric"] == "dice_fg" and info["min_ratio"] == 0.99 and 0.0 <= info["agreement"] <= 1.0
+    assert info["kept"] == (info["int8"] >= 0.99 * info["fp32"]) and abs(info["ratio"] - info["int8"] / info["fp32"]) < 1e-9
     assert (tiny_export / "model.int8.onnx").is_file() == info["kept"]
-    # the gate: with an impossible threshold the variant is computed and then dropped
-    monkeypatch.setattr(ex.variants, "INT8_MIN_AGREEMENT", 1.01)  # where make_int8 reads it
-    imgs = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
-    res = ex.make_int8(tiny_export / "model.onnx", tmp_path / "q.onnx", imgs, imgs)
-    assert res["kept"] is False and res["threshold"] == 1.01
+    assert info["speed_measured"] == "ONNX Runtime CPU, 1 thread, batch 8, 64x64" and info["speedup"] > 0
+    assert info["recipe"]["format"] == "QDQ" and info["recipe"]["float_nodes"]["batchnorm"] == 4
+    images, truths, check = acc.read_check(tiny_export)
+    meta = json.loads((tiny_run / "config.json").read_text())
+    assert check["images"] == len(meta["valid_images"]) == 3 and images.shape == (3, 64, 64, 3) and check["metric"] == "dice_fg"
+    assert np.array_equal(images, load_images(meta["valid_images"], (64, 64)))
+    # either side of the rule, through the export's own function: the bound moved under and over this model's ratio
+    imgs = load_images(meta["valid_images"], (64, 64))
+    ratio = None
+    for step, kept in ((0, True), (1, False)):
+        bound = 0.0 if ratio is None else ratio + 1e-6  # the same calibration gives the same int8: just over its ratio
+        monkeypatch.setattr(acc, "MIN_RATIO", bound)
+        res = ex.make_int8(tiny_export / "model.onnx", tmp_path / f"q{step}.onnx", imgs, imgs, truths, meta["codes"], None, "dice_fg")
+        assert res["kept"] is kept and res["min_ratio"] == bound
+        ratio = res["ratio"]
+    res = ex.make_int8(tiny_export / "model.onnx", tmp_path / "q.onnx", imgs, imgs)  # no ground truth: the rule cannot keep it
+    assert res["kept"] is False and "no ground truth" in res["why"]
+    assert load_truths([np.eye(4, dtype=np.uint8)], (8, 8)).shape == (1, 8, 8)
 
 
 def test_export_errors_are_one_line(tmp_path, tiny_export, tiny_run):

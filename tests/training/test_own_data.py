@@ -133,3 +133,10 @@ def test_a_learner_from_learn_export_goes_through_the_same_gates(tmp_path, tiny_
     assert Segmenter.load(tmp_path / "m", "cpu").predict(np.zeros((50, 70, 3), np.uint8)).shape == (50, 70)
     report = export_learner(learn, tmp_path / "live", int8=False)  # a live Learner in a notebook: the same
     assert report.parity["identical"] and (tmp_path / "live" / "model.onnx").is_file()
+    # the held-out check (for int8's accuracy rule) is labelled by the Learner's own get_y, live or unpickled
+    from serving.accuracy import read_check
+
+    for folder in (tmp_path / "m", tmp_path / "live"):
+        images, truths, info = read_check(folder)
+        assert images.shape[1:] == (64, 64, 3) and truths.shape == images.shape[:3] and info["codes"] == codes
+        assert set(np.unique(truths)) <= {0, 1, 2} and truths.any()

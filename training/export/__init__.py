@@ -18,12 +18,14 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ExportError
-from .gates import PARITY_BATCHES, TIE_TOL, load_images, parity_gate, tie_pixels
+from serving.accuracy import check_subset, write_check
+
+from .gates import PARITY_BATCHES, TIE_TOL, load_images, load_truths, parity_gate, tie_pixels
 from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
-from .variants import INT8_MIN_AGREEMENT, make_fp16, make_int8, write_variants
+from .variants import RECIPE, Recipe, make_fp16, make_int8, quantize, write_variants
 
 __all__ = ["ExportReport", "Source", "export_run", "export_learner", "load_learner_pickle", "source_of", "read_metadata",
-           "load_images", "tie_pixels", "make_int8", "make_fp16", "INT8_MIN_AGREEMENT", "PARITY_BATCHES", "TIE_TOL", "OPSET"]
+           "load_images", "tie_pixels", "make_int8", "make_fp16", "quantize", "Recipe", "RECIPE", "PARITY_BATCHES", "TIE_TOL", "OPSET"]
 
 SAMPLES = 4  # held-out images kept beside the model, for the service's page (GET /ui)
 
@@ -52,6 +54,8 @@ class Source:
     calib: list
     info: dict
     run: str = ""
+    truths: list | None = None  # ground-truth masks (H, W) of `valid`, at their own size; None when unknown
+    metric: str = "dice_fg"  # the task metric of the int8 accuracy rule (serving.accuracy.task_metric)
 
 
 
@@ -71,6 +75,9 @@ def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = Fal
                dynamic_hw: bool = True) -> ExportReport:
     """Export the run in `run_dir` into the new folder `out` (model.onnx [+ model.int8.onnx, model.fp16.onnx]).
     `dynamic_hw` False: H and W fixed at the training size (squished uploads, as older exports)."""
+    from serving.accuracy import task_metric
+
+    from ..data import read_mask
     from ..train import load_run
 
     run_dir, out = Path(run_dir), _new_folder(out)
@@ -78,9 +85,12 @@ def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = Fal
     learn, meta, ds = load_run(run_dir)
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     cfg = meta["config"]
+    masks = {str(p): m for p, m in ds.pairs}
+    valid = [Path(p) for p in meta["valid_images"]] or [p for p, _ in ds.pairs[:4]]
+    truths = [read_mask(masks[str(p)], ds.binary_255) for p in valid] if all(str(p) in masks for p in valid) else None
     src = Source(codes=meta["codes"], colours=meta["colours"], mean=meta["mean"], std=meta["std"],
                  size=tuple(meta.get("size") or _square(cfg["size"])),
-                 valid=[Path(p) for p in meta["valid_images"]] or [p for p, _ in ds.pairs[:4]],
+                 valid=valid, truths=truths, metric=task_metric(meta.get("layout")),
                  calib=([Path(p) for p in meta["train_images"]] or [p for p, _ in ds.pairs])[:32],
                  info={"encoder": cfg["encoder"], "pretrained": "true" if cfg.get("pretrained") or cfg.get("weights") else "false",
                        "crop": cfg.get("crop"), "void": meta.get("void"),
@@ -123,8 +133,21 @@ def source_of(learn, images=None) -> Source:
     vocab = list(codes_tfm.codes) if codes_tfm is not None else []
     codes = [str(c) for c in vocab] if len(vocab) == n_out else ["background"] + [f"class_{i}" for i in range(1, n_out)]
     return Source(codes=codes, colours=class_colours(n_out), mean=mean, std=std, size=size, valid=images[:16], calib=images[:32],
+                  truths=_learner_truths(learn, images[:16]),
                   info={"encoder": type(learn.model[0]).__name__ if hasattr(learn.model, "__getitem__") else "", "pretrained": "unknown",
                         "metrics": {}})
+
+
+def _learner_truths(learn, paths) -> list | None:
+    """The ground-truth masks of `paths` through the Learner's own labelling (its DataBlock's get_y), or None
+    when it cannot label them (then the int8 accuracy rule cannot be applied and int8 is not kept)."""
+    import numpy as np
+
+    try:
+        labels = learn.dls.valid_ds.tls[1]
+        return [np.asarray(labels.tfms(p)) for p in paths]
+    except Exception:  # a get_y that does not resolve these files: no truth, said in export.json
+        return None
 
 
 def _dummy(size: tuple[int, int]):
@@ -192,8 +215,15 @@ def _export(learn, src: Source, out: Path, *, int8: bool = False, fp16: bool = F
         metadata = _metadata(src, used, parity, dynamic_hw)
         set_metadata(fp32, metadata)
         result = ExportReport(out=out, exporter=used, parity=parity)
-        result.int8, result.fp16 = write_variants(fp32, tmp, metadata, int8=int8, fp16=fp16, check=load_images(valid, size),
-                                                  calib=load_images(src.calib, size) if int8 else None)
+        check = load_images(valid, size)
+        truths = load_truths(src.truths, size) if src.truths is not None else None
+        void = src.info.get("void")
+        result.int8, result.fp16 = write_variants(fp32, tmp, metadata, int8=int8, fp16=fp16, check=check,
+                                                  calib=load_images(src.calib, size) if int8 else None,
+                                                  truths=truths, codes=src.codes, void=void, metric=src.metric)
+        if truths is not None:  # the held-out check the service repeats on the CPU it runs on (serving.accuracy)
+            n = check_subset(len(check), size)
+            write_check(tmp, check[:n], truths[:n], src.codes, void, src.metric)
         _write_samples(valid, tmp / "samples")
         (tmp / "export.json").write_text(json.dumps({"exporter": used, "parity": parity, "int8": result.int8, "fp16": result.fp16,
                                                      "run": src.run}, indent=2, default=str))

@@ -44,6 +44,11 @@ def load_images(paths, size: tuple[int, int]) -> np.ndarray:
     return np.stack(out)
 
 
+def load_truths(truths, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8: ground-truth masks (class ids) resized to `size` with nearest neighbour, like their images."""
+    return np.stack([np.asarray(Image.fromarray(np.asarray(t, np.uint8)).resize((size[1], size[0]), Image.NEAREST)) for t in truths])
+
+
 def _fastai_probs(learn, paths) -> np.ndarray:
     """fastai's own output for `paths`, through its validation pipeline: (N, C, H, W) float32."""
     dl = learn.dls.test_dl([Path(p) for p in paths], bs=4)

@@ -1,4 +1,4 @@
-"""The variants beside the fp32 graph: int8 for CPUs (static QDQ, kept only when it keeps the masks) and fp16
+"""The variants beside the fp32 graph: int8 for CPUs (static QDQ, kept only when it keeps the task's accuracy) and fp16
 for GPUs (ONNX Runtime's converter, inputs and outputs keep their types)."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,19 @@ import numpy as np
 from .gates import run, session
 from .graph import set_metadata
 
-INT8_MIN_AGREEMENT = 0.995
+SPEED_THREADS, SPEED_BATCH, SPEED_IMAGES = 1, 8, 16  # measured the way the service runs a CPU session: one thread per worker
 
 
-def _throughput(path: Path, images: np.ndarray, batch: int = 8, repeats: int = 3) -> float:
-    """Images per second of ONNX Runtime CPU on `images` (median of repeats)."""
-    sess = session(path)
+def _throughput(path: Path, images: np.ndarray, batch: int = SPEED_BATCH, repeats: int = 3) -> float:
+    """Images per second of ONNX Runtime CPU with SPEED_THREADS thread(s) on `images` (at least SPEED_IMAGES,
+    repeated if fewer) in batches of `batch`, median of `repeats`."""
+    if len(images) < SPEED_IMAGES:
+        images = np.concatenate([images] * -(-SPEED_IMAGES // len(images)))[:SPEED_IMAGES]
+    import onnxruntime as ort
+
+    from serving.runtime import session_options
+
+    sess = ort.InferenceSession(str(path), session_options(SPEED_THREADS), providers=["CPUExecutionProvider"])
     run(sess, images[:batch], batch)  # warm-up
     rates = []
     for _ in range(repeats):
@@ -73,15 +81,32 @@ def _fixed_hw(model, size: tuple[int, int]):
     return m
 
 
-def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.ndarray) -> dict:
-    """Static QDQ int8 copy of `fp32` calibrated on `calib_images`; kept only if its masks agree with fp32's
-    on >= INT8_MIN_AGREEMENT of the pixels of `check_images`.
+@dataclass(frozen=True)
+class Recipe:
+    """How the int8 copy is made (ONNX Runtime's quantizer): format (QDQ or QOperator), per-channel or
+    per-tensor weights, 7-bit weights (`reduce_range`), activations' calibration, the quantizer's own
+    pre-processing, and which nodes stay float (`float_nodes`: "bn", "early", both or neither)."""
 
-    The recipe: weights per channel with 7-bit range (`reduce_range`: on CPUs without VNNI, ONNX
-    Runtime's u8s8 kernels can saturate 16-bit intermediate sums, which cost ~0.5 % agreement here),
-    activations uint8 MinMax, and the nodes of `float_nodes` kept in float."""
+    name: str = "qdq-pc-rr-bn-early"
+    fmt: str = "QDQ"
+    per_channel: bool = True
+    reduce_range: bool = True
+    calibrate: str = "MinMax"
+    pre_process: bool = True
+    float_nodes: tuple[str, ...] = ("bn", "early")
+
+    def describe(self) -> dict:
+        return {"format": self.fmt, "per_channel": self.per_channel, "reduce_range": self.reduce_range, "calibrate": self.calibrate,
+                "pre_process": self.pre_process, "float_nodes": list(self.float_nodes)}
+
+
+RECIPE = Recipe()
+
+
+def quantize(fp32: Path, out: Path, calib_images: np.ndarray, recipe: Recipe = RECIPE) -> dict:
+    """Write the int8 copy of `fp32` to `out`, calibrated on `calib_images`; returns what stayed float."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -93,20 +118,41 @@ def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.
 
     fp32, out = Path(fp32).resolve(), Path(out).resolve()  # we chdir below
     with tempfile.TemporaryDirectory(prefix="int8-") as tmp, _in_dir(Path(tmp)):
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        bns, early = float_nodes(onnx.load(str(pre)), calib_images.shape[1:3])
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=bns + early)
-    ref, _ = run(session(fp32), check_images, 8)
-    got, _ = run(session(out), check_images, 8)
-    agreement = float((ref == got).mean())
-    speed_fp32 = _throughput(fp32, check_images)
-    speed_int8 = _throughput(out, check_images)
-    kept = agreement >= INT8_MIN_AGREEMENT
-    return {"agreement": agreement, "kept": kept, "fp32_img_s": speed_fp32, "int8_img_s": speed_int8,
-            "speedup": speed_int8 / speed_fp32, "calibration_images": len(calib_images), "threshold": INT8_MIN_AGREEMENT,
-            "recipe": {"reduce_range": True, "per_channel": True, "float_nodes": {"batchnorm": len(bns), "early_encoder_convs": len(early)}}}
+        src = fp32
+        if recipe.pre_process:
+            src = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(fp32), str(src), skip_symbolic_shape=True)
+        bns, early = float_nodes(onnx.load(str(src)), calib_images.shape[1:3])
+        exclude = (bns if "bn" in recipe.float_nodes else []) + (early if "early" in recipe.float_nodes else [])
+        quantize_static(str(src), str(out), Reader(), quant_format=getattr(QuantFormat, recipe.fmt), per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, recipe.calibrate), nodes_to_exclude=exclude)
+    return {"batchnorm": len(bns) if "bn" in recipe.float_nodes else 0, "early_encoder_convs": len(early) if "early" in recipe.float_nodes else 0}
+
+
+def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.ndarray, truths: np.ndarray | None = None,
+              codes=(), void: int | None = None, metric: str = "dice_fg", recipe: Recipe = RECIPE) -> dict:
+    """int8 copy of `fp32` (see `Recipe`), judged by the accuracy rule (serving.accuracy): kept when its task
+    metric on `check_images` against `truths` is >= 99 % of fp32's. Pixel agreement with fp32 and the speed-up
+    (one thread, batch 8, at the training size: how a service worker runs it) are reported, not gated.
+
+    The default recipe: weights per channel with 7-bit range (`reduce_range`: on CPUs without VNNI, ONNX
+    Runtime's u8s8 kernels can saturate 16-bit intermediate sums), activations uint8 MinMax, and the nodes
+    of `float_nodes` kept in float."""
+    from serving.accuracy import judge
+
+    kept_float = quantize(fp32, out, calib_images, recipe)
+    s32, s8 = session(fp32), session(out)
+    speed_fp32, speed_int8 = _throughput(fp32, check_images), _throughput(out, check_images)
+    result = {"calibration_images": len(calib_images), "fp32_img_s": speed_fp32, "int8_img_s": speed_int8, "speedup": speed_int8 / speed_fp32,
+              "speed_measured": f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, {check_images.shape[1]}x{check_images.shape[2]}",
+              "recipe": {**recipe.describe(), "float_nodes": kept_float}}
+    if truths is None:
+        ref, got = run(s32, check_images, 8)[0], run(s8, check_images, 8)[0]
+        return {**result, "agreement": float((ref == got).mean()), "kept": False,
+                "why": "no ground truth for the held-out images, so the accuracy rule cannot be applied"}
+    verdict = judge(lambda x: run(s32, x, 8)[0], lambda x: run(s8, x, 8)[0], check_images, truths, codes, void, metric)
+    return {**result, **verdict, "rule": "int8 task metric >= 99 % of fp32's on the held-out images (MLPerf)"}
 
 
 def make_fp16(fp32: Path, out: Path, check_images: np.ndarray) -> dict:
@@ -143,19 +189,24 @@ def make_fp16(fp32: Path, out: Path, check_images: np.ndarray) -> dict:
     return result
 
 
-def write_variants(fp32: Path, folder: Path, metadata: dict, *, int8: bool, fp16: bool, calib: np.ndarray, check: np.ndarray) -> tuple[dict | None, dict | None]:
-    """model.int8.onnx and model.fp16.onnx beside `fp32` in `folder` as asked (int8 only when its gate passes),
-    with the fp32 metadata and their own results; returns (int8 result, fp16 result)."""
+def write_variants(fp32: Path, folder: Path, metadata: dict, *, int8: bool, fp16: bool, calib: np.ndarray | None, check: np.ndarray,
+                   truths: np.ndarray | None = None, codes=(), void: int | None = None, metric: str = "dice_fg") -> tuple[dict | None, dict | None]:
+    """model.int8.onnx and model.fp16.onnx beside `fp32` in `folder` as asked (int8 only when it keeps the
+    accuracy rule on `check` against `truths`), with the fp32 metadata and their own results; returns (int8 result, fp16 result)."""
+    from serving.accuracy import explain
+
     print("[4/4] variants" + (": int8" if int8 else "") + (" fp16" if fp16 else "") + ("" if int8 or fp16 else ": none asked"), flush=True)
     int8_result = fp16_result = None
     if int8:
-        int8_result = make_int8(fp32, folder / "model.int8.onnx", calib, check)
+        int8_result = make_int8(fp32, folder / "model.int8.onnx", calib, check, truths, codes, void, metric)
+        how = explain(int8_result) if "ratio" in int8_result else int8_result["why"]
+        info = f"{how}; {int8_result['agreement']:.2%} pixel agreement, {int8_result['speedup']:.2f}x fp32 speed (1 thread, batch 8)"
         if int8_result["kept"]:
             set_metadata(folder / "model.int8.onnx", {**metadata, "variant": "int8", "int8": int8_result})
-            print(f"      int8: {int8_result['agreement']:.2%} agreement with fp32, {int8_result['speedup']:.2f}x faster", flush=True)
+            print(f"      int8 kept: {info}", flush=True)
         else:
             (folder / "model.int8.onnx").unlink()
-            print(f"      int8 dropped: {int8_result['agreement']:.2%} agreement < {INT8_MIN_AGREEMENT:.1%}", flush=True)
+            print(f"      int8 dropped: {info}", flush=True)
     if fp16:
         fp16_result = make_fp16(fp32, folder / "model.fp16.onnx", check)
         set_metadata(folder / "model.fp16.onnx", {**metadata, "variant": "fp16"})
