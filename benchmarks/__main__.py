@@ -156,11 +156,18 @@ def forced_int8(model_dir: Path, run: Path | None) -> Path:
     def load_images(ps):
         return np.stack([np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR)) for p in ps])
 
-    check = load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8])
-    info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths), check)
+    from serving.accuracy import CHECK_DIR, explain, read_check
+
+    bundled = read_check(model_dir)
+    if bundled is not None:  # the export's held-out images with their truths: the accuracy rule is reported too
+        check, truths, meta = bundled
+        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths), check, truths, meta["codes"], meta.get("void"), meta["metric"])
+        shutil.rmtree(out / CHECK_DIR)  # forced: the service must not re-check (and drop) it
+    else:
+        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths), load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8]))
     (out / "int8-forced.json").write_text(json.dumps(info, indent=2, default=float))
-    print(f"   int8 forced for this run: {info['agreement']:.2%} pixel agreement with fp32 (the export's gate: "
-          f"{info['threshold']:.1%}), {info['speedup']:.2f}x fp32 in the export's speed check", flush=True)
+    print(f"   int8 forced for this run: {explain(info) if 'ratio' in info else info['why']}; {info['agreement']:.2%} pixel agreement "
+          f"with fp32, {info['speedup']:.2f}x fp32 in the export's speed check", flush=True)
     return out
 
 
@@ -420,7 +427,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, help="fastai run folder (for PyTorch eager and the naive server); default: the one in export.json")
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"), help="variant every server runs")
     p.add_argument("--baseline", metavar="REF", help="also serve this git ref (e.g. the previous main) from a worktree, same run")
-    p.add_argument("--force-int8", action="store_true", help="where the export dropped int8 (its agreement gate), quantize a "
+    p.add_argument("--force-int8", action="store_true", help="where the export dropped int8 (its accuracy rule), quantize a "
                    "copy of the model for this run only, with the export's own recipe; the report gives its agreement")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--compare-only", action="store_true", help="only section 2: this service, the baseline and the peers")

@@ -10,7 +10,7 @@ from .errors import TrainingError
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .train import AUGMENT, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p.add_argument("--encoder", default=d.encoder, help="efficientnet_lite0 (default, ImageNet weights offline), resnet18, resnet34")
@@ -33,7 +33,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-unfrozen", type=float, nargs=2, default=d.lr_unfrozen, metavar=("LO", "HI"), help="slice(LO, HI) after unfreezing")
     p.add_argument("--valid-pct", type=float, default=d.valid_pct)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--augment", choices=AUGMENT, default=d.augment, help="auto (default): flips only with --crop, flips + rotation, zoom, "
+                   "warp and lighting on whole images; affine; flip; none")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find first and write lr_find.png")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
 
@@ -59,7 +61,7 @@ def _size_arg(values: list[str] | None, flag: str) -> tuple[int, int] | None:
 
 
 def _add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, CPU) if it agrees >= 99.5%%")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, CPU) if it keeps >= 99%% of fp32's accuracy on the held-out images")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")
     p.add_argument("--no-probs", dest="probs", action="store_false", help="leave out the float32 `probs` output")
     p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto")

@@ -171,16 +171,16 @@ def median_frequency_weights(freq: np.ndarray, void: int | None = None) -> np.nd
 
 
 def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int] | None = None, bs: int, mean, std, valid_pct: float,
-                     seed: int, augment: bool = True, num_workers: int = 0):
+                     seed: int, augment: str = "affine", num_workers: int = 0):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
     scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
-    flips/affine, explicit Normalize.
+    `augment` ("affine": flips, rotation, zoom, warp and lighting; "flip": flips only; "none"), explicit Normalize.
 
     Normalisation is set here from the encoder's own stats, never as a side effect of `pretrained=`.
     """
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
-    from fastai.vision.augment import RandomCrop, Resize, ResizeMethod, aug_transforms
+    from fastai.vision.augment import Flip, RandomCrop, Resize, ResizeMethod, aug_transforms
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
     from fastai.data.transforms import Normalize
@@ -195,7 +195,8 @@ def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int
     class TrainCrop(RandomCrop):
         split_idx = 0  # training set only: validation keeps the whole image at the training scale
 
-    batch_tfms = [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)] if augment else []
+    batch_tfms = {"affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
+                  "flip": lambda: [Flip()], "none": list}[augment]()
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
     item_tfms = [Resize(tuple(size), method=ResizeMethod.Squish)] + ([TrainCrop(tuple(crop))] if crop else [])
     block = DataBlock(

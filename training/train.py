@@ -57,6 +57,7 @@ def _hw(value) -> tuple[int, int] | None:
     return value * 2 if len(value) == 1 else value
 
 
+AUGMENT = ("auto", "affine", "flip", "none")
 IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
 
 
@@ -81,7 +82,7 @@ class TrainConfig:
     lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
     class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, off
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
-    augment: bool = True
+    augment: str = "auto"  # auto: "flip" with --crop (random crops + flips, as plain fastai), "affine" on whole images; affine | flip | none
     lr_find: bool = False
     lr_find_iters: int = 100
     last_cross: bool = True
@@ -103,6 +104,10 @@ class TrainConfig:
             raise TrainingError(f"--crop {self.crop[0]}x{self.crop[1]} is larger than --size {self.size[0]}x{self.size[1]}; crops are taken at the training scale")
         if self.encoder not in ENCODERS:
             raise TrainingError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if isinstance(self.augment, bool):  # run folders written before augment had levels
+            self.augment = "affine" if self.augment else "none"
+        if self.augment not in AUGMENT:
+            raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
         if self.class_weights not in ("auto", "on", "off"):
             raise TrainingError(f"--class-weights {self.class_weights!r}: use auto, on or off")
         if self.steps < 1:
@@ -117,6 +122,13 @@ class TrainConfig:
             h, w = ds.image_size()
             return 128, max(32, round(128 * w / h))
         return 128, 128
+
+    def resolved_augment(self) -> str:
+        """auto: flips only when training on random crops (the crops already vary position and context; affine
+        warps and zoom cost thin structures: measured on CamVid-layout scenes), flips + affine + lighting on whole images."""
+        if self.augment != "auto":
+            return self.augment
+        return "flip" if self.crop else "affine"
 
     def schedule(self, n_train: int) -> tuple[int, int]:
         """(frozen, unfrozen) epochs: explicit ones, else the step budget over this many training images
@@ -282,7 +294,7 @@ def save_curves_png(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: bool | None = None, weights=None, half: bool = False):
+def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str | None = None, weights=None, half: bool = False):
     """Rebuild the learner (DataLoaders + U-Net) that `config` describes; used by fit and by export.
     `weights`: class weights of the loss (None: unweighted); `half`: DataLoaders at half the size and crop."""
     import torch
@@ -299,14 +311,14 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: bool
     return learn, ds
 
 
-def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: bool | None = None, half: bool = False):
+def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = None, half: bool = False):
     spec = ENCODERS[config.encoder]
     size, crop = config.resolved_size(ds), config.crop
     if half:  # progressive resizing: the same scale ratio, half the pixels per side
         size = (max(32, size[0] // 2), max(32, size[1] // 2))
         crop = (max(32, crop[0] // 2), max(32, crop[1] // 2)) if crop else None
     return make_dataloaders(ds, size=size, crop=crop, bs=config.bs, mean=spec.mean, std=spec.std, valid_pct=config.valid_pct,
-                            seed=config.seed, augment=config.augment if augment is None else augment)
+                            seed=config.seed, augment=config.resolved_augment() if augment is None else augment)
 
 
 def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | None, dict]:
@@ -349,7 +361,7 @@ def fit(config: TrainConfig) -> dict:
           + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""), flush=True)
     if balance["used"]:
         print("      class weights (median frequency): " + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()), flush=True)
-    what = f"{size[0]}x{size[1]}" + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "") + (", progressive (half size first)" if config.progressive else "")
+    what = f"{size[0]}x{size[1]}" + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "") + (", progressive (half size first)" if config.progressive else "") + f", augmentation {config.resolved_augment()}"
     print(f"[2/4] building U-Net on {config.encoder} ({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}", flush=True)
     learn, ds = learner_for(config, ds, weights=weights, half=config.progressive and frozen > 0)
     out.mkdir(parents=True, exist_ok=True)
@@ -454,7 +466,7 @@ def load_run(run_dir: Path):
     c["pretrained"] = False  # the trained weights are loaded below; no need for ImageNet ones
     c["weights"] = None
     config = TrainConfig(**{k: v for k, v in c.items() if k in TrainConfig.__dataclass_fields__})
-    learn, ds = learner_for(config, augment=False)
+    learn, ds = learner_for(config, augment="none")
     learn.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     learn.model.eval()
     return learn, meta, ds
