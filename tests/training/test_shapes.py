@@ -48,6 +48,31 @@ def test_bad_sizes_are_one_line_errors(tmp_path):
         TrainConfig(data=tmp_path, out=tmp_path, class_weights="maybe")
 
 
+def test_augmentation_levels(tmp_path, tiny_dataset):
+    """auto: flips only on random crops (the plain street-scene recipe), flips + affine + lighting on whole images;
+    old run folders' booleans still load; a bad level is a one-line error; the DataLoaders get what was resolved."""
+    from fastai.vision.augment import AffineCoordTfm, LightingTfm
+
+    from training.data import load_dataset, make_dataloaders
+
+    assert TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(64, 96)).resolved_augment() == "flip"
+    assert TrainConfig(data=tmp_path, out=tmp_path).resolved_augment() == "affine"
+    assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), augment="affine").resolved_augment() == "affine"
+    assert TrainConfig(data=tmp_path, out=tmp_path, augment=False).augment == "none"
+    assert TrainConfig(data=tmp_path, out=tmp_path, augment=True).augment == "affine"
+    with pytest.raises(TrainingError, match="--augment 'lots': use auto, affine, flip, none"):
+        TrainConfig(data=tmp_path, out=tmp_path, augment="lots")
+    ds = load_dataset(tiny_dataset)
+    kinds = {}
+    for level in ("affine", "flip", "none"):
+        dls = make_dataloaders(ds, size=(64, 64), bs=2, mean=[0.5] * 3, std=[0.5] * 3, valid_pct=0.25, seed=0, augment=level)
+        # fastai merges flip, rotation, zoom and warp into one affine transform: count its coordinate functions
+        kinds[level] = ([len(t.aff_fs) for t in dls.after_batch.fs if isinstance(t, AffineCoordTfm)],
+                        any(isinstance(t, LightingTfm) for t in dls.after_batch.fs))
+    assert kinds["flip"] == ([1], False) and kinds["none"] == ([], False)
+    assert kinds["affine"][0][0] > 1 and kinds["affine"][1]
+
+
 def test_schedule_follows_the_step_budget(tmp_path):
     c = TrainConfig(data=tmp_path, out=tmp_path, steps=450, bs=8)
     assert c.schedule(240) == (3, 12)  # the demo: 30 steps per epoch -> 15 epochs, as before
