@@ -26,9 +26,10 @@ from serving.runtime import ContractError
 from serving.segmenter import Segmenter
 
 
-def offline_masks(model: Path, payloads: list[bytes], tile: bool = False) -> list[np.ndarray]:
-    """The masks the service must answer, computed without a server by the Python API (same data path)."""
-    seg = Segmenter.load(model, "cpu")
+def offline_masks(model: Path, payloads: list[bytes], tile: bool = False, variant: str = "auto") -> list[np.ndarray]:
+    """The masks the service must answer, computed without a server by the Python API (same data path);
+    `variant` as the server was told (auto: the same choice the service makes on this CPU)."""
+    seg = Segmenter.load(model, "cpu", variant)
     return [seg.predict(data, tile=tile) for data in payloads]
 
 

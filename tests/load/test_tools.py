@@ -66,7 +66,7 @@ def test_peer_servers_do_the_same_work(module, tiny_export):
     from benchmarks.__main__ import peer_server
 
     payloads = client.photos((128,), square=False)[:2]
-    expected = offline_masks(tiny_export, payloads)
+    expected = offline_masks(tiny_export, payloads, variant="fp32")
     with peer_server(module, "--model", str(tiny_export), "--variant", "fp32") as url:
         results, _ = client.run(url, payloads, concurrency=2, n=4, keep_bodies=True,
                                 check=lambda i, r: np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[i % 2]))
