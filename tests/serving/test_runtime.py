@@ -178,3 +178,11 @@ def test_startup_recheck_serves_int8_only_when_it_keeps_the_rule_on_this_cpu(tmp
     (tmp_path / "bad" / "check" / "check.json").unlink()
     old = SegmentationRuntime.load(tmp_path / "bad", "cpu")
     assert old.variant == "int8" and "not re-checked" in old.variant_reason
+
+
+def test_bundled_check_is_bounded_for_a_fast_start():
+    from serving.accuracy import check_subset
+
+    assert check_subset(60, (128, 128)) == 16  # the demo: 16 images
+    assert check_subset(30, (360, 480)) == 5  # street scenes: 1 Mpx in all
+    assert check_subset(3, (64, 64)) == 3 and check_subset(10, (2000, 2000)) == 1
