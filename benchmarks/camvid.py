@@ -15,7 +15,7 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - W: D with the class weights clipped at 50 (as the plain recipe): the same loss when no weight exceeds 50;
 - L: D keeping the last epoch instead of the best validation Dice: the same model when the best was the last;
 - S: D at batch size 4 (twice the optimiser steps in the same epochs);
-- A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as D when the defaults are D's.
+- A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F when they resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
 480x360 PNG uploads of the held-out scenes at concurrency 16 (throughput, p50/p99, masks equal to the
@@ -85,7 +85,7 @@ def score(export: Path, valid: list[tuple[Path, Path]], codes, void: int, varian
 
 def _same_as(name: str, work: Path) -> str | None:
     """The row whose model `name` would be identical to (no run needed), or None. W: D's weights all <= 50;
-    L: D kept its last epoch; A: the defaults are D's."""
+    L: D kept its last epoch; A: the defaults resolve to F's arguments."""
     d = work / "run-D" / "report.json"
     if name in ("W", "L") and d.is_file():
         r = json.loads(d.read_text())
@@ -96,8 +96,8 @@ def _same_as(name: str, work: Path) -> str | None:
     if name == "A":
         from training.train import TrainConfig
 
-        if TrainConfig(data=".", out=".").augment == "affine":  # the defaults are D's
-            return "D"
+        if TrainConfig(data=".", out=".", size=(360, 480), crop=(192, 256)).resolved_augment() == "flip":
+            return "F"
     return None
 
 

@@ -49,16 +49,18 @@ def test_bad_sizes_are_one_line_errors(tmp_path):
 
 
 def test_augmentation_levels(tmp_path, tiny_dataset):
-    """affine by default; old run folders' booleans still load; a bad level is a one-line error; the DataLoaders
-    get what was asked."""
+    """auto: flips only on random crops (the plain street-scene recipe), flips + affine + lighting on whole images;
+    old run folders' booleans still load; a bad level is a one-line error; the DataLoaders get what was resolved."""
     from fastai.vision.augment import AffineCoordTfm, LightingTfm
 
     from training.data import load_dataset, make_dataloaders
 
-    assert TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(64, 96)).augment == "affine"
+    assert TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(64, 96)).resolved_augment() == "flip"
+    assert TrainConfig(data=tmp_path, out=tmp_path).resolved_augment() == "affine"
+    assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), augment="affine").resolved_augment() == "affine"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=False).augment == "none"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=True).augment == "affine"
-    with pytest.raises(TrainingError, match="--augment 'lots': use affine, flip, none"):
+    with pytest.raises(TrainingError, match="--augment 'lots': use auto, affine, flip, none"):
         TrainConfig(data=tmp_path, out=tmp_path, augment="lots")
     ds = load_dataset(tiny_dataset)
     kinds = {}
