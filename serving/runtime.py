@@ -194,7 +194,7 @@ class SegmentationRuntime:
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             if variant == "auto" and chosen == "fp16" and device == "auto":
                 log.warning("%s did not load (%s); using fp32 on CPU", path, exc.__class__.__name__)
-                return cls.load(model_dir, "cpu", "auto", threads, spin, available, _session_factory)
+                return cls.load(model_dir, "cpu", "auto", threads, spin, available, _session_factory, recheck)
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
             raise ContractError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the model") from None
         in_use = session.get_providers()
@@ -203,7 +203,7 @@ class SegmentationRuntime:
                 raise ContractError("SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu")
             log.warning("CUDA execution provider listed but not usable here; running on CPU")
             # the variant was chosen for CUDA: load the CPU choice instead (auto: the int8 export)
-            return cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory)
+            return cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory, recheck)
         _check_io(session, path)
         int8_check = None
         if chosen == "int8" and variant == "auto" and recheck:

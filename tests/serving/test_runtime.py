@@ -186,3 +186,13 @@ def test_bundled_check_is_bounded_for_a_fast_start():
     assert check_subset(60, (128, 128)) == 16  # the demo: 16 images
     assert check_subset(30, (360, 480)) == 5  # street scenes: 1 Mpx in all
     assert check_subset(3, (64, 64)) == 3 and check_subset(10, (2000, 2000)) == 1
+
+
+def test_cpu_fallback_from_listed_cuda_keeps_the_recheck_setting(tmp_path):
+    """onnxruntime-gpu lists CUDA without a GPU: `auto` falls back to CPU and that second load follows `recheck`
+    (the deployment check loads with recheck=False and must not score the variants)."""
+    folder = make_int8_folder(tmp_path / "bad", background=0.8)
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    quick = SegmentationRuntime.load(folder, "auto", available=listed, recheck=False)
+    assert quick.variant == "int8" and quick.int8_check is None
+    assert SegmentationRuntime.load(folder, "auto", available=listed).variant == "fp32"
