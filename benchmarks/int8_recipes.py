@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import write_report
+from training.export.variants import worker_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +46,9 @@ def recipes():
     ]
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    from serving.runtime import session_options
-
-    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-
-
 def _rates(paths: list[Path], images: np.ndarray, rounds: int = 5, batch: int = 8) -> list[float]:
     """Median images/s of each model over `rounds` alternating rounds (one thread, batch `batch`)."""
-    sessions = [_session(p) for p in paths]
+    sessions = [worker_session(p) for p in paths]
     for s in sessions:
         s.run(["mask"], {"image": images[:batch]})
     times = [[] for _ in paths]
@@ -110,7 +103,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             kept_float = quantize(folder / "model.onnx", folder / "model.int8.onnx", calib, recipe)
             quant_s = time.perf_counter() - t
-            s32, s8 = _session(folder / "model.onnx"), _session(folder / "model.int8.onnx")
+            s32, s8 = worker_session(folder / "model.onnx"), worker_session(folder / "model.int8.onnx")
             verdict = judge(lambda x: s32.run(["mask"], {"image": x})[0], lambda x: s8.run(["mask"], {"image": x})[0],
                             images, truths, info["codes"], info.get("void"), info["metric"])
             fp32_rate, int8_rate = _rates([folder / "model.onnx", folder / "model.int8.onnx"], speed_images)

@@ -17,16 +17,21 @@ from .graph import set_metadata
 SPEED_THREADS, SPEED_BATCH, SPEED_IMAGES = 1, 8, 16  # measured the way the service runs a CPU session: one thread per worker
 
 
+def worker_session(path: Path):
+    """An ONNX Runtime CPU session of `path` with the serving options and SPEED_THREADS thread(s), as a worker runs it."""
+    import onnxruntime as ort
+
+    from serving.runtime import session_options
+
+    return ort.InferenceSession(str(path), session_options(SPEED_THREADS), providers=["CPUExecutionProvider"])
+
+
 def _throughput(path: Path, images: np.ndarray, batch: int = SPEED_BATCH, repeats: int = 3) -> float:
     """Images per second of ONNX Runtime CPU with SPEED_THREADS thread(s) on `images` (at least SPEED_IMAGES,
     repeated if fewer) in batches of `batch`, median of `repeats`."""
     if len(images) < SPEED_IMAGES:
         images = np.concatenate([images] * -(-SPEED_IMAGES // len(images)))[:SPEED_IMAGES]
-    import onnxruntime as ort
-
-    from serving.runtime import session_options
-
-    sess = ort.InferenceSession(str(path), session_options(SPEED_THREADS), providers=["CPUExecutionProvider"])
+    sess = worker_session(path)
     run(sess, images[:batch], batch)  # warm-up
     rates = []
     for _ in range(repeats):
