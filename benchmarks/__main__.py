@@ -140,7 +140,7 @@ def forced_int8(model_dir: Path, run: Path | None) -> Path:
     import shutil
     import tempfile
 
-    from training.export import make_int8
+    from training.export import load_images, make_int8
 
     out = Path(tempfile.mkdtemp(prefix="forced-int8-")) / model_dir.name
     shutil.copytree(model_dir, out)
@@ -153,18 +153,16 @@ def forced_int8(model_dir: Path, run: Path | None) -> Path:
         train = sorted((data / "images").glob("*.png"))[:32]
     paths = train or sorted((model_dir / "samples").glob("*.png"))
 
-    def load_images(ps):
-        return np.stack([np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR)) for p in ps])
-
     from serving.accuracy import CHECK_DIR, explain, read_check
 
     bundled = read_check(model_dir)
     if bundled is not None:  # the export's held-out images with their truths: the accuracy rule is reported too
         check, truths, meta = bundled
-        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths), check, truths, meta["codes"], meta.get("void"), meta["metric"])
+        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths, size), check, truths, meta["codes"], meta.get("void"), meta["metric"])
         shutil.rmtree(out / CHECK_DIR)  # forced: the service must not re-check (and drop) it
     else:
-        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths), load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8]))
+        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths, size),
+                         load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8], size))
     (out / "int8-forced.json").write_text(json.dumps(info, indent=2, default=float))
     print(f"   int8 forced for this run: {explain(info) if 'ratio' in info else info['why']}; {info['agreement']:.2%} pixel agreement "
           f"with fp32, {info['speedup']:.2f}x fp32 in the export's speed check", flush=True)

@@ -133,10 +133,9 @@ def main(argv=None) -> int:
     rows, trained = {}, []
     for name in a.only or list(RECIPES):
         same = _same_as(name, a.work)
-        if same is not None:
-            rows[name] = ({**rows[same][0], "label": RECIPES[name][1], "same_as": same}, rows[same][1]) if same in rows else None
-            if rows[name] is None:
-                del rows[name]
+        if same is not None:  # the same model as an earlier row: its scores, under this row's label
+            if same in rows:
+                rows[name] = ({**rows[same][0], "label": RECIPES[name][1], "same_as": same}, rows[same][1])
             continue
         if RECIPES[name][0] is None and name != "P":
             continue

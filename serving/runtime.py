@@ -207,12 +207,11 @@ class SegmentationRuntime:
         _check_io(session, path)
         int8_check = None
         if chosen == "int8" and variant == "auto" and recheck:
-            int8_check = _recheck_int8(model_dir, session, so, factory)
+            int8_check, fp32_session = _recheck_int8(model_dir, session, so, factory)
             if not int8_check["kept"]:
                 why = f"auto: int8 failed the accuracy rule on this CPU ({int8_check['why']}); serving fp32"
                 log.warning("model %s: %s", model_dir, why)
-                chosen, path = "fp32", model_dir / VARIANT_FILES["fp32"]
-                session = factory(str(path), so, providers=providers)
+                chosen, path, session = "fp32", model_dir / VARIANT_FILES["fp32"], fp32_session  # the check's session: CPU, same options
                 _check_io(session, path)
             else:
                 why += f"; re-checked on this CPU: {int8_check['why']}"
@@ -255,17 +254,17 @@ class SegmentationRuntime:
                 self.run_scores(np.zeros((n, h, w, 3), dtype=np.uint8))
 
 
-def _recheck_int8(model_dir: Path, int8_session, so, factory) -> dict:
+def _recheck_int8(model_dir: Path, int8_session, so, factory) -> tuple[dict, object]:
     """The int8 accuracy rule (serving.accuracy) on the held-out images bundled in `model_dir`/check, scored
-    here, on this CPU, for int8 and fp32: {"kept", "why", and the rule's figures}. A folder without a check
-    (exported before it was bundled) keeps int8 and says so."""
+    here, on this CPU, for int8 and fp32: ({"kept", "why", and the rule's figures}, the fp32 session it opened,
+    or None). A folder without a check (exported before it was bundled) keeps int8 and says so."""
     import time
 
     from . import accuracy
 
     bundled = accuracy.read_check(model_dir)
     if bundled is None:
-        return {"kept": True, "why": f"not re-checked: {model_dir} has no {accuracy.CHECK_DIR}/ (re-export to bundle held-out images)"}
+        return {"kept": True, "why": f"not re-checked: {model_dir} has no {accuracy.CHECK_DIR}/ (re-export to bundle held-out images)"}, None
     images, truths, info = bundled
     t = time.perf_counter()
     fp32 = factory(str(model_dir / VARIANT_FILES["fp32"]), so, providers=["CPUExecutionProvider"])
@@ -273,7 +272,7 @@ def _recheck_int8(model_dir: Path, int8_session, so, factory) -> dict:
                             images, truths, info["codes"], info.get("void"), info.get("metric", "dice_fg"))
     result["seconds"] = time.perf_counter() - t
     result["why"] = accuracy.explain(result) + f" on {result['images']} held-out images"
-    return result
+    return result, fp32
 
 
 def _check_io(session, path: Path) -> None:
