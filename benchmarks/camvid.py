@@ -1,6 +1,6 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--epochs 2 6] [--only P D F W L S H A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--epochs 2 6] [--only P D F W L S H G U A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -16,6 +16,8 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - L: D keeping the last epoch instead of the best validation Dice: the same model when the best was the last;
 - S: D at batch size 4 (twice the optimiser steps in the same epochs);
 - H: F with both learning rates doubled;
+- G: F with a soft Dice term added to the loss (`--loss ce+dice`);
+- U: G without the class weights (the Dice term already weighs each class by its overlap);
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F when they resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -47,6 +49,8 @@ RECIPES = {
     "L": ([*SCALE, "--augment", "affine", "--last-epoch"], "D, last epoch kept"),
     "S": ([*SCALE, "--augment", "affine", "--bs", "4"], "D, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
     "H": ([*SCALE, "--augment", "flip", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"], "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))"),
+    "G": ([*SCALE, "--augment", "flip", "--loss", "ce+dice"], "F, cross-entropy + soft Dice loss"),
+    "U": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "off"], "G, no class weights"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

@@ -1,18 +1,19 @@
 """The default recipe, run again with other seeds: Dice, training time, int8's accuracy rule, agreement and speed.
 
-    python -m benchmarks.demo_seeds [--seeds 1 2 3 4 5] [--work runs/seeds]
+    python -m benchmarks.demo_seeds [--seeds 1 2 3 4 5] [--work runs/seeds] [--args "--loss ce"] [--tag NAME]
 
 Runs `python -m training demo --seed S` for each seed (the same 300 synthetic scenes, another split and
-training order), which exports fp32, int8 (kept only when it keeps >= 99 % of fp32's foreground Dice on the held-out images:
+training order; `--args`: more `fit` options, to compare a recipe with the defaults), which exports fp32, int8 (kept only when it keeps >= 99 % of fp32's foreground Dice on the held-out images:
 serving.accuracy) and fp16, and tabulates
 what each export.json and report.json say. Resumable: a seed whose export exists is not run again.
-Writes benchmarks/results/demo-seeds-<date>.md/.json.
+Writes benchmarks/results/demo-seeds[-<tag>]-<date>.md/.json.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "seeds")
+    p.add_argument("--args", default="", help="more options for `python -m training demo` (fit's), e.g. \"--loss ce\"")
+    p.add_argument("--tag", help="report name: demo-seeds-<tag>-<date>")
     a = p.parse_args(argv)
     rows = []
     for seed in a.seeds:
         out = a.work / f"export-{seed}"
         if not (out / "export.json").is_file():
-            cmd = [sys.executable, "-m", "training", "demo", "--seed", str(seed), "--out", str(out), "--work", str(a.work / f"work-{seed}")]
+            cmd = [sys.executable, "-m", "training", "demo", "--seed", str(seed), "--out", str(out), "--work", str(a.work / f"work-{seed}"),
+                   *shlex.split(a.args)]
             print("$ " + " ".join(cmd), flush=True)
             if subprocess.run(cmd, cwd=ROOT).returncode:
                 raise SystemExit(f"error: the demo with seed {seed} failed")
@@ -41,9 +45,10 @@ def main(argv=None) -> int:
         rows.append({"seed": seed, "dice_fg": report["metrics"]["dice_fg"], "train_min": report["timings"]["train_s"] / 60,
                      "kept_epoch": report["schedule"]["kept_epoch"], "int8_agreement": q["agreement"], "int8_kept": q["kept"],
                      "int8_speedup": q["speedup"], "int8_ratio": q.get("ratio"), "int8_dice": q.get("int8"), "fp32_dice": q.get("fp32"),
-                     "min_ratio": q.get("min_ratio"), "speed_measured": q.get("speed_measured")})
-    L = [f"# The demo recipe over {len(rows)} seeds ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-         "`python -m benchmarks.demo_seeds`: `python -m training demo --seed S` each (300 synthetic 128 px scenes, 450 steps, "
+                     "min_ratio": q.get("min_ratio"), "speed_measured": q.get("speed_measured"), "loss": report["config"].get("loss", "ce")})
+    extra = f" {a.args}" if a.args else ""
+    L = [f"# The demo recipe{extra} over {len(rows)} seeds ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
+         f"`python -m benchmarks.demo_seeds`: `python -m training demo --seed S{extra}` each, loss {rows[0]['loss']} (300 synthetic 128 px scenes, 450 steps, "
          "best epoch kept, export with parity gate, int8 and fp16).", "",
          "| seed | foreground Dice (fit) | training min | epoch kept | held-out Dice fp32 / int8 | int8 accuracy ratio (rule >= 99 %) | int8 kept "
          "| pixel agreement (info) | int8 speed-up |", "|---|---|---|---|---|---|---|---|---|"]
@@ -55,7 +60,7 @@ def main(argv=None) -> int:
     L += ["", f"int8 kept in {sum(r['int8_kept'] for r in rows)} of {len(rows)} runs; accuracy ratio min {min(ratio):.2%}, max {max(ratio):.2%}; "
           f"speed-up min {min(speed):.2f}x, max {max(speed):.2f}x ({rows[0]['speed_measured']}, the export's check)."]
     md = "\n".join(L) + "\n"
-    write_report("demo-seeds", md, rows)
+    write_report(f"demo-seeds-{a.tag}" if a.tag else "demo-seeds", md, rows)
     return 0
 
 

@@ -10,7 +10,7 @@ from .errors import TrainingError
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    from .train import AUGMENT, TrainConfig
+    from .train import AUGMENT, LOSSES, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p.add_argument("--encoder", default=d.encoder, help="efficientnet_lite0 (default, ImageNet weights offline), resnet18, resnet34")
@@ -24,6 +24,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progressive", action="store_true", help="progressive resizing: the frozen phase at half size, then full size")
     p.add_argument("--class-weights", choices=("auto", "on", "off"), default=d.class_weights,
                    help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {10:g}x)")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="ce: (weighted) cross-entropy; ce+dice: plus a soft Dice term over "
+                   "the classes, Void left out")
     p.add_argument("--bs", type=int, default=d.bs)
     p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in all; epochs follow the data set's size, a fifth frozen")
     p.add_argument("--frozen-epochs", type=int, help="epochs with the encoder frozen (head only); overrides --steps")
@@ -45,7 +47,7 @@ def _fit_config(a: argparse.Namespace, data: Path, out: Path):
 
     return TrainConfig(data=data, out=out, encoder=a.encoder, pretrained=a.pretrained, weights=a.weights, allow_random=a.allow_random,
                        size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), progressive=a.progressive,
-                       class_weights=a.class_weights, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
+                       class_weights=a.class_weights, loss=a.loss, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
                        unfrozen_epochs=a.unfrozen_epochs, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
                        valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find, threads=a.threads)
 

@@ -58,6 +58,7 @@ def _hw(value) -> tuple[int, int] | None:
 
 
 AUGMENT = ("auto", "affine", "flip", "none")
+LOSSES = ("ce", "ce+dice")
 IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
 
 
@@ -81,6 +82,7 @@ class TrainConfig:
     lr: float = 4e-3  # head learning rate (frozen phase)
     lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
     class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, off
+    loss: str = "ce"  # ce: cross-entropy; ce+dice: plus a soft Dice term over the classes (Void left out)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     augment: str = "auto"  # auto: "flip" with --crop (random crops + flips, as plain fastai), "affine" on whole images; affine | flip | none
     lr_find: bool = False
@@ -108,6 +110,8 @@ class TrainConfig:
             self.augment = "affine" if self.augment else "none"
         if self.augment not in AUGMENT:
             raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
+        if self.loss not in LOSSES:
+            raise TrainingError(f"--loss {self.loss!r}: use {', '.join(LOSSES)}")
         if self.class_weights not in ("auto", "on", "off"):
             raise TrainingError(f"--class-weights {self.class_weights!r}: use auto, on or off")
         if self.steps < 1:
@@ -298,7 +302,6 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     """Rebuild the learner (DataLoaders + U-Net) that `config` describes; used by fit and by export.
     `weights`: class weights of the loss (None: unweighted); `half`: DataLoaders at half the size and crop."""
     import torch
-    from fastai.losses import CrossEntropyLossFlat
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -306,9 +309,49 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
                           metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
-                          loss_func=CrossEntropyLossFlat(axis=1, weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
-                                                         ignore_index=-100 if ds.void is None else ds.void))
+                          loss_func=SegmentationLoss(weights, ds.void, dice=config.loss == "ce+dice"))
     return learn, ds
+
+
+class SegmentationLoss:
+    """fastai's CrossEntropyLossFlat (class `weights`, Void ignored), plus with `dice` a soft Dice term:
+    1 - the mean over the classes but Void of 2|P.T| / (|P| + |T|) over the batch's non-Void pixels (P the
+    softmax, T the one-hot truth), which weighs a thin class by its overlap rather than by its pixel count.
+    Module-level so that fastai can pickle a Learner that uses it; activation and decodes are the
+    cross-entropy's (softmax, argmax), so fastai's get_preds and show_results behave as with the default loss."""
+
+    def __init__(self, weights=None, void: int | None = None, *, dice: bool = False, smooth: float = 1.0):
+        import torch
+        from fastai.losses import CrossEntropyLossFlat
+
+        w = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
+        self.ce = CrossEntropyLossFlat(axis=1, weight=w, ignore_index=-100 if void is None else void)
+        self.void, self.dice, self.smooth = void, dice, smooth
+
+    def __call__(self, pred, targ):
+        loss = self.ce(pred, targ)
+        return loss + self.dice_loss(pred, targ) if self.dice else loss
+
+    def dice_loss(self, pred, targ):
+        import torch
+        import torch.nn.functional as F
+
+        pred, targ = pred.as_subclass(torch.Tensor).float(), targ.as_subclass(torch.Tensor).long()
+        n = pred.shape[1]
+        p, t = pred.softmax(1), F.one_hot(targ.clamp(0, n - 1), n).permute(0, 3, 1, 2).float()
+        keep = list(range(n))
+        if self.void is not None:
+            valid = (targ != self.void).unsqueeze(1).float()
+            p, t, keep = p * valid, t * valid, [c for c in keep if c != self.void]
+        inter, total = (p * t).sum((0, 2, 3)), (p + t).sum((0, 2, 3))
+        dice = (2 * inter + self.smooth) / (total + self.smooth)
+        return 1 - dice[keep].mean()
+
+    def activation(self, x):
+        return self.ce.activation(x)
+
+    def decodes(self, x):
+        return self.ce.decodes(x)
 
 
 def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = None, half: bool = False):

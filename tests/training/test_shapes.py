@@ -144,3 +144,37 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
 
     img = Image.open(next((d / "images").iterdir())).resize((480, 360))
     assert seg.predict(img).shape == (360, 480)
+
+
+def test_dice_term_of_the_loss():
+    """--loss ce+dice adds 1 - mean soft Dice over the classes but Void: zero for a confident right answer, near one
+    for a wrong one; predictions on Void pixels change neither term; ce alone is fastai's weighted cross-entropy;
+    the loss pickles (fastai's Learner.export) and a bad name is a one-line error."""
+    import pickle
+
+    import torch
+
+    from training.train import SegmentationLoss
+
+    t = torch.zeros(2, 8, 8, dtype=torch.long)
+    t[:, 2:5, :] = 1
+    t[:, :, 6] = 2  # a thin class
+    t[0, 0, 0:3] = 3  # Void
+    right = torch.nn.functional.one_hot(t, 4).permute(0, 3, 1, 2).float() * 30
+    loss = SegmentationLoss(np.ones(4, dtype=np.float32), void=3, dice=True)
+    assert loss(right, t).item() == pytest.approx(0.0, abs=1e-3)
+    wrong = right.roll(1, dims=1)  # every pixel confidently the next class
+    assert loss.dice_loss(wrong, t).item() > 0.95
+    on_void = right.clone()
+    on_void[0, :, 0, 0:3] = torch.tensor([30.0, 0, 0, 0])[:, None]  # Void pixels predicted as class 0
+    assert loss(on_void, t).item() == pytest.approx(loss(right, t).item(), abs=1e-6)
+    thin_missed = right.clone()
+    thin_missed[:, 2] = 0
+    thin_missed[:, 0] += (t == 2).float() * 30
+    ce_only = SegmentationLoss(np.ones(4, dtype=np.float32), void=3)
+    # the thin class is 1/8 of the pixels, yet the Dice term rises by a whole class's third (its Dice falls to 0)
+    # and a little more (class 0 takes its pixels as false positives)
+    assert 1 / 3 < loss(thin_missed, t).item() - ce_only(thin_missed, t).item() < 0.4
+    assert pickle.loads(pickle.dumps(loss)).dice
+    with pytest.raises(TrainingError, match="--loss 'focal': use ce, ce\\+dice"):
+        TrainConfig(data=".", out=".", loss="focal")
