@@ -1,9 +1,9 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--epochs 2 6] [--only P D F W L S H G U A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
-Car, thin Poles, Void), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
+Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
 it with `python -m training export --int8` (the commands people run) and scores the held-out scenes at
 360x480 (Void excluded) through the served data path (serving.Segmenter: resized to the training scale
 keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where the export kept it, int8:
@@ -43,12 +43,12 @@ SCALE = ["--size", "360", "480", "--crop", "192", "256"]
 # name -> fit arguments (None: the plain recipe), what changed
 RECIPES = {
     "P": (None, "plain fastai recipe (RandomCrop + Flip, weights clipped at 50, last epoch)"),
-    "D": ([*SCALE, "--augment", "affine"], "`fit` before: crops, flips + rotation/zoom/warp/lighting, weights, best epoch"),
-    "F": ([*SCALE, "--augment", "flip"], "D, flips only"),
+    "D": ([*SCALE, "--augment", "affine", "--loss", "ce"], "`fit` before: crops, flips + rotation/zoom/warp/lighting, weights, best epoch"),
+    "F": ([*SCALE, "--augment", "flip", "--loss", "ce"], "D, flips only"),
     "W": (None, "D, class weights clipped at 50"),
-    "L": ([*SCALE, "--augment", "affine", "--last-epoch"], "D, last epoch kept"),
-    "S": ([*SCALE, "--augment", "affine", "--bs", "4"], "D, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
-    "H": ([*SCALE, "--augment", "flip", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"], "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))"),
+    "L": ([*SCALE, "--augment", "affine", "--loss", "ce", "--last-epoch"], "D, last epoch kept"),
+    "S": ([*SCALE, "--augment", "affine", "--loss", "ce", "--bs", "4"], "D, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
+    "H": ([*SCALE, "--augment", "flip", "--loss", "ce", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"], "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))"),
     "G": ([*SCALE, "--augment", "flip", "--loss", "ce+dice"], "F, cross-entropy + soft Dice loss"),
     "U": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "off"], "G, no class weights"),
     "A": (SCALE, "`fit` after: its defaults"),
@@ -91,7 +91,7 @@ def score(export: Path, valid: list[tuple[Path, Path]], codes, void: int, varian
 
 def _same_as(name: str, work: Path) -> str | None:
     """The row whose model `name` would be identical to (no run needed), or None. W: D's weights all <= 50;
-    L: D kept its last epoch; A: the defaults resolve to F's arguments."""
+    L: D kept its last epoch; A: the defaults resolve to F's or G's arguments."""
     d = work / "run-D" / "report.json"
     if name in ("W", "L") and d.is_file():
         r = json.loads(d.read_text())
@@ -102,8 +102,9 @@ def _same_as(name: str, work: Path) -> str | None:
     if name == "A":
         from training.train import TrainConfig
 
-        if TrainConfig(data=".", out=".", size=(360, 480), crop=(192, 256)).resolved_augment() == "flip":
-            return "F"
+        c = TrainConfig(data=".", out=".", size=(360, 480), crop=(192, 256))
+        if c.resolved_augment() == "flip":
+            return {"ce": "F", "ce+dice": "G"}.get(c.resolved_loss())
     return None
 
 
@@ -127,13 +128,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "camvid")
     p.add_argument("--n", type=int, default=150)
+    p.add_argument("--draw", type=int, default=0, help="the scene generator's seed (another draw of the same kind of scenes)")
     p.add_argument("--epochs", type=int, nargs=2, default=[2, 6], metavar=("FROZEN", "UNFROZEN"))
     p.add_argument("--only", nargs="+", choices=list(RECIPES), help="rows to run (default: all)")
     p.add_argument("--no-load", dest="load", action="store_false", help="skip the bentoml serve load test")
     a = p.parse_args(argv)
-    data = a.work / f"scenes-n{a.n}"
+    data = a.work / (f"scenes-n{a.n}" + (f"-draw{a.draw}" if a.draw else ""))
     if not (data / "codes.txt").is_file():
-        _run([sys.executable, "-m", "training", "synth", "--layout", "camvid", "--out", str(data), "--n", str(a.n), "--size", "360", "480", "--seed", "0"])
+        _run([sys.executable, "-m", "training", "synth", "--layout", "camvid", "--out", str(data), "--n", str(a.n), "--size", "360", "480", "--seed", str(a.draw)])
     rows, trained = {}, []
     for name in a.only or list(RECIPES):
         same = _same_as(name, a.work)
@@ -158,11 +160,11 @@ def main(argv=None) -> int:
         print(f"{name}: {row['label']}: mean IoU {row['fp32']['mean']:.3f}, Pole {row['fp32']['Pole']:.3f}", flush=True)
     served_load = serve_load(a.work / f"export-{trained[-1]}", [Path(p) for p in json.loads(
         (a.work / f"run-{trained[-1]}" / "report.json").read_text())["valid_images"]]) if a.load and trained else None
-    out = ROOT / "benchmarks" / "results" / f"camvid-{dt.date.today().isoformat()}"
+    out = ROOT / "benchmarks" / "results" / ((f"camvid-draw{a.draw}-" if a.draw else "camvid-") + dt.date.today().isoformat())
     out.parent.mkdir(parents=True, exist_ok=True)
     classes = [c for c in next(iter(rows.values()))[0]["fp32"] if c != "mean"]
     L = [f"# CamVid-layout scenes: `fit` against the plain fastai recipe ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-         f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid`), the same 80/20 split for every row, "
+         f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`), the same 80/20 split for every row, "
          f"held-out scenes scored at 360x480 through the served data path, Void excluded; {a.epochs[0]} frozen + {a.epochs[1]} unfrozen "
          "epochs each at 192x256 random crops, batch 8, lr 4e-3 then slice(2e-4, 2e-3); `python -m benchmarks.camvid`. One run per row: "
          "a row differs from another by one factor, and a second draw of the same recipe moves mean IoU by a few hundredths.", "",

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         rows.append({"seed": seed, "dice_fg": report["metrics"]["dice_fg"], "train_min": report["timings"]["train_s"] / 60,
                      "kept_epoch": report["schedule"]["kept_epoch"], "int8_agreement": q["agreement"], "int8_kept": q["kept"],
                      "int8_speedup": q["speedup"], "int8_ratio": q.get("ratio"), "int8_dice": q.get("int8"), "fp32_dice": q.get("fp32"),
-                     "min_ratio": q.get("min_ratio"), "speed_measured": q.get("speed_measured"), "loss": report["config"].get("loss", "ce")})
+                     "min_ratio": q.get("min_ratio"), "speed_measured": q.get("speed_measured"), "loss": report.get("loss", "ce")})
     extra = f" {a.args}" if a.args else ""
     L = [f"# The demo recipe{extra} over {len(rows)} seeds ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
          f"`python -m benchmarks.demo_seeds`: `python -m training demo --seed S{extra}` each, loss {rows[0]['loss']} (300 synthetic 128 px scenes, 450 steps, "

@@ -58,7 +58,7 @@ def _hw(value) -> tuple[int, int] | None:
 
 
 AUGMENT = ("auto", "affine", "flip", "none")
-LOSSES = ("ce", "ce+dice")
+LOSSES = ("auto", "ce", "ce+dice")
 IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
 
 
@@ -82,7 +82,7 @@ class TrainConfig:
     lr: float = 4e-3  # head learning rate (frozen phase)
     lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
     class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, off
-    loss: str = "ce"  # ce: cross-entropy; ce+dice: plus a soft Dice term over the classes (Void left out)
+    loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     augment: str = "auto"  # auto: "flip" with --crop (random crops + flips, as plain fastai), "affine" on whole images; affine | flip | none
     lr_find: bool = False
@@ -133,6 +133,13 @@ class TrainConfig:
         if self.augment != "auto":
             return self.augment
         return "flip" if self.crop else "affine"
+
+    def resolved_loss(self) -> str:
+        """auto: cross-entropy + soft Dice when training on random crops (thin and rare classes: measured on
+        CamVid-layout scenes, benchmarks.camvid rows F and G), cross-entropy on whole images."""
+        if self.loss != "auto":
+            return self.loss
+        return "ce+dice" if self.crop else "ce"
 
     def schedule(self, n_train: int) -> tuple[int, int]:
         """(frozen, unfrozen) epochs: explicit ones, else the step budget over this many training images
@@ -309,7 +316,7 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
                           metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
-                          loss_func=SegmentationLoss(weights, ds.void, dice=config.loss == "ce+dice"))
+                          loss_func=SegmentationLoss(weights, ds.void, dice=config.resolved_loss() == "ce+dice"))
     return learn, ds
 
 
@@ -404,7 +411,9 @@ def fit(config: TrainConfig) -> dict:
           + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""), flush=True)
     if balance["used"]:
         print("      class weights (median frequency): " + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()), flush=True)
-    what = f"{size[0]}x{size[1]}" + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "") + (", progressive (half size first)" if config.progressive else "") + f", augmentation {config.resolved_augment()}"
+    what = (f"{size[0]}x{size[1]}" + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "")
+            + (", progressive (half size first)" if config.progressive else "")
+            + f", augmentation {config.resolved_augment()}, loss {config.resolved_loss()}")
     print(f"[2/4] building U-Net on {config.encoder} ({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}", flush=True)
     learn, ds = learner_for(config, ds, weights=weights, half=config.progressive and frozen > 0)
     out.mkdir(parents=True, exist_ok=True)
@@ -492,7 +501,7 @@ def _write_run(learn, config: TrainConfig, ds, split, size, history, schedule: d
     save_results_png(shown, out / "results.png", config.n_show, colours)
     save_curves_png(history, out / "curves.png")
     return {"metrics": metrics, "history": history, "schedule": schedule, "class_balance": balance, "timings": timings,
-            "versions": versions(), **run_meta}
+            "loss": config.resolved_loss(), "augment": config.resolved_augment(), "versions": versions(), **run_meta}
 
 
 def load_run(run_dir: Path):

@@ -176,5 +176,8 @@ def test_dice_term_of_the_loss():
     # and a little more (class 0 takes its pixels as false positives)
     assert 1 / 3 < loss(thin_missed, t).item() - ce_only(thin_missed, t).item() < 0.4
     assert pickle.loads(pickle.dumps(loss)).dice
-    with pytest.raises(TrainingError, match="--loss 'focal': use ce, ce\\+dice"):
+    with pytest.raises(TrainingError, match="--loss 'focal': use auto, ce, ce\\+dice"):
         TrainConfig(data=".", out=".", loss="focal")
+    assert TrainConfig(data=".", out=".", size=(96, 128), crop=(64, 96)).resolved_loss() == "ce+dice"
+    assert TrainConfig(data=".", out=".").resolved_loss() == "ce"
+    assert TrainConfig(data=".", out=".", crop=(64, 64), loss="ce").resolved_loss() == "ce"
