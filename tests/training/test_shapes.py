@@ -121,7 +121,8 @@ def test_street_scenes_are_camvid_layout_with_thin_poles_and_void(tmp_path):
 
 def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_path):
     """A fit on random crops at a non-square training scale, class weights on (unbalanced street scenes),
-    progressive resizing; metrics at native resolution; the any-size export then serves 360x480."""
+    progressive resizing, the crops' defaults (flips, cross-entropy + Dice); metrics at native resolution;
+    the any-size export then serves 360x480."""
     from serving import Segmenter
     from training.export import export_run
     from training.synth import SynthConfig, synth
@@ -131,6 +132,7 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
     report = fit(TrainConfig(data=d, out=tmp_path / "run", size=(96, 128), crop=(64, 96), bs=4, frozen_epochs=1,
                              unfrozen_epochs=1, valid_pct=0.3, progressive=True, n_show=2))
     assert report["size"] == [96, 128] and report["config"]["crop"] == [64, 96] and report["void"] == 6
+    assert report["loss"] == "ce+dice" and report["augment"] == "flip" and np.isfinite(report["history"][-1]["train_loss"])
     balance = report["class_balance"]
     assert balance["used"] and balance["imbalance_ratio"] > 10 and balance["weights"]["Void"] == 0
     assert balance["weights"]["Pole"] > balance["weights"]["Road"]
