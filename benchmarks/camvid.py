@@ -18,7 +18,7 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - H: F with both learning rates doubled;
 - G: F with a soft Dice term added to the loss (`--loss ce+dice`);
 - U: G without the class weights (the Dice term already weighs each class by its overlap);
-- A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F when they resolve alike.
+- A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
 480x360 PNG uploads of the held-out scenes at concurrency 16 (throughput, p50/p99, masks equal to the

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import write_report
-from training.export.variants import worker_session
+from training.export.variants import throughputs, worker_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,21 +44,6 @@ def recipes():
         Recipe(name="qdq-pc-rr-bn-early-noprep", pre_process=False),
         Recipe(name="qdq-pc-rr-bn-early-entropy", calibrate="Entropy"),
     ]
-
-
-def _rates(paths: list[Path], images: np.ndarray, rounds: int = 5, batch: int = 8) -> list[float]:
-    """Median images/s of each model over `rounds` alternating rounds (one thread, batch `batch`)."""
-    sessions = [worker_session(p) for p in paths]
-    for s in sessions:
-        s.run(["mask"], {"image": images[:batch]})
-    times = [[] for _ in paths]
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            t = time.perf_counter()
-            for j in range(0, len(images), batch):
-                s.run(["mask"], {"image": images[j : j + batch]})
-            times[i].append(len(images) / (time.perf_counter() - t))
-    return [float(np.median(t)) for t in times]
 
 
 def _emulated(folder: Path, cpu: str) -> dict:
@@ -106,7 +91,7 @@ def main(argv=None) -> int:
             s32, s8 = worker_session(folder / "model.onnx"), worker_session(folder / "model.int8.onnx")
             verdict = judge(lambda x: s32.run(["mask"], {"image": x})[0], lambda x: s8.run(["mask"], {"image": x})[0],
                             images, truths, info["codes"], info.get("void"), info["metric"])
-            fp32_rate, int8_rate = _rates([folder / "model.onnx", folder / "model.int8.onnx"], speed_images)
+            fp32_rate, int8_rate = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], speed_images)
             row = {"recipe": recipe.name, **recipe.describe(), "float_nodes": kept_float, "ratio": verdict["ratio"], "kept": verdict["kept"],
                    "agreement": verdict["agreement"], "fp32_img_s": fp32_rate, "int8_img_s": int8_rate, "speedup": int8_rate / fp32_rate,
                    "quantize_s": quant_s, "metric": verdict["metric"], "fp32": verdict["fp32"], "int8": verdict["int8"]}

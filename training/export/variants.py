@@ -26,19 +26,22 @@ def worker_session(path: Path):
     return ort.InferenceSession(str(path), session_options(SPEED_THREADS), providers=["CPUExecutionProvider"])
 
 
-def _throughput(path: Path, images: np.ndarray, batch: int = SPEED_BATCH, repeats: int = 3) -> float:
-    """Images per second of ONNX Runtime CPU with SPEED_THREADS thread(s) on `images` (at least SPEED_IMAGES,
-    repeated if fewer) in batches of `batch`, median of `repeats`."""
+def throughputs(paths: list[Path], images: np.ndarray, batch: int = SPEED_BATCH, repeats: int = 5) -> list[float]:
+    """Images per second of each graph in `paths`, ONNX Runtime CPU with SPEED_THREADS thread(s), on `images`
+    (at least SPEED_IMAGES, repeated if fewer) in batches of `batch`: median of `repeats` passes, the graphs'
+    passes interleaved (fp32, int8, fp32, ...) so that a change in the host's load touches every graph alike."""
     if len(images) < SPEED_IMAGES:
         images = np.concatenate([images] * -(-SPEED_IMAGES // len(images)))[:SPEED_IMAGES]
-    sess = worker_session(path)
-    run(sess, images[:batch], batch)  # warm-up
-    rates = []
+    sessions = [worker_session(p) for p in paths]
+    for sess in sessions:
+        run(sess, images[:batch], batch)  # warm-up
+    rates: list[list[float]] = [[] for _ in paths]
     for _ in range(repeats):
-        t = time.perf_counter()
-        run(sess, images, batch)
-        rates.append(len(images) / (time.perf_counter() - t))
-    return float(np.median(rates))
+        for sess, r in zip(sessions, rates):
+            t = time.perf_counter()
+            run(sess, images, batch)
+            r.append(len(images) / (time.perf_counter() - t))
+    return [float(np.median(r)) for r in rates]
 
 
 @contextlib.contextmanager
@@ -148,7 +151,7 @@ def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.
 
     kept_float = quantize(fp32, out, calib_images, recipe)
     s32, s8 = session(fp32), session(out)
-    speed_fp32, speed_int8 = _throughput(fp32, check_images), _throughput(out, check_images)
+    speed_fp32, speed_int8 = throughputs([fp32, out], check_images)
     result = {"calibration_images": len(calib_images), "fp32_img_s": speed_fp32, "int8_img_s": speed_int8, "speedup": speed_int8 / speed_fp32,
               "speed_measured": f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, {check_images.shape[1]}x{check_images.shape[2]}",
               "recipe": {**recipe.describe(), "float_nodes": kept_float}}
