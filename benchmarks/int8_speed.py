@@ -35,7 +35,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (an export with --int8 and ground truth)")
         images = check[0]
         fp32, int8 = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], images, repeats=a.repeats)
-        at_export = json.loads((folder / "export.json").read_text())["int8"].get("speedup")
+        export = folder / "export.json"
+        at_export = json.loads(export.read_text()).get("int8", {}).get("speedup") if export.is_file() else None
         rows.append({"model": str(folder), "size": f"{images.shape[1]}x{images.shape[2]}", "fp32_img_s": fp32, "int8_img_s": int8,
                      "speedup": int8 / fp32, "speedup_at_export": at_export})
         print(f"{folder}: {int8 / fp32:.2f}x ({int8:.1f} vs {fp32:.1f} img/s)", flush=True)

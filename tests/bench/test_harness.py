@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper
 
@@ -89,3 +90,25 @@ def test_profile_layers_charge_each_sample_to_the_nearest_known_frame(tmp_path):
     assert ms == {"model: ONNX Runtime run (batch of 8)": 200.0, "decode + validate upload (Pillow)": 100.0}
     md = layers_md([{"format": "PNG", "rps": 5.0, "errors": 0, "layers": ms}])
     assert "| decode + validate upload (Pillow) | 100.00 |" in md and "**100.00**" in md  # model rows not in the overhead sum
+
+
+def test_int8_speed_times_both_graphs_of_a_folder(tmp_path, monkeypatch, capsys):
+    """benchmarks.int8_speed: both graphs of a model folder timed on its bundled check images, a row each with
+    the speed-up, the report written; a folder without int8 or check is a one-line error."""
+    import json
+
+    import benchmarks
+    from benchmarks import int8_speed
+    from tests.contract_model import make_int8_folder
+
+    monkeypatch.setattr(benchmarks, "RESULTS", tmp_path / "results")
+    folder = make_int8_folder(tmp_path / "m", 0.5)
+    assert int8_speed.main([str(folder), "--repeats", "2"]) == 0
+    (report,) = (tmp_path / "results").glob("int8-speed-*.json")
+    (row,) = json.loads(report.read_text())
+    assert row["size"] == "32x32" and row["fp32_img_s"] > 0 and row["int8_img_s"] > 0
+    assert row["speedup"] == pytest.approx(row["int8_img_s"] / row["fp32_img_s"]) and row["speedup_at_export"] is None
+    assert "| **" in capsys.readouterr().out
+    (folder / "model.int8.onnx").unlink()
+    with pytest.raises(SystemExit, match="needs model.onnx, model.int8.onnx and check/"):
+        int8_speed.main([str(folder)])
