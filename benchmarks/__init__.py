@@ -17,3 +17,12 @@ def write_report(name: str, md: str, data) -> Path:
     print(md)
     print(f"report: {out}")
     return out
+
+
+def cpu_features() -> str:
+    """The machine and the x86 features that pick ONNX Runtime's int8 kernels, e.g. "x86_64, avx2, avx512f, avx512_vnni"."""
+    import platform
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f" {f}" in flags]
+    return f"{platform.machine()}, {', '.join(feats) or 'no AVX2'}"

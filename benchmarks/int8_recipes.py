@@ -1,6 +1,6 @@
 """int8 recipes side by side on one exported model: the accuracy rule, agreement and speed, on this CPU.
 
-    python -m benchmarks.int8_recipes [--model exported_models/default] [--emulate haswell]
+    python -m benchmarks.int8_recipes [--model exported_models/default] [--emulate haswell] [--only NAME...] [--tag NAME]
 
 For each recipe (training.export.Recipe: QDQ or QOperator, per-channel or per-tensor weights, 7-bit
 weights or not, the quantizer's pre-processing, which nodes stay float) the model's fp32 graph is
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_report
+from benchmarks import cpu_features, write_report
 from training.export.variants import throughputs, worker_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", type=Path, default=ROOT / "exported_models" / "default")
     p.add_argument("--emulate", metavar="CPU", help="also score under qemu-x86_64 -cpu CPU (e.g. haswell: AVX2 without VNNI)")
     p.add_argument("--only", nargs="+", help="recipe names to run")
+    p.add_argument("--tag", help="report name: int8-recipes-<tag>-<date> (e.g. the model's name)")
     a = p.parse_args(argv)
     bundled = read_check(a.model)
     if bundled is None:
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             print(f"{recipe.name}: ratio {row['ratio']:.2%}, agreement {row['agreement']:.2%}, {row['speedup']:.2f}x fp32{em}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    cpu = _cpu()
+    cpu = cpu_features()
     L = [f"# int8 recipes on {a.model.name} ({time.strftime('%Y-%m-%d %H:%M')})", "",
          f"Host: {cpu}. `python -m benchmarks.int8_recipes" + (f" --emulate {a.emulate}" if a.emulate else "") + "`. Rule: int8's "
          f"{'mean IoU' if info['metric'] == 'iou_fg' else 'foreground Dice'} on the {len(images)} bundled held-out images >= 99 % of fp32's; "
@@ -116,16 +116,10 @@ def main(argv=None) -> int:
                  f"{r['speedup']:.2f}x ({r['int8_img_s']:.0f} vs {r['fp32_img_s']:.0f} img/s) |"
                  + (f" {r['emulated']['ratio']:.2%} / {r['emulated']['agreement']:.2%} |" if a.emulate else ""))
     md = "\n".join(L) + "\n"
-    name = "int8-recipes" + (f"-{a.emulate.lower()}" if a.emulate else "")
+    name = "int8-recipes" + (f"-{a.tag}" if a.tag else "") + (f"-{a.emulate.lower()}" if a.emulate else "")
     out = write_report(name, md, {"host": cpu, "emulated_cpu": a.emulate, "rows": rows})
     _plot(rows, out.with_suffix(".png"))
     return 0
-
-
-def _cpu() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f" {f}" in flags]
-    return f"{platform.machine()}, {', '.join(feats) or 'no AVX2'}"
 
 
 def _plot(rows, path: Path) -> None:

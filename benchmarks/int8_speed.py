@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
 
-from benchmarks import write_report
+from benchmarks import cpu_features, write_report
 
 
 def main(argv=None) -> int:
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
         rows.append({"model": str(folder), "size": f"{images.shape[1]}x{images.shape[2]}", "fp32_img_s": fp32, "int8_img_s": int8,
                      "speedup": int8 / fp32, "speedup_at_export": at_export})
         print(f"{folder}: {int8 / fp32:.2f}x ({int8:.1f} vs {fp32:.1f} img/s)", flush=True)
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_features()
     how = (f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its training size, "
            f"fp32 and int8 passes interleaved, median of {a.repeats}; {os.cpu_count()} cores, {cpu}.")
     L = ["# int8 against fp32, as a worker runs them (`python -m benchmarks.int8_speed`)", "", how, "",
