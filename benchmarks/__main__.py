@@ -123,7 +123,7 @@ def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{size}-"))
     fp32, int8 = tmp / "model.onnx", tmp / "model.int8.onnx"
-    export_graph(inference_module(learn.model, meta["mean"], meta["std"], probs=True), (size, size), fp32, True, "auto")
+    export_graph(inference_module(learn.model, meta["mean"], meta["std"], probs=True, trace_hw=(size, size)), (size, size), fp32, True, "auto")
     crops = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in photos(size)] * 2)
     make_int8(fp32, int8, crops, crops[:4])
     out = {}

@@ -172,6 +172,10 @@ def test_demo_command_builds_a_servable_model(tmp_path):
     meta = read_metadata(out / "model.onnx")
     assert json.loads(meta["input_size"]) == [32, 32] and json.loads(meta["classes"]) == ["background", "butterfly", "leaf"]
     assert (out / "model.fp16.onnx").is_file()
+    import onnx
+
+    # traced at 32 px the deepest maps are 1 px, which torch.export would fix: PixelShuffle stays DepthToSpace
+    assert "DepthToSpace" in {n.op_type for n in onnx.load(out / "model.onnx").graph.node}
     from serving.runtime import SegmentationRuntime
 
     rt = SegmentationRuntime.load(out, "cpu")

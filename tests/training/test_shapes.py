@@ -140,6 +140,10 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
     assert report["schedule"]["kept_epoch"] in (0, 1) and (tmp_path / "run" / "results.png").stat().st_size > 1000
     assert not (tmp_path / "run" / "best.pth").exists()
     export_run(tmp_path / "run", tmp_path / "exp")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(tmp_path / "exp" / "model.onnx").graph.node}
+    assert "DepthToSpace" not in ops and "Transpose" in ops  # PixelShuffle exported as transposes (parity held)
     seg = Segmenter.load(tmp_path / "exp", "cpu")
     assert seg.meta.dynamic_hw and seg.meta.input_size == (96, 128) and json.loads(seg.meta.raw["crop"]) == [64, 96]
     from PIL import Image
@@ -183,3 +187,22 @@ def test_dice_term_of_the_loss():
     assert TrainConfig(data=".", out=".", size=(96, 128), crop=(64, 96)).resolved_loss() == "ce+dice"
     assert TrainConfig(data=".", out=".").resolved_loss() == "ce"
     assert TrainConfig(data=".", out=".", crop=(64, 64), loss="ce").resolved_loss() == "ce"
+
+
+def test_transposed_pixel_shuffle_is_pixel_shuffle():
+    """The export's PixelShuffle (two reshape-transposes, faster in ONNX Runtime) gives PyTorch's values exactly,
+    at odd sizes, batch sizes and factors; the swap reaches PixelShuffles nested in fastai's layers."""
+    from fastai.layers import PixelShuffle_ICNR
+
+    from training.model import TransposedPixelShuffle, transposed_pixel_shuffles
+
+    for r in (2, 3):
+        for shape in [(3, 4 * r * r, 7, 11), (1, r * r, 1, 1), (2, 2 * r * r, 45, 60)]:
+            x = torch.randn(*shape)
+            assert torch.equal(torch.nn.PixelShuffle(r)(x), TransposedPixelShuffle(r)(x))
+    block = PixelShuffle_ICNR(8, 4, scale=2).eval()
+    x = torch.randn(2, 8, 9, 13)
+    ref = block(x)
+    swapped = transposed_pixel_shuffles(block)
+    assert not any(isinstance(m, torch.nn.PixelShuffle) for m in swapped.modules())
+    assert torch.equal(swapped(x), ref)

@@ -209,7 +209,7 @@ def _export(learn, src: Source, out: Path, *, int8: bool = False, fp16: bool = F
         fp32 = tmp / "model.onnx"
         print(f"[2/4] exporting to ONNX (opset {OPSET}, input uint8 (N, H, W, 3), "
               + (f"any H and W; traced at {size[0]}x{size[1]})" if dynamic_hw else f"H, W = {size[0]}x{size[1]})"), flush=True)
-        used = export_graph(inference_module(learn.model, src.mean, src.std, probs), size, fp32, probs, exporter, dynamic_hw)
+        used = export_graph(inference_module(learn.model, src.mean, src.std, probs, size), size, fp32, probs, exporter, dynamic_hw)
         onnx.checker.check_model(str(fp32))
         parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw)
         metadata = _metadata(src, used, parity, dynamic_hw)

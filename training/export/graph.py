@@ -12,16 +12,21 @@ TRACE_BATCH = 2  # the batch size the graph is traced with; parity runs at other
 OPSET = 18
 
 
-def inference_module(unet, mean, std, probs: bool):
+def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | None = None):
     """nn.Module: uint8 NHWC image -> (uint8 mask, float32 probs). fastai's ToTensorBase is replaced by Identity:
-    it breaks the dynamo exporter ("Creating a new Tensor subclass TensorBase ... FakeTensor")."""
+    it breaks the dynamo exporter ("Creating a new Tensor subclass TensorBase ... FakeTensor"). When the graph
+    will be traced at `trace_hw` of at least 64 px a side, PixelShuffle becomes the same shuffle as two
+    transposes (training.model.TransposedPixelShuffle: faster in ONNX Runtime); below that the deepest feature
+    maps are 1 px at the trace, torch.export fixes their size, and the graph would fail at other sizes."""
     import torch
     from fastai.layers import ToTensorBase
     from torch import nn
 
-    from ..model import any_size
+    from ..model import any_size, transposed_pixel_shuffles
 
     net = any_size(copy.deepcopy(unet).eval())
+    if trace_hw is not None and min(trace_hw) >= 64:
+        transposed_pixel_shuffles(net)
     for name, child in list(net.named_children()):
         if isinstance(child, ToTensorBase):
             setattr(net, name, nn.Identity())
