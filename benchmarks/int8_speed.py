@@ -1,6 +1,6 @@
 """int8 against fp32 of exported model folders, timed the way a service worker runs them, on this CPU.
 
-    python -m benchmarks.int8_speed runs/camvid/export-G exported_models/default [...]
+    python -m benchmarks.int8_speed runs/camvid/export-G exported_models/default [...] [--tag NAME]
 
 For each folder with `model.int8.onnx`: images/s of fp32 and int8 with one ONNX Runtime thread (the serving
 session options), batch 8, on the folder's bundled held-out images (check/) at the training size, repeated
@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", type=Path, nargs="+")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--tag", help="report name: int8-speed-<tag>-<date>")
     a = p.parse_args(argv)
     rows = []
     for folder in a.folders:
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     for r in rows:
         was = f"{r['speedup_at_export']:.2f}x" if r["speedup_at_export"] else "-"
         L.append(f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | **{r['speedup']:.2f}x** | {was} |")
-    write_report("int8-speed", "\n".join(L) + "\n", rows)
+    write_report(f"int8-speed-{a.tag}" if a.tag else "int8-speed", "\n".join(L) + "\n", rows)
     return 0
 
 
