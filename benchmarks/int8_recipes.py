@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import cpu_features, write_report
 from training.export.variants import throughputs, worker_session
 
@@ -76,7 +74,6 @@ def main(argv=None) -> int:
     run = Path(export["run"])
     train = json.loads((run / "config.json").read_text())["train_images"][:32] if (run / "config.json").is_file() else []
     calib = load_images(train, size) if train else images
-    speed_images = np.concatenate([images] * -(-16 // len(images)))[:16]
     rows = []
     work = Path(tempfile.mkdtemp(prefix="int8-recipes-"))
     try:
@@ -91,7 +88,7 @@ def main(argv=None) -> int:
             s32, s8 = worker_session(folder / "model.onnx"), worker_session(folder / "model.int8.onnx")
             verdict = judge(lambda x: s32.run(["mask"], {"image": x})[0], lambda x: s8.run(["mask"], {"image": x})[0],
                             images, truths, info["codes"], info.get("void"), info["metric"])
-            fp32_rate, int8_rate = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], speed_images)
+            fp32_rate, int8_rate = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], images)
             row = {"recipe": recipe.name, **recipe.describe(), "float_nodes": kept_float, "ratio": verdict["ratio"], "kept": verdict["kept"],
                    "agreement": verdict["agreement"], "fp32_img_s": fp32_rate, "int8_img_s": int8_rate, "speedup": int8_rate / fp32_rate,
                    "quantize_s": quant_s, "metric": verdict["metric"], "fp32": verdict["fp32"], "int8": verdict["int8"]}
