@@ -166,7 +166,7 @@ class TransposedPixelShuffle(nn.Module):
     def forward(self, x):
         _, c, h, w = x.shape
         r = self.r
-        c = c // (r * r)  # -1 for the batch: a size-1 batch traced into a constant would break other batch sizes
+        c = c // (r * r)  # the batch is left to -1: the graph never bakes in the traced batch size
         x = x.reshape(-1, r, h * w).transpose(1, 2)  # (n c r1, h w, r2)
         x = x.reshape(-1, r, h, w * r).transpose(1, 2)  # (n c, h, r1, w r2)
         return x.reshape(-1, c, h * r, w * r)

@@ -158,8 +158,6 @@ def test_dice_term_of_the_loss():
     the loss pickles (fastai's Learner.export) and a bad name is a one-line error."""
     import pickle
 
-    import torch
-
     from training.train import SegmentationLoss
 
     t = torch.zeros(2, 8, 8, dtype=torch.long)
