@@ -1,6 +1,6 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -18,6 +18,8 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - H: F with both learning rates doubled;
 - G: F with a soft Dice term added to the loss (`--loss ce+dice`);
 - U: G without the class weights (the Dice term already weighs each class by its overlap);
+- T: G with the shape of fastai's `fine_tune` schedule (frozen warm-up over 99 %, unfrozen from lr/5 over 30 %);
+- K: G with the square roots of the class weights (poles came out fat under a weight of 31);
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -51,6 +53,8 @@ RECIPES = {
     "H": ([*SCALE, "--augment", "flip", "--loss", "ce", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"], "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))"),
     "G": ([*SCALE, "--augment", "flip", "--loss", "ce+dice"], "F, cross-entropy + soft Dice loss"),
     "U": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "off"], "G, no class weights"),
+    "K": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "sqrt"], "G, class weights softened (square roots)"),
+    "T": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--schedule", "fine-tune"], "G, fastai fine_tune's schedule shape (frozen warm-up 99 %, unfrozen from lr/5)"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

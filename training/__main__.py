@@ -10,7 +10,7 @@ from .errors import TrainingError
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    from .train import AUGMENT, LOSSES, TrainConfig
+    from .train import AUGMENT, CLASS_WEIGHTS, LOSSES, SCHEDULES, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p.add_argument("--encoder", default=d.encoder, help="efficientnet_lite0 (default, ImageNet weights offline), resnet18, resnet34")
@@ -22,8 +22,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", nargs="+", metavar="H [W]", help="train on random crops of this size taken at the --size scale "
                    "(validation and serving see whole images)")
     p.add_argument("--progressive", action="store_true", help="progressive resizing: the frozen phase at half size, then full size")
-    p.add_argument("--class-weights", choices=("auto", "on", "off"), default=d.class_weights,
-                   help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {10:g}x)")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=d.class_weights,
+                   help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {10:g}x; "
+                   "sqrt: their square roots)")
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help="auto (default): ce+dice with --crop, ce on whole images; ce: (weighted) "
                    "cross-entropy; ce+dice: plus a soft Dice term over the classes, Void left out")
     p.add_argument("--bs", type=int, default=d.bs)
@@ -31,6 +32,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frozen-epochs", type=int, help="epochs with the encoder frozen (head only); overrides --steps")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs after unfreezing, discriminative lrs; overrides --steps")
     p.add_argument("--last-epoch", dest="keep_best", action="store_false", help="keep the last epoch instead of the best validation Dice")
+    p.add_argument("--schedule", dest="schedule_shape", choices=SCHEDULES, default=d.schedule_shape, help="each phase's fit_one_cycle: "
+                   "one-cycle (fastai's defaults) or fine-tune (the shape of fastai's fine_tune: frozen warm-up over 99 %%, "
+                   "unfrozen from lr/5 over 30 %%)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the frozen phase")
     p.add_argument("--lr-unfrozen", type=float, nargs=2, default=d.lr_unfrozen, metavar=("LO", "HI"), help="slice(LO, HI) after unfreezing")
     p.add_argument("--valid-pct", type=float, default=d.valid_pct)
@@ -48,7 +52,7 @@ def _fit_config(a: argparse.Namespace, data: Path, out: Path):
     return TrainConfig(data=data, out=out, encoder=a.encoder, pretrained=a.pretrained, weights=a.weights, allow_random=a.allow_random,
                        size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), progressive=a.progressive,
                        class_weights=a.class_weights, loss=a.loss, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
-                       unfrozen_epochs=a.unfrozen_epochs, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
+                       unfrozen_epochs=a.unfrozen_epochs, schedule_shape=a.schedule_shape, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
                        valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find, threads=a.threads)
 
 

@@ -59,6 +59,10 @@ def _hw(value) -> tuple[int, int] | None:
 
 AUGMENT = ("auto", "affine", "flip", "none")
 LOSSES = ("auto", "ce", "ce+dice")
+CLASS_WEIGHTS = ("auto", "on", "sqrt", "off")
+# fit_one_cycle's shape per phase: one-cycle: fastai's defaults (warm-up over 25 %, from lr/25);
+# fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %; unfrozen: over 30 %, from lr/5)
+SCHEDULES = {"one-cycle": ({}, {}), "fine-tune": ({"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})}
 IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
 
 
@@ -81,8 +85,9 @@ class TrainConfig:
     unfrozen_epochs: int | None = None
     lr: float = 4e-3  # head learning rate (frozen phase)
     lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
-    class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, off
+    class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, sqrt (their square roots), off
     loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
+    schedule_shape: str = "one-cycle"  # see SCHEDULES
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     augment: str = "auto"  # auto: "flip" with --crop (random crops + flips, as plain fastai), "affine" on whole images; affine | flip | none
     lr_find: bool = False
@@ -112,8 +117,10 @@ class TrainConfig:
             raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
         if self.loss not in LOSSES:
             raise TrainingError(f"--loss {self.loss!r}: use {', '.join(LOSSES)}")
-        if self.class_weights not in ("auto", "on", "off"):
-            raise TrainingError(f"--class-weights {self.class_weights!r}: use auto, on or off")
+        if self.schedule_shape not in SCHEDULES:
+            raise TrainingError(f"--schedule {self.schedule_shape!r}: use {', '.join(SCHEDULES)}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise TrainingError(f"--class-weights {self.class_weights!r}: use {', '.join(CLASS_WEIGHTS)}")
         if self.steps < 1:
             raise TrainingError(f"--steps {self.steps}: must be >= 1")
         self.lr_unfrozen = tuple(self.lr_unfrozen)
@@ -377,8 +384,10 @@ def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | 
     freq = class_frequencies(ds, train_idx)
     present = [f for i, f in enumerate(freq) if i != ds.void and f > 0]
     ratio = float(max(present) / min(present)) if present else 1.0
-    on = config.class_weights == "on" or (config.class_weights == "auto" and ratio > IMBALANCE_RATIO)
+    on = config.class_weights in ("on", "sqrt") or (config.class_weights == "auto" and ratio > IMBALANCE_RATIO)
     weights = median_frequency_weights(freq, ds.void) if on else None
+    if on and config.class_weights == "sqrt":  # softer: rare classes still count more, thin ones come out less fat
+        weights = np.sqrt(weights)
     info = {"mode": config.class_weights, "used": bool(on), "imbalance_ratio": ratio, "threshold": IMBALANCE_RATIO,
             "frequencies": dict(zip(ds.codes, map(float, freq))), "weights": dict(zip(ds.codes, map(float, weights))) if on else None,
             "void": ds.codes[ds.void] if ds.void is not None else None}
@@ -460,9 +469,10 @@ def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[
     history, timings = [], {}
     best = [SaveModelCallback(monitor="dice_fg", comp=np.greater, fname="best", with_opt=False)] if config.keep_best else []
     t = time.perf_counter()
+    shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
     if frozen:
         learn.freeze()
-        learn.fit_one_cycle(frozen, config.lr, cbs=best if not unfrozen else [])
+        learn.fit_one_cycle(frozen, config.lr, cbs=best if not unfrozen else [], **shape_frozen)
         history += _history(learn, "frozen", 0)
     timings["frozen_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -470,7 +480,7 @@ def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[
         if config.progressive and frozen:
             learn.dls = dataloaders_for(config, ds)
         learn.unfreeze()
-        learn.fit_one_cycle(unfrozen, slice(*config.lr_unfrozen), cbs=best)
+        learn.fit_one_cycle(unfrozen, slice(*config.lr_unfrozen), cbs=best, **shape_unfrozen)
         history += _history(learn, "unfrozen", len(history))
     timings["unfrozen_s"] = time.perf_counter() - t
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]

@@ -44,7 +44,7 @@ def test_bad_sizes_are_one_line_errors(tmp_path):
         TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(128, 128))
     with pytest.raises(TrainingError, match="at least 32 px"):
         TrainConfig(data=tmp_path, out=tmp_path, size=(16, 64))
-    with pytest.raises(TrainingError, match="use auto, on or off"):
+    with pytest.raises(TrainingError, match="use auto, on, sqrt, off"):
         TrainConfig(data=tmp_path, out=tmp_path, class_weights="maybe")
 
 
@@ -87,6 +87,25 @@ def test_median_frequency_weights_and_void():
     freq = np.array([0.5, 0.25, 0.01, 0.1])  # class 3 is Void
     w = median_frequency_weights(freq, void=3)
     assert w[3] == 0 and np.isclose(w[1], 1.0) and np.isclose(w[0], 0.5) and np.isclose(w[2], 25.0)
+
+
+def test_class_weights_modes(tmp_path):
+    """on: median-frequency weights; sqrt: their square roots (Void still 0); off: none; auto: on above 10x imbalance."""
+    from training.data import load_dataset
+    from training.synth import SynthConfig, synth
+    from training.train import _balance
+
+    ds = load_dataset(synth(SynthConfig(out=tmp_path / "s", n=4, size=(60, 80), seed=1, layout="camvid")))
+    idx = list(range(len(ds.pairs)))
+    on, info_on = _balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="on"), ds, idx)
+    soft, info_soft = _balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="sqrt"), ds, idx)
+    auto, _ = _balance(TrainConfig(data=tmp_path, out=tmp_path), ds, idx)
+    off, info_off = _balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="off"), ds, idx)
+    pole, void = ds.codes.index("Pole"), ds.void
+    assert np.allclose(soft, np.sqrt(on)) and soft[void] == 0 and 1 < soft[pole] < on[pole]
+    assert info_soft["weights"]["Pole"] == pytest.approx(float(np.sqrt(info_on["weights"]["Pole"])))
+    assert np.array_equal(auto, on) and info_on["imbalance_ratio"] > 10
+    assert off is None and info_off["used"] is False and info_off["weights"] is None
 
 
 def test_metrics_leave_void_out():
@@ -204,3 +223,34 @@ def test_transposed_pixel_shuffle_is_pixel_shuffle():
     swapped = transposed_pixel_shuffles(block)
     assert not any(isinstance(m, torch.nn.PixelShuffle) for m in swapped.modules())
     assert torch.equal(swapped(x), ref)
+
+
+def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
+    """--schedule one-cycle gives fit_one_cycle fastai's defaults; fine-tune the shape of fastai's fine_tune
+    (frozen: pct_start 0.99; unfrozen: pct_start 0.3, div 5); an unknown shape is a one-line error."""
+    from types import SimpleNamespace
+
+    from training.train import _train
+
+    class FakeLearner:
+        def __init__(self):
+            self.calls, self.path = [], tmp_path
+            self.recorder = SimpleNamespace(metric_names=["epoch", "train_loss", "time"], values=[])
+
+        def freeze(self):
+            self.calls.append("freeze")
+
+        def unfreeze(self):
+            self.calls.append("unfreeze")
+
+        def fit_one_cycle(self, n, lr, cbs=None, **kw):
+            self.calls.append((n, lr, kw))
+            self.recorder.values = [[0.5]] * n
+
+    for shape, frozen_kw, unfrozen_kw in (("one-cycle", {}, {}), ("fine-tune", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})):
+        learn = FakeLearner()
+        history, _, kept = _train(learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3)
+        assert learn.calls == ["freeze", (2, 4e-3, frozen_kw), "unfreeze", (3, slice(2e-4, 2e-3), unfrozen_kw)]
+        assert len(history) == 5 and kept == 4
+    with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune"):
+        TrainConfig(data=tmp_path, out=tmp_path, schedule_shape="cosine")
