@@ -39,8 +39,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-unfrozen", type=float, nargs=2, default=d.lr_unfrozen, metavar=("LO", "HI"), help="slice(LO, HI) after unfreezing")
     p.add_argument("--valid-pct", type=float, default=d.valid_pct)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--augment", choices=AUGMENT, default=d.augment, help="auto (default): flips only with --crop, flips + rotation, zoom, "
-                   "warp and lighting on whole images; affine; flip; none")
+    p.add_argument("--augment", choices=AUGMENT, default=d.augment, help="flip (default): random flips; affine: flips + rotation, "
+                   "zoom, warp and lighting; none; auto: same as flip (kept for older commands)")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find first and write lr_find.png")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")

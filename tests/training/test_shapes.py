@@ -49,18 +49,19 @@ def test_bad_sizes_are_one_line_errors(tmp_path):
 
 
 def test_augmentation_levels(tmp_path, tiny_dataset):
-    """auto: flips only on random crops (the plain street-scene recipe), flips + affine + lighting on whole images;
+    """flips by default, on random crops and whole images ("auto", the older default, now means the same);
     old run folders' booleans still load; a bad level is a one-line error; the DataLoaders get what was resolved."""
     from fastai.vision.augment import AffineCoordTfm, LightingTfm
 
     from training.data import load_dataset, make_dataloaders
 
     assert TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(64, 96)).resolved_augment() == "flip"
-    assert TrainConfig(data=tmp_path, out=tmp_path).resolved_augment() == "affine"
+    assert TrainConfig(data=tmp_path, out=tmp_path).resolved_augment() == "flip"
+    assert TrainConfig(data=tmp_path, out=tmp_path, augment="auto").resolved_augment() == "flip"
     assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), augment="affine").resolved_augment() == "affine"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=False).augment == "none"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=True).augment == "affine"
-    with pytest.raises(TrainingError, match="--augment 'lots': use auto, affine, flip, none"):
+    with pytest.raises(TrainingError, match="--augment 'lots': use flip, affine, none, auto"):
         TrainConfig(data=tmp_path, out=tmp_path, augment="lots")
     ds = load_dataset(tiny_dataset)
     kinds = {}
