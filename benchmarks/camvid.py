@@ -18,8 +18,8 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - H: F with both learning rates doubled;
 - G: F with a soft Dice term added to the loss (`--loss ce+dice`);
 - U: G without the class weights (the Dice term already weighs each class by its overlap);
-- T: G with the shape of fastai's `fine_tune` schedule (frozen warm-up over 99 %, unfrozen from lr/5 over 30 %);
 - K: G with the square roots of the class weights (poles came out fat under a weight of 31);
+- T: G with the shape of fastai's `fine_tune` schedule (frozen warm-up over 99 %, unfrozen from lr/5 over 30 %);
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
