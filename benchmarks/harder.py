@@ -4,8 +4,10 @@
 
 Writes `--n` hard Leeds-layout scenes (`python -m training synth --layout leeds`: butterflies whose fill is
 often a crop of the background's own photo, 0/255 masks), then runs `python -m training fit` twice:
-- previous defaults: 3 frozen + 12 unfrozen epochs whatever the data set's size, the last epoch kept;
-- new defaults: the 450-step budget turned into epochs for this data set, the best validation epoch kept.
+- the defaults of 2026-11-24: 3 frozen + 12 unfrozen epochs whatever the data set's size, the last epoch
+  kept, flips + rotation, zoom, warp and lighting;
+- the 450-step budget turned into epochs for this data set, the best validation epoch kept, the same augmentation;
+- today's defaults: the same with random flips as the only augmentation.
 Resumable. Writes benchmarks/results/harder-<date>.md/.json.
 """
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 from benchmarks import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"previous defaults (3 + 12 epochs, last kept)": ["--frozen-epochs", "3", "--unfrozen-epochs", "12", "--last-epoch"],
-           "new defaults (450 steps, best epoch kept)": []}
+RECIPES = {"defaults of 2026-11-24 (3 + 12 epochs, last kept, affine)": ["--frozen-epochs", "3", "--unfrozen-epochs", "12", "--last-epoch",
+                                                                       "--augment", "affine"],
+           "450 steps, best epoch kept, affine (the defaults until 2026-12-02)": ["--augment", "affine"],
+           "defaults: 450 steps, best epoch kept, flips only": []}
 
 
 def main(argv=None) -> int:
