@@ -1,6 +1,6 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -20,6 +20,9 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - U: G without the class weights (the Dice term already weighs each class by its overlap);
 - K: G with the square roots of the class weights (poles came out fat under a weight of 31);
 - T: G with the shape of fastai's `fine_tune` schedule (frozen warm-up over 99 %, unfrozen from lr/5 over 30 %);
+- R: G with both learning rates halved (H doubled them and lost);
+- V: G with the Lovasz-softmax loss (a surrogate of 1 - IoU, the score itself) in place of the Dice term;
+- N: G run again with another seed (its own 80/20 split and initialisation): how far one recipe moves from run to run;
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -55,6 +58,9 @@ RECIPES = {
     "U": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "off"], "G, no class weights"),
     "K": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "sqrt"], "G, class weights softened (square roots)"),
     "T": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--schedule", "fine-tune"], "G, fastai fine_tune's schedule shape (frozen warm-up 99 %, unfrozen from lr/5)"),
+    "R": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--lr", "2e-3", "--lr-unfrozen", "1e-4", "1e-3"], "G, learning rates halved (2e-3, then slice(1e-4, 1e-3))"),
+    "V": ([*SCALE, "--augment", "flip", "--loss", "ce+lovasz"], "G, the Lovasz-softmax (IoU) loss instead of the Dice term"),
+    "N": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--seed", "7"], "G again with another seed (7: its own split and initialisation), the run-to-run noise"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

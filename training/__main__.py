@@ -26,7 +26,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {10:g}x; "
                    "sqrt: their square roots)")
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help="auto (default): ce+dice with --crop, ce on whole images; ce: (weighted) "
-                   "cross-entropy; ce+dice: plus a soft Dice term over the classes, Void left out")
+                   "cross-entropy; ce+dice: plus a soft Dice term over the classes, Void left out; ce+lovasz: plus the Lovasz-softmax (IoU) loss")
     p.add_argument("--bs", type=int, default=d.bs)
     p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in all; epochs follow the data set's size, a fifth frozen")
     p.add_argument("--frozen-epochs", type=int, help="epochs with the encoder frozen (head only); overrides --steps")

@@ -148,36 +148,55 @@ def make_hard_butterfly(rng: np.random.Generator, size: int) -> tuple[np.ndarray
 
 def _fill(rng: np.random.Generator, names, h: int, w: int, tint) -> Image.Image:
     """A (w x h) texture: a random crop of one of `names`, tinted (per-channel gain)."""
-    side = max(h, w)
-    return _crop(rng, str(rng.choice(names)), side, np.asarray(tint, np.float32)).crop((0, 0, w, h))
+    return _texture(rng, str(rng.choice(names)), h, w, tint)
 
 
-def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480) -> tuple[np.ndarray, np.ndarray]:
+def _texture(rng: np.random.Generator, name: str, h: int, w: int, tint) -> Image.Image:
+    return _crop(rng, name, max(h, w), np.asarray(tint, np.float32)).crop((0, 0, w, h))
+
+
+@dataclass(frozen=True)
+class Part:
+    """One shape drawn into a street scene, as `make_street_scene(..., parts=[])` records them (for
+    diagnostics: which photo and tint a class's pixels came from). `alpha`: where it was drawn, before
+    later shapes covered any of it."""
+
+    cls: int
+    photo: str
+    tint: tuple[float, ...]
+    alpha: np.ndarray
+
+
+def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480, parts: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One street scene: image (h, w, 3) uint8 and mask (h, w) uint8 with ids into STREET_CLASSES.
 
     Sky above a horizon; a row of buildings on it; a road below narrowing to a vanishing point; trees
     along the buildings; cars on the road, smaller further away; 1-3 poles 2-4 px wide (scaled with w)
     from the road up into the sky; and a few patches of clutter labelled Void. Drawn back to front, in
-    this order (the random draws too: a seed gives the same scene)."""
+    this order (the random draws too: a seed gives the same scene). `parts`: a list that receives a `Part`
+    for every textured shape, in drawing order."""
     image = Image.new("RGB", (w, h))
     mask = Image.new("L", (w, h), 0)
     k = w / 480  # sizes below are for 480 px wide scenes
     horizon = int(h * rng.uniform(0.42, 0.55))
-    _street_sky_and_buildings(rng, image, mask, horizon, k)
-    vx = _street_ground(rng, image, mask, horizon, k)
-    _street_trees_and_cars(rng, image, mask, horizon, vx, k)
-    _street_poles_and_void(rng, image, mask, horizon, k)
+    _street_sky_and_buildings(rng, image, mask, horizon, k, parts)
+    vx = _street_ground(rng, image, mask, horizon, k, parts)
+    _street_trees_and_cars(rng, image, mask, horizon, vx, k, parts)
+    _street_poles_and_void(rng, image, mask, horizon, k, parts)
     return np.asarray(image), np.asarray(mask)
 
 
-def _paste(rng, image: Image.Image, mask: Image.Image, alpha: Image.Image, names, tint, cls: int) -> None:
+def _paste(rng, image: Image.Image, mask: Image.Image, alpha: Image.Image, names, tint, cls: int, parts: list | None) -> None:
     """A textured shape: `alpha` (L) cut from a fill of `names` pasted on the image, `cls` on the mask."""
     h, w = image.height, image.width
-    image.paste(_fill(rng, names, h, w, tint), (0, 0), alpha)
+    name = str(rng.choice(names))
+    image.paste(_texture(rng, name, h, w, tint), (0, 0), alpha)
     mask.paste(cls, (0, 0), alpha)
+    if parts is not None:
+        parts.append(Part(cls, name, tuple(float(t) for t in np.asarray(tint).ravel()), np.asarray(alpha) > 0))
 
 
-def _street_sky_and_buildings(rng, image, mask, horizon: int, k: float) -> None:
+def _street_sky_and_buildings(rng, image, mask, horizon: int, k: float, parts: list | None) -> None:
     """Sky: a vertical gradient with faint texture; buildings: rectangles standing on the horizon."""
     h, w = image.height, image.width
     top, bottom = rng.uniform([90, 140, 190], [150, 190, 240]), rng.uniform([170, 190, 210], [230, 235, 250])
@@ -190,11 +209,11 @@ def _street_sky_and_buildings(rng, image, mask, horizon: int, k: float) -> None:
         bw, bh = int(rng.uniform(50, 150) * k), int(h * rng.uniform(0.15, 0.4))
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).rectangle((x, horizon - bh, x + bw, horizon + 2), fill=255)
-        _paste(rng, image, mask, alpha, ("brick", "camera", "text", "page"), rng.uniform(0.6, 1.2, 3), STREET_CLASSES.index("Building"))
+        _paste(rng, image, mask, alpha, ("brick", "camera", "text", "page"), rng.uniform(0.6, 1.2, 3), STREET_CLASSES.index("Building"), parts)
         x += bw + int(rng.integers(0, 25 * k))
 
 
-def _street_ground(rng, image, mask, horizon: int, k: float) -> float:
+def _street_ground(rng, image, mask, horizon: int, k: float, parts: list | None) -> float:
     """Everything below the horizon, then the road's trapezoid narrowing to a vanishing point; returns its x."""
     h, w = image.height, image.width
     vx = w * rng.uniform(0.35, 0.65)
@@ -203,11 +222,11 @@ def _street_ground(rng, image, mask, horizon: int, k: float) -> float:
     for poly, names, tint, cls in ((ground, ("grass",), (0.6, 0.9, 0.5), "Tree"), (road, ("gravel", "coffee"), (0.45, 0.45, 0.45), "Road")):
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).polygon(poly, fill=255)
-        _paste(rng, image, mask, alpha, names, np.asarray(tint) * rng.uniform(0.8, 1.2), STREET_CLASSES.index(cls))
+        _paste(rng, image, mask, alpha, names, np.asarray(tint) * rng.uniform(0.8, 1.2), STREET_CLASSES.index(cls), parts)
     return vx
 
 
-def _street_trees_and_cars(rng, image, mask, horizon: int, vx: float, k: float) -> None:
+def _street_trees_and_cars(rng, image, mask, horizon: int, vx: float, k: float, parts: list | None) -> None:
     """Trees: clusters of ellipses around the horizon; cars on the road, smaller towards it, drawn far to near."""
     h, w = image.height, image.width
     for _ in range(int(rng.integers(1, 4))):
@@ -216,7 +235,7 @@ def _street_trees_and_cars(rng, image, mask, horizon: int, vx: float, k: float) 
         for _ in range(6):
             ox, oy, rr = rng.normal(0, r * 0.5), rng.normal(0, r * 0.4), r * rng.uniform(0.5, 1.0)
             ImageDraw.Draw(alpha).ellipse((cx + ox - rr, cy + oy - rr, cx + ox + rr, cy + oy + rr), fill=255)
-        _paste(rng, image, mask, alpha, ("grass", "retina"), (0.5, 1.1, 0.45), STREET_CLASSES.index("Tree"))
+        _paste(rng, image, mask, alpha, ("grass", "retina"), (0.5, 1.1, 0.45), STREET_CLASSES.index("Tree"), parts)
     for y in sorted(rng.uniform(horizon + 0.1 * (h - horizon), h, size=int(rng.integers(1, 4)))):
         depth = (y - horizon) / (h - horizon)
         cw, ch = w * 0.28 * depth, h * 0.12 * depth
@@ -226,10 +245,10 @@ def _street_trees_and_cars(rng, image, mask, horizon: int, vx: float, k: float) 
         d.rounded_rectangle((cx - cw / 2, y - ch, cx + cw / 2, y), radius=max(1, ch * 0.25), fill=255)
         d.rounded_rectangle((cx - cw * 0.3, y - ch * 1.5, cx + cw * 0.3, y - ch * 0.8), radius=max(1, ch * 0.2), fill=255)
         tint = rng.choice([(1.3, 0.5, 0.5), (0.5, 0.6, 1.3), (1.1, 1.1, 1.1), (0.4, 0.4, 0.4)])
-        _paste(rng, image, mask, alpha, ("coffee", "rocket", "chelsea"), tint, STREET_CLASSES.index("Car"))
+        _paste(rng, image, mask, alpha, ("coffee", "rocket", "chelsea"), tint, STREET_CLASSES.index("Car"), parts)
 
 
-def _street_poles_and_void(rng, image, mask, horizon: int, k: float) -> None:
+def _street_poles_and_void(rng, image, mask, horizon: int, k: float, parts: list | None) -> None:
     """Poles: thin vertical bars (2-4 px at 480 px) from the road up into the sky; Void: unlabelled clutter."""
     h, w = image.height, image.width
     for _ in range(int(rng.integers(1, 4))):
@@ -238,13 +257,13 @@ def _street_poles_and_void(rng, image, mask, horizon: int, k: float) -> None:
         head = max(0, horizon - h * rng.uniform(0.25, 0.45))
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).rectangle((int(px), int(head), int(px) + pw - 1, int(foot)), fill=255)
-        _paste(rng, image, mask, alpha, ("camera", "moon"), (0.55, 0.55, 0.6), STREET_CLASSES.index("Pole"))
+        _paste(rng, image, mask, alpha, ("camera", "moon"), (0.55, 0.55, 0.6), STREET_CLASSES.index("Pole"), parts)
     for _ in range(int(rng.integers(1, 4))):
         cx, cy, r = w * rng.uniform(0, 1), horizon + (h - horizon) * rng.uniform(0, 0.5), rng.uniform(4, 14) * k
         pts = [(cx + r * rng.uniform(0.5, 1.2) * math.cos(a), cy + r * rng.uniform(0.5, 1.2) * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]]
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).polygon(pts, fill=255)
-        _paste(rng, image, mask, alpha, ("astronaut", "coins", "colorwheel"), rng.uniform(0.6, 1.3, 3), STREET_CLASSES.index("Void"))
+        _paste(rng, image, mask, alpha, ("astronaut", "coins", "colorwheel"), rng.uniform(0.6, 1.3, 3), STREET_CLASSES.index("Void"), parts)
 
 
 def _hw(size) -> tuple[int, int]:

@@ -58,7 +58,7 @@ def _hw(value) -> tuple[int, int] | None:
 
 
 AUGMENT = ("flip", "affine", "none", "auto")
-LOSSES = ("auto", "ce", "ce+dice")
+LOSSES = ("auto", "ce", "ce+dice", "ce+lovasz")
 CLASS_WEIGHTS = ("auto", "on", "sqrt", "off")
 # fit_one_cycle's shape per phase: one-cycle: fastai's defaults (warm-up over 25 %, from lr/25);
 # fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %; unfrozen: over 30 %, from lr/5)
@@ -322,7 +322,8 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
                           metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
-                          loss_func=SegmentationLoss(weights, ds.void, dice=config.resolved_loss() == "ce+dice"))
+                          loss_func=SegmentationLoss(weights, ds.void, dice=config.resolved_loss() == "ce+dice",
+                                                    lovasz=config.resolved_loss() == "ce+lovasz"))
     return learn, ds
 
 
@@ -334,17 +335,44 @@ class SegmentationLoss:
     as much as a present one.) Module-level so that fastai can pickle a Learner that uses it; activation and decodes are the
     cross-entropy's (softmax, argmax), so fastai's get_preds and show_results behave as with the default loss."""
 
-    def __init__(self, weights=None, void: int | None = None, *, dice: bool = False, smooth: float = 1.0):
+    def __init__(self, weights=None, void: int | None = None, *, dice: bool = False, lovasz: bool = False, smooth: float = 1.0):
         import torch
         from fastai.losses import CrossEntropyLossFlat
 
         w = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
         self.ce = CrossEntropyLossFlat(axis=1, weight=w, ignore_index=-100 if void is None else void)
-        self.void, self.dice, self.smooth = void, dice, smooth
+        self.void, self.dice, self.lovasz, self.smooth = void, dice, lovasz, smooth
 
     def __call__(self, pred, targ):
         loss = self.ce(pred, targ)
-        return loss + self.dice_loss(pred, targ) if self.dice else loss
+        if self.dice:
+            loss = loss + self.dice_loss(pred, targ)
+        if self.lovasz:
+            loss = loss + self.lovasz_loss(pred, targ)
+        return loss
+
+    def lovasz_loss(self, pred, targ):
+        """The Lovasz-softmax loss (Berman et al., CVPR 2018: a convex surrogate of 1 - IoU), averaged over the
+        classes present in the batch, Void pixels left out; the reference implementation's flat form."""
+        import torch
+
+        pred, targ = pred.as_subclass(torch.Tensor).float(), targ.as_subclass(torch.Tensor).long()
+        n = pred.shape[1]
+        p, t = pred.softmax(1).permute(0, 2, 3, 1).reshape(-1, n), targ.reshape(-1)
+        if self.void is not None:
+            p, t = p[t != self.void], t[t != self.void]
+        losses = []
+        for c in range(n):
+            fg = (t == c).float()
+            if c == self.void or fg.sum() == 0:
+                continue
+            errors, perm = (fg - p[:, c]).abs().sort(descending=True)
+            fg = fg[perm]
+            inter, union = fg.sum() - fg.cumsum(0), fg.sum() + (1 - fg).cumsum(0)
+            jaccard = 1 - inter / union
+            grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+            losses.append(errors @ grad)
+        return torch.stack(losses).mean() if losses else pred.sum() * 0
 
     def dice_loss(self, pred, targ):
         import torch

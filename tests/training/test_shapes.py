@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,24 @@ def test_street_scenes_are_camvid_layout_with_thin_poles_and_void(tmp_path):
     assert (again / "images" / "scene_00000.png").read_bytes() == (d / "images" / "scene_00000.png").read_bytes()
 
 
+def test_street_scene_records_its_shapes_without_changing_the_scene():
+    """make_street_scene(parts=[]) (benchmarks.camvid_cars) draws the same scene and records each textured shape:
+    its class, photo and tint; the last shape drawn at a pixel is the mask's class there (Sky is not a shape)."""
+    from training.synth import STREET_CLASSES, make_street_scene
+
+    image, mask = make_street_scene(np.random.default_rng([3, 0]), 120, 160)
+    parts = []
+    image2, mask2 = make_street_scene(np.random.default_rng([3, 0]), 120, 160, parts=parts)
+    assert np.array_equal(image, image2) and np.array_equal(mask, mask2)
+    car = STREET_CLASSES.index("Car")
+    assert {p.cls for p in parts} >= {STREET_CLASSES.index(c) for c in ("Building", "Road", "Tree", "Pole", "Void")}
+    assert all(p.photo in ("coffee", "rocket", "chelsea") and len(p.tint) == 3 for p in parts if p.cls == car)
+    drawn = np.zeros(mask.shape, np.int64)  # Sky (0) where no shape was drawn
+    for p in parts:
+        drawn[p.alpha] = p.cls
+    assert np.array_equal(drawn, mask)
+
+
 def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_path):
     """A fit on random crops at a non-square training scale, class weights on (unbalanced street scenes),
     progressive resizing, the crops' defaults (flips, cross-entropy + Dice); metrics at native resolution;
@@ -170,6 +189,18 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
 
     img = Image.open(next((d / "images").iterdir())).resize((480, 360))
     assert seg.predict(img).shape == (360, 480)
+    # benchmarks.camvid_cars on this export: every held-out car pixel counted once, by the car's photo and shade
+    from benchmarks.camvid_cars import tally
+    from training.synth import STREET_CLASSES
+
+    valid = [Path(v) for v in report["valid_images"]]
+    t = tally(tmp_path / "exp", valid, draw=1)
+    car_px = sum(int((np.asarray(Image.open(d / "labels" / f"{v.stem}_P.png")) == STREET_CLASSES.index("Car")).sum()) for v in valid)
+    assert sum(n for n, _ in t["cars"].values()) == car_px == t["tp"] + t["fn"]
+    assert all(k.split()[0] in ("coffee", "rocket", "chelsea") and 0 <= hit <= n for k, (n, hit) in t["cars"].items())
+    assert any(k.startswith("Road (") for k in t["false_car"]) and 0 <= t["car_iou"] <= 1
+    with pytest.raises(SystemExit, match="--draw"):
+        tally(tmp_path / "exp", valid, draw=2)
 
 
 def test_dice_term_of_the_loss():
@@ -200,7 +231,16 @@ def test_dice_term_of_the_loss():
     # and a little more (class 0 takes its pixels as false positives)
     assert 1 / 3 < loss(thin_missed, t).item() - ce_only(thin_missed, t).item() < 0.4
     assert pickle.loads(pickle.dumps(loss)).dice
-    with pytest.raises(TrainingError, match="--loss 'focal': use auto, ce, ce\\+dice"):
+    # --loss ce+lovasz: the Lovasz-softmax term is 1 - IoU for hard predictions, averaged over the classes present
+    lovasz = SegmentationLoss(np.ones(4, dtype=np.float32), void=3, lovasz=True)
+    assert lovasz.lovasz_loss(right, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert lovasz.lovasz_loss(wrong, t).item() == pytest.approx(1.0, abs=1e-6)
+    assert lovasz.lovasz_loss(on_void, t).item() == pytest.approx(0.0, abs=1e-6)
+    # the thin class's IoU falls to 0 (a third of the mean) and class 0's IoU falls by its false positives
+    iou0 = ((t == 0).sum() / ((t == 0) | (t == 2)).sum()).item()
+    assert lovasz.lovasz_loss(thin_missed, t).item() == pytest.approx((1 + (1 - iou0)) / 3, abs=1e-4)
+    assert lovasz(thin_missed, t).item() > ce_only(thin_missed, t).item() + 1 / 3
+    with pytest.raises(TrainingError, match="--loss 'focal': use auto, ce, ce\\+dice, ce\\+lovasz"):
         TrainConfig(data=".", out=".", loss="focal")
     assert TrainConfig(data=".", out=".", size=(96, 128), crop=(64, 96)).resolved_loss() == "ce+dice"
     assert TrainConfig(data=".", out=".").resolved_loss() == "ce"
