@@ -88,6 +88,7 @@ class TrainConfig:
     class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, sqrt (their square roots), off
     loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
     schedule_shape: str = "one-cycle"  # see SCHEDULES
+    bn_momentum: float | None = None  # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder 0.01, fastai's decoder 0.1)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     augment: str = "flip"  # flip | affine (+ rotation, zoom, warp, lighting) | none; "auto" (older commands and run folders) = flip
     lr_find: bool = False
@@ -123,6 +124,8 @@ class TrainConfig:
             raise TrainingError(f"--class-weights {self.class_weights!r}: use {', '.join(CLASS_WEIGHTS)}")
         if self.steps < 1:
             raise TrainingError(f"--steps {self.steps}: must be >= 1")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise TrainingError(f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)")
         self.lr_unfrozen = tuple(self.lr_unfrozen)
 
     def resolved_size(self, ds: Dataset) -> tuple[int, int]:
@@ -324,6 +327,10 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
                           metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
                           loss_func=SegmentationLoss(weights, ds.void, dice=config.resolved_loss() == "ce+dice",
                                                     lovasz=config.resolved_loss() == "ce+lovasz"))
+    if config.bn_momentum is not None:
+        for m in learn.model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.momentum = config.bn_momentum
     return learn, ds
 
 

@@ -295,3 +295,26 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
         assert len(history) == 5 and kept == 4
     with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune"):
         TrainConfig(data=tmp_path, out=tmp_path, schedule_shape="cosine")
+
+
+def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
+    """--bn-momentum sets every BatchNorm layer's momentum (encoder and fastai's decoder); without it each layer
+    keeps its own (EfficientNet-Lite0's encoder 0.01, the decoder PyTorch's 0.1); a value outside (0, 1] is a
+    one-line error."""
+    from training.synth import SynthConfig, synth
+    from training.train import learner_for
+
+    d = synth(SynthConfig(out=tmp_path / "s", n=10, size=64, seed=1))
+
+    def momenta(**kw):
+        learn, _ = learner_for(TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=2, pretrained=False, allow_random=True, **kw))
+        enc = {round(m.momentum, 6) for m in learn.model[0].modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        return enc, {round(m.momentum, 6) for m in learn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    enc, every = momenta()
+    assert enc == {0.01} and every == {0.01, 0.1}
+    enc, every = momenta(bn_momentum=0.1)
+    assert enc == every == {0.1}
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(TrainingError, match=f"--bn-momentum {bad}: use a number in \\(0, 1\\]"):
+            TrainConfig(data=d, out=tmp_path, bn_momentum=bad)
