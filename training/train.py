@@ -322,11 +322,11 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     if config.threads:
         torch.set_num_threads(config.threads)
     ds = ds or load_dataset(config.data)
+    loss = config.resolved_loss()
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
                           metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
-                          loss_func=SegmentationLoss(weights, ds.void, dice=config.resolved_loss() == "ce+dice",
-                                                    lovasz=config.resolved_loss() == "ce+lovasz"))
+                          loss_func=SegmentationLoss(weights, ds.void, dice=loss == "ce+dice", lovasz=loss == "ce+lovasz"))
     if config.bn_momentum is not None:
         for m in learn.model.modules():
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
@@ -371,7 +371,7 @@ class SegmentationLoss:
         losses = []
         for c in range(n):
             fg = (t == c).float()
-            if c == self.void or fg.sum() == 0:
+            if fg.sum() == 0:  # absent from the batch (Void's pixels were dropped above)
                 continue
             errors, perm = (fg - p[:, c]).abs().sort(descending=True)
             fg = fg[perm]
