@@ -21,6 +21,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    "(default 128x128; CamVid-layout data keep their aspect at 128 px high)")
     p.add_argument("--crop", nargs="+", metavar="H [W]", help="train on random crops of this size taken at the --size scale "
                    "(validation and serving see whole images)")
+    p.add_argument("--class-crops", type=float, default=d.class_crops, metavar="SHARE", help="with --crop: the share of training "
+                   "crops centred on a pixel of a class drawn evenly from those in the image (nnU-Net's foreground oversampling; "
+                   "default: every crop placed at random)")
     p.add_argument("--progressive", action="store_true", help="progressive resizing: the frozen phase at half size, then full size")
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=d.class_weights,
                    help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {10:g}x; "
@@ -52,7 +55,7 @@ def _fit_config(a: argparse.Namespace, data: Path, out: Path):
     from .train import TrainConfig
 
     return TrainConfig(data=data, out=out, encoder=a.encoder, pretrained=a.pretrained, weights=a.weights, allow_random=a.allow_random,
-                       size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), progressive=a.progressive,
+                       size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), class_crops=a.class_crops, progressive=a.progressive,
                        class_weights=a.class_weights, loss=a.loss, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
                        unfrozen_epochs=a.unfrozen_epochs, schedule_shape=a.schedule_shape, bn_momentum=a.bn_momentum, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
                        valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find, threads=a.threads)

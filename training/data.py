@@ -8,6 +8,7 @@ Everything is validated before training starts, so a bad file fails in one line 
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,11 +171,31 @@ def median_frequency_weights(freq: np.ndarray, void: int | None = None) -> np.nd
     return w
 
 
+def class_centred_corner(mask: np.ndarray, crop_hw: tuple[int, int], void: int | None = None, rng=random):
+    """(left, top) of a `crop_hw` window inside `mask` centred, as far as the borders allow, on a random pixel
+    of a class drawn evenly from the classes present (Void excluded); fastai's crop corner convention."""
+    from fastcore.basics import fastuple
+
+    present = [int(c) for c in np.unique(mask) if c != void]
+    H, W = mask.shape
+    ch, cw = crop_hw
+    if not present:
+        return fastuple(rng.randint(0, max(0, W - cw)), rng.randint(0, max(0, H - ch)))
+    ys, xs = np.nonzero(mask == rng.choice(present))
+    i = rng.randrange(len(ys))
+    left = min(max(0, int(xs[i]) - cw // 2), max(0, W - cw))
+    top = min(max(0, int(ys[i]) - ch // 2), max(0, H - ch))
+    return fastuple(left, top)
+
+
 def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int] | None = None, bs: int, mean, std, valid_pct: float,
-                     seed: int, augment: str = "affine", num_workers: int = 0):
+                     seed: int, augment: str = "affine", num_workers: int = 0, class_crops: float = 0.0):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
     scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
     `augment` ("affine": flips, rotation, zoom, warp and lighting; "flip": flips only; "none"), explicit Normalize.
+    `class_crops`: the share of training crops centred on a pixel of a class drawn evenly from those in the
+    image, Void excluded (nnU-Net's foreground oversampling, which centres a third of its patches so); the
+    rest fall anywhere, as fastai's RandomCrop.
 
     Normalisation is set here from the encoder's own stats, never as a side effect of `pretrained=`.
     """
@@ -194,6 +215,11 @@ def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int
 
     class TrainCrop(RandomCrop):
         split_idx = 0  # training set only: validation keeps the whole image at the training scale
+
+        def before_call(self, b, split_idx):
+            super().before_call(b, split_idx)
+            if class_crops and random.random() < class_crops:
+                self.tl = class_centred_corner(np.asarray(b[1]), (self.size[1], self.size[0]), ds.void)
 
     batch_tfms = {"affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
                   "flip": lambda: [Flip()], "none": list}[augment]()

@@ -76,6 +76,7 @@ class TrainConfig:
     allow_random: bool = False
     size: tuple[int, int] | None = None  # (H, W) training scale; None: 128x128, or the CamVid data's aspect at 128 px high
     crop: tuple[int, int] | None = None  # (H, W) random crops at the training scale (whole images when None)
+    class_crops: float = 0.0  # share of random crops centred on a pixel of a class drawn evenly from those present (Void excluded)
     progressive: bool = False  # fastai's progressive resizing: the frozen phase at half size, then full size
     bs: int = 8
     valid_pct: float = 0.2
@@ -124,6 +125,10 @@ class TrainConfig:
             raise TrainingError(f"--class-weights {self.class_weights!r}: use {', '.join(CLASS_WEIGHTS)}")
         if self.steps < 1:
             raise TrainingError(f"--steps {self.steps}: must be >= 1")
+        if not 0 <= self.class_crops <= 1:
+            raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
+        if self.class_crops and not self.crop:
+            raise TrainingError("--class-crops places random crops: give --crop H W as well")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise TrainingError(f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)")
         self.lr_unfrozen = tuple(self.lr_unfrozen)
@@ -410,7 +415,8 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
         size = (max(32, size[0] // 2), max(32, size[1] // 2))
         crop = (max(32, crop[0] // 2), max(32, crop[1] // 2)) if crop else None
     return make_dataloaders(ds, size=size, crop=crop, bs=config.bs, mean=spec.mean, std=spec.std, valid_pct=config.valid_pct,
-                            seed=config.seed, augment=config.resolved_augment() if augment is None else augment)
+                            seed=config.seed, augment=config.resolved_augment() if augment is None else augment,
+                            class_crops=config.class_crops if crop else 0.0)
 
 
 def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | None, dict]:

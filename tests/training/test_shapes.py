@@ -318,3 +318,47 @@ def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
     for bad in (0, 1.5, -0.1):
         with pytest.raises(TrainingError, match=f"--bn-momentum {bad}: use a number in \\(0, 1\\]"):
             TrainConfig(data=d, out=tmp_path, bn_momentum=bad)
+
+
+def test_class_crops_centre_on_a_class_drawn_evenly_and_reach_the_loader(tmp_path):
+    """--class-crops: a crop window centred (as the borders allow) on a pixel of a class drawn evenly from those
+    in the mask, never Void; in the training loader, crops so placed hold more of the rare classes (Car, Pole) and
+    less Void than random ones;
+    validation still sees whole images; a share outside [0, 1] or without --crop is a one-line error."""
+    import random
+
+    from training.data import class_centred_corner
+    from training.synth import SynthConfig, synth
+    from training.train import dataloaders_for, load_dataset
+
+    m = np.zeros((60, 80), np.uint8)
+    m[:, 70] = 2  # a one-pixel pole at the right border
+    m[:10, :10] = 5  # Void in a corner
+    rng, drawn = random.Random(0), {0: 0, 2: 0}
+    for _ in range(400):
+        left, top = class_centred_corner(m, (20, 30), void=5, rng=rng)
+        assert 0 <= left <= 50 and 0 <= top <= 40
+        window = m[top:top + 20, left:left + 30]
+        drawn[2 if (window == 2).any() and left == 50 else 0] += 1
+    assert 140 < drawn[2] < 260  # the pole's class half the time: the window pinned to the right border over it
+    assert class_centred_corner(np.full((60, 80), 5, np.uint8), (20, 30), void=5, rng=rng)[0] <= 50  # only Void: anywhere
+
+    d = synth(SynthConfig(out=tmp_path / "s", n=8, size=(120, 160), seed=1, layout="camvid"))
+    ds = load_dataset(d)
+    rare, void = [list(ds.codes).index(c) for c in ("Car", "Pole")], ds.void
+
+    def shares(share):
+        cfg = TrainConfig(data=d, out=tmp_path / "run", size=(120, 160), crop=(32, 48), bs=6, class_crops=share, valid_pct=0.25)
+        dls = dataloaders_for(cfg, ds)
+        random.seed(0)
+        y = torch.cat([dls.train.one_batch()[1] for _ in range(20)])
+        assert tuple(y.shape[1:]) == (32, 48) and tuple(dls.valid.one_batch()[1].shape[1:]) == (120, 160)
+        return sum((y == c).float().mean().item() for c in rare), (y == void).float().mean().item()
+
+    (rare0, void0), (rare1, void1) = shares(0.0), shares(1.0)
+    assert rare1 > 1.5 * rare0 and void1 < void0
+    for bad, msg in ((1.5, r"--class-crops 1.5: use a share in \[0, 1\]"), (-0.1, r"--class-crops -0.1: use a share")):
+        with pytest.raises(TrainingError, match=msg):
+            TrainConfig(data=d, out=tmp_path, size=(120, 160), crop=(32, 48), class_crops=bad)
+    with pytest.raises(TrainingError, match="--class-crops places random crops: give --crop H W"):
+        TrainConfig(data=d, out=tmp_path, class_crops=0.5)
