@@ -1,6 +1,6 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C Y A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -30,6 +30,7 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - Q: G at batch size 4 (S asked the same of D, under its affine augmentation);
 - C: G with a third of the training crops centred on a pixel of a class drawn evenly from those in the scene
   (`--class-crops 0.33`, nnU-Net's foreground oversampling): cars and poles fill more of the crops;
+- Y: G at batch size 2;
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -72,6 +73,7 @@ RECIPES = {
     "B": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--frozen-epochs", "2", "--unfrozen-epochs", "14"], "G at twice the budget (2 frozen + 14 unfrozen epochs), outside the aim's 8: what more steps buy"),
     "Q": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "4"], "G, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
     "C": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-crops", "0.33"], "G, a third of the crops centred on a class drawn evenly from those in the scene (nnU-Net's oversampling)"),
+    "Y": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "2"], "G, batch size 2 (four times the optimiser steps in the same 8 epochs)"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

