@@ -1,6 +1,6 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C Y A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C Y O Z A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -31,6 +31,8 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - C: G with a third of the training crops centred on a pixel of a class drawn evenly from those in the scene
   (`--class-crops 0.33`, nnU-Net's foreground oversampling): cars and poles fill more of the crops;
 - Y: G at batch size 2;
+- O: C without the class weights (oversampling in place of weighting, not on top of it);
+- Z: Q run again with seed 7 (as N is G's second run);
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -74,6 +76,8 @@ RECIPES = {
     "Q": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "4"], "G, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
     "C": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-crops", "0.33"], "G, a third of the crops centred on a class drawn evenly from those in the scene (nnU-Net's oversampling)"),
     "Y": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "2"], "G, batch size 2 (four times the optimiser steps in the same 8 epochs)"),
+    "O": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-crops", "0.33", "--class-weights", "off"], "C without class weights (oversampling in place of weighting)"),
+    "Z": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "4", "--seed", "7"], "Q again with another seed (7, as N is G's)"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 
