@@ -416,7 +416,7 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
         crop = (max(32, crop[0] // 2), max(32, crop[1] // 2)) if crop else None
     return make_dataloaders(ds, size=size, crop=crop, bs=config.bs, mean=spec.mean, std=spec.std, valid_pct=config.valid_pct,
                             seed=config.seed, augment=config.resolved_augment() if augment is None else augment,
-                            class_crops=config.class_crops if crop else 0.0)
+                            class_crops=config.class_crops)
 
 
 def _balance(config: TrainConfig, ds: Dataset, train_idx) -> tuple[np.ndarray | None, dict]:
@@ -462,6 +462,7 @@ def fit(config: TrainConfig) -> dict:
     if balance["used"]:
         print("      class weights (median frequency): " + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()), flush=True)
     what = (f"{size[0]}x{size[1]}" + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "")
+            + (f" ({config.class_crops:.0%} centred on a class)" if config.class_crops else "")
             + (", progressive (half size first)" if config.progressive else "")
             + f", augmentation {config.resolved_augment()}, loss {config.resolved_loss()}")
     print(f"[2/4] building U-Net on {config.encoder} ({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}", flush=True)
