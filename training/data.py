@@ -173,14 +173,15 @@ def median_frequency_weights(freq: np.ndarray, void: int | None = None) -> np.nd
 
 def class_centred_corner(mask: np.ndarray, crop_hw: tuple[int, int], void: int | None = None, rng=random):
     """(left, top) of a `crop_hw` window inside `mask` centred, as far as the borders allow, on a random pixel
-    of a class drawn evenly from the classes present (Void excluded); fastai's crop corner convention."""
+    of a class drawn evenly from the classes present (Void excluded), in fastai's crop corner convention;
+    None when only Void is present (the crop stays where fastai's RandomCrop put it)."""
     from fastcore.basics import fastuple
 
     present = [int(c) for c in np.unique(mask) if c != void]
+    if not present:
+        return None
     H, W = mask.shape
     ch, cw = crop_hw
-    if not present:
-        return fastuple(rng.randint(0, max(0, W - cw)), rng.randint(0, max(0, H - ch)))
     ys, xs = np.nonzero(mask == rng.choice(present))
     i = rng.randrange(len(ys))
     left = min(max(0, int(xs[i]) - cw // 2), max(0, W - cw))
@@ -220,7 +221,7 @@ def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int
             super().before_call(b, split_idx)
             # fastai calls before_call on every split (and on test_dl's image-only items): place training crops only
             if class_crops and split_idx == 0 and len(b) > 1 and random.random() < class_crops:
-                self.tl = class_centred_corner(np.asarray(b[1]), (self.size[1], self.size[0]), ds.void)
+                self.tl = class_centred_corner(np.asarray(b[1]), (self.size[1], self.size[0]), ds.void) or self.tl
 
     batch_tfms = {"affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
                   "flip": lambda: [Flip()], "none": list}[augment]()
