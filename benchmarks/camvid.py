@@ -1,6 +1,6 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C Y O Z A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C Y O Z E A] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -33,6 +33,8 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - Y: G at batch size 2;
 - O: C without the class weights (oversampling in place of weighting, not on top of it);
 - Z: Q run again with seed 7 (as N is G's second run);
+- E: G with the encoder's learning rate tripled after unfreezing (slice(6e-4, 2e-3): fastai's U-Net over this
+  encoder has two parameter groups, so the slice's ends are the encoder's and the decoder's rates);
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -78,6 +80,7 @@ RECIPES = {
     "Y": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "2"], "G, batch size 2 (four times the optimiser steps in the same 8 epochs)"),
     "O": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-crops", "0.33", "--class-weights", "off"], "C without class weights (oversampling in place of weighting)"),
     "Z": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "4", "--seed", "7"], "Q again with another seed (7, as N is G's)"),
+    "E": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--lr-unfrozen", "6e-4", "2e-3"], "G, the encoder's unfrozen learning rate tripled (slice(6e-4, 2e-3): the decoder's unchanged)"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

@@ -300,7 +300,7 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
 def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
     """--bn-momentum sets every BatchNorm layer's momentum (encoder and fastai's decoder); without it each layer
     keeps its own (EfficientNet-Lite0's encoder 0.01, the decoder PyTorch's 0.1); a value outside (0, 1] is a
-    one-line error."""
+    one-line error. The optimiser sees two parameter groups, the encoder's first (docs/training.md, --lr-unfrozen)."""
     from training.synth import SynthConfig, synth
     from training.train import learner_for
 
@@ -313,6 +313,11 @@ def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
 
     enc, every = momenta()
     assert enc == {0.01} and every == {0.01, 0.1}
+    # two parameter groups, encoder then decoder: --lr-unfrozen LO HI are the encoder's and the decoder's rates
+    learn, _ = learner_for(TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=2, pretrained=False, allow_random=True))
+    learn.create_opt()
+    groups = [{id(p) for p in g} for g in learn.opt.param_lists]
+    assert len(groups) == 2 and groups[0] == {id(p) for p in learn.model[0].parameters()}
     enc, every = momenta(bn_momentum=0.1)
     assert enc == every == {0.1}
     for bad in (0, 1.5, -0.1):
