@@ -56,6 +56,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = ["--size", "360", "480", "--crop", "192", "256"]
+G_ARGS = [*SCALE, "--augment", "flip", "--loss", "ce+dice"]  # row G; most rows are one factor on top of it
 
 # name -> fit arguments (None: the plain recipe), what changed
 RECIPES = {
@@ -66,21 +67,21 @@ RECIPES = {
     "L": ([*SCALE, "--augment", "affine", "--loss", "ce", "--last-epoch"], "D, last epoch kept"),
     "S": ([*SCALE, "--augment", "affine", "--loss", "ce", "--bs", "4"], "D, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
     "H": ([*SCALE, "--augment", "flip", "--loss", "ce", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"], "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))"),
-    "G": ([*SCALE, "--augment", "flip", "--loss", "ce+dice"], "F, cross-entropy + soft Dice loss"),
-    "U": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "off"], "G, no class weights"),
-    "K": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-weights", "sqrt"], "G, class weights softened (square roots)"),
-    "T": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--schedule", "fine-tune"], "G, fastai fine_tune's schedule shape (frozen warm-up 99 %, unfrozen from lr/5)"),
-    "R": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--lr", "2e-3", "--lr-unfrozen", "1e-4", "1e-3"], "G, learning rates halved (2e-3, then slice(1e-4, 1e-3))"),
+    "G": (G_ARGS, "F, cross-entropy + soft Dice loss"),
+    "U": ([*G_ARGS, "--class-weights", "off"], "G, no class weights"),
+    "K": ([*G_ARGS, "--class-weights", "sqrt"], "G, class weights softened (square roots)"),
+    "T": ([*G_ARGS, "--schedule", "fine-tune"], "G, fastai fine_tune's schedule shape (frozen warm-up 99 %, unfrozen from lr/5)"),
+    "R": ([*G_ARGS, "--lr", "2e-3", "--lr-unfrozen", "1e-4", "1e-3"], "G, learning rates halved (2e-3, then slice(1e-4, 1e-3))"),
     "V": ([*SCALE, "--augment", "flip", "--loss", "ce+lovasz"], "G, the Lovasz-softmax (IoU) loss instead of the Dice term"),
-    "N": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--seed", "7"], "G again with another seed (7: its own split and initialisation), the run-to-run noise"),
-    "M": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bn-momentum", "0.1"], "G, BatchNorm momentum 0.1 in the encoder (EfficientNet-Lite0's own is 0.01)"),
-    "B": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--frozen-epochs", "2", "--unfrozen-epochs", "14"], "G at twice the budget (2 frozen + 14 unfrozen epochs), outside the aim's 8: what more steps buy"),
-    "Q": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "4"], "G, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
-    "C": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-crops", "0.33"], "G, a third of the crops centred on a class drawn evenly from those in the scene (nnU-Net's oversampling)"),
-    "Y": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "2"], "G, batch size 2 (four times the optimiser steps in the same 8 epochs)"),
-    "O": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--class-crops", "0.33", "--class-weights", "off"], "C without class weights (oversampling in place of weighting)"),
-    "Z": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--bs", "4", "--seed", "7"], "Q again with another seed (7, as N is G's)"),
-    "E": ([*SCALE, "--augment", "flip", "--loss", "ce+dice", "--lr-unfrozen", "6e-4", "2e-3"], "G, the encoder's unfrozen learning rate tripled (slice(6e-4, 2e-3): the decoder's unchanged)"),
+    "N": ([*G_ARGS, "--seed", "7"], "G again with another seed (7: its own split and initialisation), the run-to-run noise"),
+    "M": ([*G_ARGS, "--bn-momentum", "0.1"], "G, BatchNorm momentum 0.1 in the encoder (EfficientNet-Lite0's own is 0.01)"),
+    "B": ([*G_ARGS, "--frozen-epochs", "2", "--unfrozen-epochs", "14"], "G at twice the budget (2 frozen + 14 unfrozen epochs), outside the aim's 8: what more steps buy"),
+    "Q": ([*G_ARGS, "--bs", "4"], "G, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
+    "C": ([*G_ARGS, "--class-crops", "0.33"], "G, a third of the crops centred on a class drawn evenly from those in the scene (nnU-Net's oversampling)"),
+    "Y": ([*G_ARGS, "--bs", "2"], "G, batch size 2 (four times the optimiser steps in the same 8 epochs)"),
+    "O": ([*G_ARGS, "--class-crops", "0.33", "--class-weights", "off"], "C without class weights (oversampling in place of weighting)"),
+    "Z": ([*G_ARGS, "--bs", "4", "--seed", "7"], "Q again with another seed (7, as N is G's)"),
+    "E": ([*G_ARGS, "--lr-unfrozen", "6e-4", "2e-3"], "G, the encoder's unfrozen learning rate tripled (slice(6e-4, 2e-3): the decoder's unchanged)"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

@@ -309,16 +309,15 @@ def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
     def momenta(**kw):
         learn, _ = learner_for(TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=2, pretrained=False, allow_random=True, **kw))
         enc = {round(m.momentum, 6) for m in learn.model[0].modules() if isinstance(m, torch.nn.BatchNorm2d)}
-        return enc, {round(m.momentum, 6) for m in learn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        return enc, {round(m.momentum, 6) for m in learn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}, learn
 
-    enc, every = momenta()
+    enc, every, learn = momenta()
     assert enc == {0.01} and every == {0.01, 0.1}
     # two parameter groups, encoder then decoder: --lr-unfrozen LO HI are the encoder's and the decoder's rates
-    learn, _ = learner_for(TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=2, pretrained=False, allow_random=True))
     learn.create_opt()
     groups = [{id(p) for p in g} for g in learn.opt.param_lists]
     assert len(groups) == 2 and groups[0] == {id(p) for p in learn.model[0].parameters()}
-    enc, every = momenta(bn_momentum=0.1)
+    enc, every, _ = momenta(bn_momentum=0.1)
     assert enc == every == {0.1}
     for bad in (0, 1.5, -0.1):
         with pytest.raises(TrainingError, match=f"--bn-momentum {bad}: use a number in \\(0, 1\\]"):
