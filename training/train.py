@@ -63,6 +63,7 @@ CLASS_WEIGHTS = ("auto", "on", "sqrt", "off")
 # fit_one_cycle's shape per phase: one-cycle: fastai's defaults (warm-up over 25 %, from lr/25);
 # fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %; unfrozen: over 30 %, from lr/5)
 SCHEDULES = {"one-cycle": ({}, {}), "fine-tune": ({"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})}
+PRECISIONS = ("auto", "fp32", "bf16")
 IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
 
 
@@ -90,6 +91,8 @@ class TrainConfig:
     loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
     schedule_shape: str = "one-cycle"  # see SCHEDULES
     bn_momentum: float | None = None  # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder 0.01, fastai's decoder 0.1)
+    precision: str = "auto"  # auto: bf16 autocast where the training device computes bf16 natively (AMX/AVX-512 BF16 CPUs, bf16 GPUs), else fp32
+    channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     augment: str = "flip"  # flip | affine (+ rotation, zoom, warp, lighting) | none; "auto" (older commands and run folders) = flip
     lr_find: bool = False
@@ -129,6 +132,8 @@ class TrainConfig:
             raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
         if self.class_crops and not self.crop:
             raise TrainingError("--class-crops places random crops: give --crop H W as well")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise TrainingError(f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)")
         self.lr_unfrozen = tuple(self.lr_unfrozen)
@@ -440,6 +445,8 @@ def fit(config: TrainConfig) -> dict:
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
     from fastai.callback.tracker import SaveModelCallback  # noqa: F401
 
+    from .precision import resolve_precision
+
     # both imported before the seeding below: importing them draws from the random generators (it changed every
     # fit when they were first imported later, in _train)
 
@@ -473,10 +480,12 @@ def fit(config: TrainConfig) -> dict:
     if config.lr_find:
         _lr_find(learn, config, out)
     steps = (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs)
+    precision = resolve_precision(config.precision, learn.dls.device)
     print(f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr slice{config.lr_unfrozen}): "
-          f"{steps} steps of {config.bs}", flush=True)
+          f"{steps} steps of {config.bs}, {precision}{', channels-last' if config.channels_last else ''} on {learn.dls.device.type}", flush=True)
     history, timings, kept = _train(learn, config, ds, frozen, unfrozen)
-    schedule = {"steps_budget": config.steps, "steps": steps, "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept}
+    schedule = {"steps_budget": config.steps, "steps": steps, "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept,
+                "precision": precision, "channels_last": config.channels_last}
     report = _write_run(learn, config, ds, (train_idx, valid_idx), size, history, schedule, balance, timings)
     report["timings"]["total_s"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -507,8 +516,24 @@ def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
     from fastai.callback.tracker import SaveModelCallback
 
+    from .precision import resolve_precision, speed_callbacks
+
     history, timings = [], {}
     best = [SaveModelCallback(monitor="dice_fg", comp=np.greater, fname="best", with_opt=False)] if config.keep_best else []
+    speed = speed_callbacks(resolve_precision(config.precision, learn.dls.device), config.channels_last)
+    learn.add_cbs(speed)
+    try:
+        _phases(learn, config, ds, frozen, unfrozen, best, history, timings)
+    finally:
+        learn.remove_cbs(speed)
+    last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
+    kept = max(last_phase, key=lambda h: h.get("dice_fg") or 0)["epoch"] if config.keep_best and last_phase else (history[-1]["epoch"] if history else None)
+    (learn.path / "best.pth").unlink(missing_ok=True)
+    return history, timings, kept
+
+
+def _phases(learn, config: TrainConfig, ds, frozen: int, unfrozen: int, best: list, history: list, timings: dict) -> None:
+    """Both phases of `_train`, appending to `history` and `timings`."""
     t = time.perf_counter()
     shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
     if frozen:
@@ -525,10 +550,6 @@ def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[
         history += _history(learn, "unfrozen", len(history))
     timings["unfrozen_s"] = time.perf_counter() - t
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]
-    last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
-    kept = max(last_phase, key=lambda h: h.get("dice_fg") or 0)["epoch"] if config.keep_best and last_phase else (history[-1]["epoch"] if history else None)
-    (learn.path / "best.pth").unlink(missing_ok=True)
-    return history, timings, kept
 
 
 def _write_run(learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict) -> dict:

@@ -275,8 +275,15 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
 
     class FakeLearner:
         def __init__(self):
-            self.calls, self.path = [], tmp_path
+            self.calls, self.path, self.cbs = [], tmp_path, []
             self.recorder = SimpleNamespace(metric_names=["epoch", "train_loss", "time"], values=[])
+            self.dls = SimpleNamespace(device=torch.device("cpu"))
+
+        def add_cbs(self, cbs):
+            self.cbs += cbs
+
+        def remove_cbs(self, cbs):
+            self.cbs = [cb for cb in self.cbs if cb not in cbs]
 
         def freeze(self):
             self.calls.append("freeze")
@@ -293,6 +300,7 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
         history, _, kept = _train(learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3)
         assert learn.calls == ["freeze", (2, 4e-3, frozen_kw), "unfreeze", (3, slice(2e-4, 2e-3), unfrozen_kw)]
         assert len(history) == 5 and kept == 4
+        assert learn.cbs == []  # the precision and memory-format callbacks leave with the fit
     with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune"):
         TrainConfig(data=tmp_path, out=tmp_path, schedule_shape="cosine")
 
