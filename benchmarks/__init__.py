@@ -20,9 +20,9 @@ def write_report(name: str, md: str, data) -> Path:
 
 
 def cpu_features() -> str:
-    """The machine and the x86 features that pick ONNX Runtime's int8 kernels, e.g. "x86_64, avx2, avx512f, avx512_vnni"."""
+    """The machine and the x86 features that pick ONNX Runtime's int8 kernels and fit's precision, e.g. "x86_64, avx2, avx512f, avx512_vnni"."""
     import platform
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f" {f}" in flags]
+    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
     return f"{platform.machine()}, {', '.join(feats) or 'no AVX2'}"

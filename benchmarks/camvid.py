@@ -1,6 +1,7 @@
 """CamVid-layout street scenes: `fit` against the plain fastai recipe, one factor at a time, at one budget.
 
-    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D F W L S H G U K T R V N M B Q C Y O Z E A] [--no-load]
+    python -m benchmarks.camvid [--work runs/camvid] [--n 150] [--draw 0] [--epochs 2 6] [--only P D ... A] [--seeds 42 7 3]
+                                [--screen] [--tag NAME] [--no-load]
 
 Writes `--n` synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree,
 Car, thin Poles, Void; `--draw`: the generator's seed, another draw of the same kind of scenes), then trains each row at the same budget (2 frozen + 6 unfrozen epochs), exports
@@ -35,12 +36,21 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - Z: Q run again with seed 7 (as N is G's second run);
 - E: G with the encoder's learning rate tripled after unfreezing (slice(6e-4, 2e-3): fastai's U-Net over this
   encoder has two parameter groups, so the slice's ends are the encoder's and the decoder's rates);
+- J: G in fp32 and the contiguous memory format (`--precision fp32 --no-channels-last`): what bf16 autocast and
+  channels-last, fit's defaults where the CPU computes bf16 natively, change in accuracy and time;
+- X: G with fastai's `fit_flat_cos` in both phases (no warm-up: the rate flat for 75 % of each phase, then cosine down);
+- I: X with fastai's `ranger` optimiser (RAdam + Lookahead), the pairing fastai's short-schedule records used;
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
 480x360 PNG uploads of the held-out scenes at concurrency 16 (throughput, p50/p99, masks equal to the
 Python API's). Resumable: a row whose run or export exists is not trained again. Prints a table,
-writes benchmarks/results/camvid-<date>.md/.json and a PNG of example masks.
+writes benchmarks/results/camvid-[<tag>-]<date>.md/.json and a PNG of example masks.
+
+`--seeds`: every row is trained once per seed (each seed its own 80/20 split, initialisation and crops, the
+same for every row) and the table averages over them, with the spread: one run of a recipe moves mean IoU by
+several hundredths at this budget, so rows are ranked over seeds. `--screen`: rows are scored by fit's own
+held-out evaluation (training.train.evaluate, the served data path in PyTorch) without exporting them.
 """
 from __future__ import annotations
 
@@ -53,6 +63,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = ["--size", "360", "480", "--crop", "192", "256"]
@@ -82,6 +94,9 @@ RECIPES = {
     "O": ([*G_ARGS, "--class-crops", "0.33", "--class-weights", "off"], "C without class weights (oversampling in place of weighting)"),
     "Z": ([*G_ARGS, "--bs", "4", "--seed", "7"], "Q again with another seed (7, as N is G's)"),
     "E": ([*G_ARGS, "--lr-unfrozen", "6e-4", "2e-3"], "G, the encoder's unfrozen learning rate tripled (slice(6e-4, 2e-3): the decoder's unchanged)"),
+    "J": ([*G_ARGS, "--precision", "fp32", "--no-channels-last"], "G in fp32 and the contiguous memory format (fit's numerics before bf16 autocast)"),
+    "X": ([*G_ARGS, "--schedule", "flat-cos"], "G, fastai's fit_flat_cos in each phase (the rate flat for 75 %, then cosine down)"),
+    "I": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos"], "G, fastai's ranger (RAdam + Lookahead) with fit_flat_cos"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 
@@ -139,20 +154,100 @@ def _same_as(name: str, work: Path) -> str | None:
     return None
 
 
-def _train(name: str, data: Path, work: Path, epochs) -> Path:
-    """Train and export row `name` unless done; returns its export folder."""
+DEFAULT_SEED = 42  # fit's; a row's other seeds get their own run folders (run-G-s7)
+
+
+def _folder(work: Path, kind: str, name: str, seed: int) -> Path:
+    return work / f"{kind}-{name}" if seed == DEFAULT_SEED else work / f"{kind}-{name}-s{seed}"
+
+
+def _seeds(name: str, seeds: list[int]) -> list[int]:
+    """The seeds row `name` runs with: its own when its arguments carry one (N, Z), else `seeds`."""
+    args = RECIPES[name][0] or []
+    return [int(args[args.index("--seed") + 1])] if "--seed" in args else seeds
+
+
+def _train(name: str, data: Path, work: Path, epochs, seed: int = DEFAULT_SEED, export: bool = True) -> Path:
+    """Train row `name` with `seed` and, with `export`, export it (with --int8) unless done; returns its run folder."""
     py = sys.executable
     args = RECIPES[name][0]
-    run, export = work / f"run-{name}", work / f"export-{name}"
+    run, out = _folder(work, "run", name, seed), _folder(work, "export", name, seed)
+    seed_args = [] if args and "--seed" in args else ["--seed", str(seed)]
     if not (run / "report.json").is_file():
         if args is None:
-            _run([py, "-m", "benchmarks.camvid_plain", "--data", str(data), "--out", str(run), "--epochs", *map(str, epochs)])
+            _run([py, "-m", "benchmarks.camvid_plain", "--data", str(data), "--out", str(run), "--epochs", *map(str, epochs), *seed_args])
         else:
             _run([py, "-m", "training", "fit", "--data", str(data), "--out", str(run), "--frozen-epochs", str(epochs[0]),
-                  "--unfrozen-epochs", str(epochs[1]), *args])
-    if not (export / "model.onnx").is_file():
-        _run([py, "-m", "training", "export", "--model", str(run), "--out", str(export), "--int8"])
-    return export
+                  "--unfrozen-epochs", str(epochs[1]), *args, *seed_args])
+    if export and not (out / "model.onnx").is_file():
+        _run([py, "-m", "training", "export", "--model", str(run), "--out", str(out), "--int8"])
+    return run
+
+
+def score_run(run: Path) -> tuple[dict, list]:
+    """IoU per class on the run's held-out scenes, by fit's own evaluation (training.train.evaluate: the served data
+    path in PyTorch, which the export's parity gate ties to the ONNX graph); no export needed."""
+    from training.model import ENCODERS
+    from training.train import evaluate, load_run
+
+    learn, meta, ds = load_run(run)
+    valid = {str(p) for p in meta["valid_images"]}
+    idx = [i for i, (image, _) in enumerate(ds.pairs) if str(image) in valid]
+    spec = ENCODERS[meta["config"]["encoder"]]
+    metrics, shown = evaluate(learn, ds, idx, tuple(meta["size"]), spec.mean, spec.std)
+    iou = {c: v for c, v in metrics["iou"].items() if c != meta["codes"][meta["void"]]}
+    return {**iou, "mean": metrics["iou_fg"]}, [s[:3] for s in shown[:3]]
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Per-class means over a row's seeds, the mean IoU's mean, min and max, and how many seeds."""
+    classes = [c for c in per_seed[0] if c != "mean"]
+    means = [r["mean"] for r in per_seed]
+    return {**{c: float(np.mean([r[c] for r in per_seed])) for c in classes}, "mean": float(np.mean(means)),
+            "min": float(min(means)), "max": float(max(means)), "n": len(per_seed)}
+
+
+def _score_row(name: str, data: Path, work: Path, a) -> tuple[dict, list]:
+    """Train (and export, unless --screen) row `name` for each of its seeds and score it; the row's aggregate."""
+    per_seed, shown, minutes = {"fp32": [], "int8": []}, [], []
+    for seed in _seeds(name, a.seeds):
+        run = _train(name, data, work, a.epochs, seed, export=not a.screen)
+        report = json.loads((run / "report.json").read_text())
+        minutes.append(report["timings"]["train_s"] / 60)
+        if a.screen:
+            scores, seen = score_run(run)
+            per_seed["fp32"].append({**scores, "seed": seed})
+        else:
+            export = _folder(work, "export", name, seed)
+            codes, void = report["codes"], report["void"]
+            valid = [(Path(pth), data / "labels" / f"{Path(pth).stem}_P.png") for pth in report["valid_images"]]
+            scores, seen = score(export, valid, codes, void)
+            per_seed["fp32"].append({**scores, "seed": seed})
+            if (export / "model.int8.onnx").is_file():
+                per_seed["int8"].append({**score(export, valid, codes, void, "int8")[0], "seed": seed})
+        shown = shown or seen
+        print(f"{name} seed {seed}: mean IoU {scores['mean']:.3f}, Pole {scores['Pole']:.3f}, Car {scores['Car']:.3f}", flush=True)
+    row = {"label": RECIPES[name][1], "train_min": float(np.mean(minutes)), "seeds": [r["seed"] for r in per_seed["fp32"]],
+           "per_seed": per_seed, "fp32": aggregate([{k: v for k, v in r.items() if k != "seed"} for r in per_seed["fp32"]])}
+    if per_seed["int8"] and len(per_seed["int8"]) == len(per_seed["fp32"]):
+        row["int8"] = aggregate([{k: v for k, v in r.items() if k != "seed"} for r in per_seed["int8"]])
+    return row, shown
+
+
+def table_lines(rows: dict) -> list[str]:
+    """The markdown table: one line per row and variant, class IoUs and mean IoU averaged over the row's seeds."""
+    classes = [c for c in next(iter(rows.values()))[0]["fp32"] if c not in ("mean", "min", "max", "n")]
+    L = ["| row | change | seeds | " + " | ".join(classes) + " | mean IoU | min-max over seeds | train min |",
+         "|---|---|---|" + "---|" * (len(classes) + 3)]
+    for name, (row, _) in rows.items():
+        for variant in ("fp32", "int8"):
+            if variant in row:
+                r = row[variant]
+                same = f" (same model as {row['same_as']})" if row.get("same_as") else ""
+                spread = f"{r['min']:.3f}-{r['max']:.3f}" if r["n"] > 1 else ""
+                L.append(f"| {name}{' int8' if variant == 'int8' else ''} | {row['label']}{same} | {r['n']} | "
+                         + " | ".join(f"{r[c]:.3f}" for c in classes) + f" | **{r['mean']:.3f}** | {spread} | {row['train_min']:.1f} |")
+    return L
 
 
 def main(argv=None) -> int:
@@ -162,6 +257,11 @@ def main(argv=None) -> int:
     p.add_argument("--draw", type=int, default=0, help="the scene generator's seed (another draw of the same kind of scenes)")
     p.add_argument("--epochs", type=int, nargs=2, default=[2, 6], metavar=("FROZEN", "UNFROZEN"))
     p.add_argument("--only", nargs="+", choices=list(RECIPES), help="rows to run (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED], help="fit seeds per row (each its own split, "
+                   "initialisation and crops); the table averages over them")
+    p.add_argument("--screen", action="store_true", help="score by fit's own held-out evaluation (the served path in PyTorch), "
+                   "without exporting: no int8 rows, no load test")
+    p.add_argument("--tag", help="report name: camvid-<tag>-<date>")
     p.add_argument("--no-load", dest="load", action="store_false", help="skip the bentoml serve load test")
     a = p.parse_args(argv)
     data = a.work / (f"scenes-n{a.n}" + (f"-draw{a.draw}" if a.draw else ""))
@@ -176,37 +276,24 @@ def main(argv=None) -> int:
             continue
         if RECIPES[name][0] is None and name != "P":
             continue
-        export = _train(name, data, a.work, a.epochs)
+        rows[name] = _score_row(name, data, a.work, a)
         trained.append(name)
-        report = json.loads((a.work / f"run-{name}" / "report.json").read_text())
-        codes, void = report["codes"], report["void"]
-        valid = [(Path(pth), data / "labels" / f"{Path(pth).stem}_P.png") for pth in report["valid_images"]]
-        row = {"label": RECIPES[name][1], "train_min": report["timings"]["train_s"] / 60,
-               "epochs": report["schedule"]["frozen_epochs"] + report["schedule"]["unfrozen_epochs"],
-               "int8_export": json.loads((export / "export.json").read_text())["int8"]}
-        row["fp32"], shown = score(export, valid, codes, void)
-        if (export / "model.int8.onnx").is_file():
-            row["int8"], _ = score(export, valid, codes, void, "int8")
-        rows[name] = (row, shown)
-        print(f"{name}: {row['label']}: mean IoU {row['fp32']['mean']:.3f}, Pole {row['fp32']['Pole']:.3f}", flush=True)
-    served_load = serve_load(a.work / f"export-{trained[-1]}", [Path(p) for p in json.loads(
-        (a.work / f"run-{trained[-1]}" / "report.json").read_text())["valid_images"]]) if a.load and trained else None
-    tag = (f"draw{a.draw}-" if a.draw else "") + ("" if a.epochs == [2, 6] else f"e{a.epochs[0]}+{a.epochs[1]}-")
+        row = rows[name][0]
+        print(f"{name}: {row['label']}: mean IoU {row['fp32']['mean']:.3f} over {row['fp32']['n']} seeds, Pole {row['fp32']['Pole']:.3f}", flush=True)
+    last = _folder(a.work, "export", trained[-1], DEFAULT_SEED) if trained else None
+    served_load = serve_load(last, [Path(p) for p in json.loads((_folder(a.work, "run", trained[-1], DEFAULT_SEED) / "report.json").read_text())["valid_images"]]) \
+        if a.load and not a.screen and last and last.is_dir() else None
+    tag = (f"{a.tag}-" if a.tag else "") + (f"draw{a.draw}-" if a.draw else "") + ("" if a.epochs == [2, 6] else f"e{a.epochs[0]}+{a.epochs[1]}-")
     out = ROOT / "benchmarks" / "results" / f"camvid-{tag}{dt.date.today().isoformat()}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    classes = [c for c in next(iter(rows.values()))[0]["fp32"] if c != "mean"]
+    scored = ("fit's own held-out evaluation (the served data path in PyTorch, no export)" if a.screen else
+              "the served data path (exported ONNX, serving.Segmenter)")
     L = [f"# CamVid-layout scenes: `fit` against the plain fastai recipe ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-         f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`), the same 80/20 split for every row, "
-         f"held-out scenes scored at 360x480 through the served data path, Void excluded; {a.epochs[0]} frozen + {a.epochs[1]} unfrozen "
-         "epochs each at 192x256 random crops, batch 8, lr 4e-3 then slice(2e-4, 2e-3); `python -m benchmarks.camvid`. One run per row: "
-         "a row differs from another by one factor, and a second draw of the same recipe moves mean IoU by a few hundredths.", "",
-         "| row | change | " + " | ".join(classes) + " | mean IoU | train min |", "|---|---|" + "---|" * (len(classes) + 2)]
-    for name, (row, _) in rows.items():
-        for variant in ("fp32", "int8"):
-            if variant in row:
-                same = f" (same model as {row['same_as']})" if row.get("same_as") else ""
-                L.append(f"| {name}{' int8' if variant == 'int8' else ''} | {row['label']}{same} | "
-                         + " | ".join(f"{row[variant][c]:.3f}" for c in classes) + f" | **{row[variant]['mean']:.3f}** | {row['train_min']:.1f} |")
+         f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`); each seed of a row has its own "
+         f"80/20 split, initialisation and crops, the same for every row; held-out scenes scored at 360x480 by {scored}, Void excluded; "
+         f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops, batch 8, lr 4e-3 then slice(2e-4, 2e-3); "
+         f"`python -m benchmarks.camvid {' '.join(argv if argv is not None else sys.argv[1:])}` on {cpu_features()}. A row differs from "
+         "another by one factor; class IoUs and mean IoU are averaged over the row's seeds.", ""] + table_lines(rows)
     if served_load:
         sl = served_load
         L += ["", f"Served ({trained[-1]}, `bentoml serve` defaults: {sl['workers']} workers, {sl['variant']}), 480x360 PNG uploads at concurrency "

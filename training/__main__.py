@@ -10,7 +10,7 @@ from .errors import TrainingError
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    from .train import AUGMENT, CLASS_WEIGHTS, LOSSES, PRECISIONS, SCHEDULES, TrainConfig
+    from .train import AUGMENT, CLASS_WEIGHTS, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p.add_argument("--encoder", default=d.encoder, help="efficientnet_lite0 (default, ImageNet weights offline), resnet18, resnet34")
@@ -37,9 +37,10 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last-epoch", dest="keep_best", action="store_false", help="keep the last epoch instead of the best validation Dice")
     p.add_argument("--bn-momentum", type=float, default=d.bn_momentum, help="every BatchNorm layer's running-statistics momentum "
                    "(default: each layer's own, 0.01 in EfficientNet-Lite0's encoder)")
-    p.add_argument("--schedule", dest="schedule_shape", choices=SCHEDULES, default=d.schedule_shape, help="each phase's fit_one_cycle: "
-                   "one-cycle (fastai's defaults) or fine-tune (the shape of fastai's fine_tune: frozen warm-up over 99 %%, "
-                   "unfrozen from lr/5 over 30 %%)")
+    p.add_argument("--schedule", dest="schedule_shape", choices=SCHEDULES, default=d.schedule_shape, help="each phase's schedule: "
+                   "one-cycle (fastai's fit_one_cycle), fine-tune (the shape of fastai's fine_tune: frozen warm-up over 99 %%, "
+                   "unfrozen from lr/5 over 30 %%) or flat-cos (fastai's fit_flat_cos: flat for 75 %%, then cosine down)")
+    p.add_argument("--opt", choices=OPTIMIZERS, default=d.opt, help="adam (fastai's default) or ranger (RAdam + Lookahead, fastai's)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="auto (default): bf16 autocast where the device computes "
                    "bf16 natively (CPUs with AMX or AVX-512 BF16, bf16 GPUs), else fp32; fp32; bf16 (emulated, slow, elsewhere)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="train in the contiguous memory format "
@@ -61,7 +62,7 @@ def _fit_config(a: argparse.Namespace, data: Path, out: Path):
     return TrainConfig(data=data, out=out, encoder=a.encoder, pretrained=a.pretrained, weights=a.weights, allow_random=a.allow_random,
                        size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), class_crops=a.class_crops, progressive=a.progressive,
                        class_weights=a.class_weights, loss=a.loss, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
-                       unfrozen_epochs=a.unfrozen_epochs, schedule_shape=a.schedule_shape, bn_momentum=a.bn_momentum, precision=a.precision, channels_last=a.channels_last, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
+                       unfrozen_epochs=a.unfrozen_epochs, schedule_shape=a.schedule_shape, opt=a.opt, bn_momentum=a.bn_momentum, precision=a.precision, channels_last=a.channels_last, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
                        valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find, threads=a.threads)
 
 

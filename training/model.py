@@ -100,9 +100,10 @@ def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = 
 
 
 def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: Path | None = None, allow_random: bool = False,
-                  metrics=(), last_cross: bool = True, loss_func=None):
+                  metrics=(), last_cross: bool = True, loss_func=None, opt: str = "adam"):
     """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly.
-    `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1)."""
+    `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1). `opt`: fastai's Adam or ranger."""
+    from fastai.optimizer import Adam, ranger
     from fastai.vision.learner import unet_learner
 
     body = build_encoder(encoder, pretrained=pretrained, weights=weights, allow_random=allow_random)
@@ -115,6 +116,7 @@ def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: P
         normalize=False,
         metrics=list(metrics),
         last_cross=last_cross,
+        opt_func={"adam": Adam, "ranger": ranger}[opt],
         **({"loss_func": loss_func} if loss_func is not None else {}),
     )
 

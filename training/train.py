@@ -60,9 +60,12 @@ def _hw(value) -> tuple[int, int] | None:
 AUGMENT = ("flip", "affine", "none", "auto")
 LOSSES = ("auto", "ce", "ce+dice", "ce+lovasz")
 CLASS_WEIGHTS = ("auto", "on", "sqrt", "off")
-# fit_one_cycle's shape per phase: one-cycle: fastai's defaults (warm-up over 25 %, from lr/25);
-# fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %; unfrozen: over 30 %, from lr/5)
-SCHEDULES = {"one-cycle": ({}, {}), "fine-tune": ({"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})}
+# each phase's fastai schedule and its arguments (frozen, unfrozen): one-cycle: fit_one_cycle with fastai's defaults
+# (warm-up over 25 %, from lr/25); fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %;
+# unfrozen: over 30 %, from lr/5); flat-cos: fit_flat_cos (the rate flat for 75 %, then cosine down; fastai's partner of ranger)
+SCHEDULES = {"one-cycle": ("fit_one_cycle", {}, {}), "fine-tune": ("fit_one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0}),
+             "flat-cos": ("fit_flat_cos", {}, {})}
+OPTIMIZERS = ("adam", "ranger")  # fastai's Adam (its default) or ranger (RAdam + Lookahead)
 PRECISIONS = ("auto", "fp32", "bf16")
 IMBALANCE_RATIO = 10.0  # class_weights="auto" turns median-frequency weights on above this max/min class frequency
 
@@ -90,6 +93,7 @@ class TrainConfig:
     class_weights: str = "auto"  # median-frequency weighted loss: auto (when unbalanced), on, sqrt (their square roots), off
     loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
     schedule_shape: str = "one-cycle"  # see SCHEDULES
+    opt: str = "adam"  # see OPTIMIZERS
     bn_momentum: float | None = None  # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder 0.01, fastai's decoder 0.1)
     precision: str = "auto"  # auto: bf16 autocast where the training device computes bf16 natively (AMX/AVX-512 BF16 CPUs, bf16 GPUs), else fp32
     channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
@@ -124,6 +128,8 @@ class TrainConfig:
             raise TrainingError(f"--loss {self.loss!r}: use {', '.join(LOSSES)}")
         if self.schedule_shape not in SCHEDULES:
             raise TrainingError(f"--schedule {self.schedule_shape!r}: use {', '.join(SCHEDULES)}")
+        if self.opt not in OPTIMIZERS:
+            raise TrainingError(f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}")
         if self.class_weights not in CLASS_WEIGHTS:
             raise TrainingError(f"--class-weights {self.class_weights!r}: use {', '.join(CLASS_WEIGHTS)}")
         if self.steps < 1:
@@ -335,7 +341,7 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     loss = config.resolved_loss()
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
-                          metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross,
+                          metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross, opt=config.opt,
                           loss_func=SegmentationLoss(weights, ds.void, dice=loss == "ce+dice", lovasz=loss == "ce+lovasz"))
     if config.bn_momentum is not None:
         for m in learn.model.modules():
@@ -535,10 +541,10 @@ def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[
 def _phases(learn, config: TrainConfig, ds, frozen: int, unfrozen: int, best: list, history: list, timings: dict) -> None:
     """Both phases of `_train`, appending to `history` and `timings`."""
     t = time.perf_counter()
-    shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
+    method, shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
     if frozen:
         learn.freeze()
-        learn.fit_one_cycle(frozen, config.lr, cbs=best if not unfrozen else [], **shape_frozen)
+        getattr(learn, method)(frozen, config.lr, cbs=best if not unfrozen else [], **shape_frozen)
         history += _history(learn, "frozen", 0)
     timings["frozen_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -546,7 +552,7 @@ def _phases(learn, config: TrainConfig, ds, frozen: int, unfrozen: int, best: li
         if config.progressive and frozen:
             learn.dls = dataloaders_for(config, ds)
         learn.unfreeze()
-        learn.fit_one_cycle(unfrozen, slice(*config.lr_unfrozen), cbs=best, **shape_unfrozen)
+        getattr(learn, method)(unfrozen, slice(*config.lr_unfrozen), cbs=best, **shape_unfrozen)
         history += _history(learn, "unfrozen", len(history))
     timings["unfrozen_s"] = time.perf_counter() - t
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]

@@ -292,17 +292,24 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
             self.calls.append("unfreeze")
 
         def fit_one_cycle(self, n, lr, cbs=None, **kw):
-            self.calls.append((n, lr, kw))
+            self.calls.append(("one_cycle", n, lr, kw))
             self.recorder.values = [[0.5]] * n
 
-    for shape, frozen_kw, unfrozen_kw in (("one-cycle", {}, {}), ("fine-tune", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})):
+        def fit_flat_cos(self, n, lr, cbs=None, **kw):
+            self.calls.append(("flat_cos", n, lr, kw))
+            self.recorder.values = [[0.5]] * n
+
+    for shape, how, frozen_kw, unfrozen_kw in (("one-cycle", "one_cycle", {}, {}), ("flat-cos", "flat_cos", {}, {}),
+                                               ("fine-tune", "one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})):
         learn = FakeLearner()
         history, _, kept = _train(learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3)
-        assert learn.calls == ["freeze", (2, 4e-3, frozen_kw), "unfreeze", (3, slice(2e-4, 2e-3), unfrozen_kw)]
+        assert learn.calls == ["freeze", (how, 2, 4e-3, frozen_kw), "unfreeze", (how, 3, slice(2e-4, 2e-3), unfrozen_kw)]
         assert len(history) == 5 and kept == 4
         assert learn.cbs == []  # the precision and memory-format callbacks leave with the fit
-    with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune"):
+    with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune, flat-cos"):
         TrainConfig(data=tmp_path, out=tmp_path, schedule_shape="cosine")
+    with pytest.raises(TrainingError, match="--opt 'sgd': use adam, ranger"):
+        TrainConfig(data=tmp_path, out=tmp_path, opt="sgd")
 
 
 def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
@@ -375,3 +382,13 @@ def test_class_crops_centre_on_a_class_drawn_evenly_and_reach_the_loader(tmp_pat
             TrainConfig(data=d, out=tmp_path, size=(120, 160), crop=(32, 48), class_crops=bad)
     with pytest.raises(TrainingError, match="--class-crops places random crops: give --crop H W"):
         TrainConfig(data=d, out=tmp_path, class_crops=0.5)
+
+
+def test_ranger_reaches_the_learner(tmp_path, tiny_dataset):
+    """--opt ranger builds fastai's ranger (RAdam wrapped in Lookahead); the default stays fastai's Adam."""
+    from training.train import learner_for
+
+    for opt, want in (("ranger", "Lookahead"), ("adam", "Optimizer")):
+        learn, _ = learner_for(TrainConfig(data=tiny_dataset, out=tmp_path, size=64, bs=4, opt=opt))
+        learn.create_opt()
+        assert type(learn.opt).__name__ == want
