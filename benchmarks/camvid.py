@@ -40,6 +40,7 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
   channels-last, fit's defaults where the CPU computes bf16 natively, change in accuracy and time;
 - X: G with fastai's `fit_flat_cos` in both phases (no warm-up: the rate flat for 75 % of each phase, then cosine down);
 - I: X with fastai's `ranger` optimiser (RAdam + Lookahead), the pairing fastai's short-schedule records used;
+- I2: I with both learning rates doubled (Lookahead moves the weights half-way to where RAdam's k steps led);
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -97,6 +98,8 @@ RECIPES = {
     "J": ([*G_ARGS, "--precision", "fp32", "--no-channels-last"], "G in fp32 and the contiguous memory format (fit's numerics before bf16 autocast)"),
     "X": ([*G_ARGS, "--schedule", "flat-cos"], "G, fastai's fit_flat_cos in each phase (the rate flat for 75 %, then cosine down)"),
     "I": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos"], "G, fastai's ranger (RAdam + Lookahead) with fit_flat_cos"),
+    "I2": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"],
+           "I with both learning rates doubled (Lookahead's alpha 0.5 halves each step's reach)"),
     "A": (SCALE, "`fit` after: its defaults"),
 }
 

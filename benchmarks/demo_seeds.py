@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import write_report
+from benchmarks import cpu_features, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +45,13 @@ def main(argv=None) -> int:
         rows.append({"seed": seed, "dice_fg": report["metrics"]["dice_fg"], "train_min": report["timings"]["train_s"] / 60,
                      "kept_epoch": report["schedule"]["kept_epoch"], "int8_agreement": q["agreement"], "int8_kept": q["kept"],
                      "int8_speedup": q["speedup"], "int8_ratio": q.get("ratio"), "int8_dice": q.get("int8"), "fp32_dice": q.get("fp32"),
-                     "min_ratio": q.get("min_ratio"), "speed_measured": q.get("speed_measured"), "loss": report.get("loss", "ce")})
+                     "min_ratio": q.get("min_ratio"), "speed_measured": q.get("speed_measured"), "loss": report.get("loss", "ce"),
+                     "precision": report["schedule"].get("precision", "fp32"), "channels_last": report["schedule"].get("channels_last", False)})
     extra = f" {a.args}" if a.args else ""
     L = [f"# The demo recipe{extra} over {len(rows)} seeds ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
          f"`python -m benchmarks.demo_seeds`: `python -m training demo --seed S{extra}` each, loss {rows[0]['loss']} (300 synthetic 128 px scenes, 450 steps, "
-         "best epoch kept, export with parity gate, int8 and fp16).", "",
+         f"best epoch kept, export with parity gate, int8 and fp16); trained in {rows[0]['precision']}"
+         f"{', channels-last' if rows[0]['channels_last'] else ''} on {cpu_features()}.", "",
          "| seed | foreground Dice (fit) | training min | epoch kept | held-out Dice fp32 / int8 | int8 accuracy ratio (rule >= 99 %) | int8 kept "
          "| pixel agreement (info) | int8 speed-up |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
