@@ -489,7 +489,7 @@ def fit(config: TrainConfig) -> dict:
     precision = resolve_precision(config.precision, learn.dls.device)
     print(f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr slice{config.lr_unfrozen}): "
           f"{steps} steps of {config.bs}, {precision}{', channels-last' if config.channels_last else ''} on {learn.dls.device.type}", flush=True)
-    history, timings, kept = _train(learn, config, ds, frozen, unfrozen)
+    history, timings, kept = _train(learn, config, ds, frozen, unfrozen, precision)
     schedule = {"steps_budget": config.steps, "steps": steps, "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept,
                 "precision": precision, "channels_last": config.channels_last}
     report = _write_run(learn, config, ds, (train_idx, valid_idx), size, history, schedule, balance, timings)
@@ -516,17 +516,18 @@ def _lr_find(learn, config: TrainConfig, out: Path) -> None:
     print(f"      lr_find suggests {sug.valley:.2e} (plot: {out / 'lr_find.png'})", flush=True)
 
 
-def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int) -> tuple[list, dict, int | None]:
-    """The frozen phase, then the unfrozen one at discriminative learning rates; the best validation epoch of
-    the last phase is kept (SaveModelCallback) unless --last-epoch. Returns (history, timings, kept epoch)."""
+def _train(learn, config: TrainConfig, ds, frozen: int, unfrozen: int, precision: str = "fp32") -> tuple[list, dict, int | None]:
+    """The frozen phase, then the unfrozen one at discriminative learning rates, in `precision` (resolved: fp32 or
+    bf16); the best validation epoch of the last phase is kept (SaveModelCallback) unless --last-epoch. Returns
+    (history, timings, kept epoch)."""
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
     from fastai.callback.tracker import SaveModelCallback
 
-    from .precision import resolve_precision, speed_callbacks
+    from .precision import speed_callbacks
 
     history, timings = [], {}
     best = [SaveModelCallback(monitor="dice_fg", comp=np.greater, fname="best", with_opt=False)] if config.keep_best else []
-    speed = speed_callbacks(resolve_precision(config.precision, learn.dls.device), config.channels_last)
+    speed = speed_callbacks(precision, config.channels_last)
     learn.add_cbs(speed)
     try:
         _phases(learn, config, ds, frozen, unfrozen, best, history, timings)

@@ -294,18 +294,20 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
         def fit_one_cycle(self, n, lr, cbs=None, **kw):
             self.calls.append(("one_cycle", n, lr, kw))
             self.recorder.values = [[0.5]] * n
+            self.during = [type(cb).__name__ for cb in self.cbs]
 
         def fit_flat_cos(self, n, lr, cbs=None, **kw):
             self.calls.append(("flat_cos", n, lr, kw))
             self.recorder.values = [[0.5]] * n
+            self.during = [type(cb).__name__ for cb in self.cbs]
 
     for shape, how, frozen_kw, unfrozen_kw in (("one-cycle", "one_cycle", {}, {}), ("flat-cos", "flat_cos", {}, {}),
                                                ("fine-tune", "one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})):
         learn = FakeLearner()
-        history, _, kept = _train(learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3)
+        history, _, kept = _train(learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3, "bf16")
         assert learn.calls == ["freeze", (how, 2, 4e-3, frozen_kw), "unfreeze", (how, 3, slice(2e-4, 2e-3), unfrozen_kw)]
         assert len(history) == 5 and kept == 4
-        assert learn.cbs == []  # the precision and memory-format callbacks leave with the fit
+        assert learn.during == ["ChannelsLast", "Bf16Autocast"] and learn.cbs == []  # present while fitting, gone after
     with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune, flat-cos"):
         TrainConfig(data=tmp_path, out=tmp_path, schedule_shape="cosine")
     with pytest.raises(TrainingError, match="--opt 'sgd': use adam, ranger"):
