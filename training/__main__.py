@@ -13,7 +13,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     from .train import AUGMENT, CLASS_WEIGHTS, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
-    p.add_argument("--encoder", default=d.encoder, help="efficientnet_lite0 (default, ImageNet weights offline), resnet18, resnet34")
+    p.add_argument("--encoder", default=d.encoder, help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 "
+                   "(ImageNet weights offline, larger and slower), resnet18, resnet34")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init instead of ImageNet weights")
     p.add_argument("--allow-random", action="store_true", help="fall back to random init when pretrained weights cannot be loaded")
     p.add_argument("--weights", type=Path, help="encoder state_dict to start from instead of ImageNet weights")

