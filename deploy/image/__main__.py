@@ -57,9 +57,16 @@ def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return r
 
 
+def _quiet(cmd: list[str], **kw) -> int:
+    """Clean-up and probes whose failure is an answer, not an error: the return code, 127 when the tool is missing."""
+    try:
+        return subprocess.run(cmd, capture_output=True, **kw).returncode
+    except OSError:
+        return 127
+
+
 def image_exists(eng: str, ref: str) -> bool:
-    return subprocess.run(_cmd(eng, "inspect", "--type", "image", ref) if eng == "buildah" else [eng, "image", "inspect", ref],
-                          capture_output=True).returncode == 0
+    return _quiet(_cmd(eng, "inspect", "--type", "image", ref) if eng == "buildah" else [eng, "image", "inspect", ref]) == 0
 
 
 def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
@@ -83,7 +90,7 @@ def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
                 _run(_cmd(eng, "config", "--cmd", "python3.11", "--env", "LANG=C.UTF-8", ctr), "buildah config")
                 _run(_cmd(eng, "commit", ctr, tag), "buildah commit")
             finally:
-                subprocess.run(_cmd(eng, "rm", ctr), capture_output=True)
+                _quiet(_cmd(eng, "rm", ctr))
         else:
             _run([eng, "import", "--change", "CMD [\"python3.11\"]", str(tar), tag], f"{eng} import")
     return tag
@@ -234,7 +241,7 @@ def _in_container(eng: str, ref: str, cmd: list[str]) -> str:
         try:
             return _run(_cmd(eng, "run", "--isolation", "chroot", ctr, "--", *cmd), "the check inside the image", timeout=300).stdout
         finally:
-            subprocess.run(_cmd(eng, "rm", ctr), capture_output=True)
+            _quiet(_cmd(eng, "rm", ctr))
     return _run([eng, "run", "--rm", "--entrypoint", cmd[0], ref, *cmd[1:]], "the check inside the image", timeout=300).stdout
 
 
@@ -260,7 +267,7 @@ class _started:
         import signal
 
         if self.eng != "buildah":
-            subprocess.run([self.eng, "stop", "-t", "10", self.ctr], capture_output=True)
+            _quiet([self.eng, "stop", "-t", "10", self.ctr])
         for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
             try:
                 os.killpg(self.proc.pid, sig)
@@ -271,7 +278,7 @@ class _started:
             except subprocess.TimeoutExpired:
                 continue
         if self.eng == "buildah":
-            subprocess.run(_cmd(self.eng, "rm", self.ctr), capture_output=True)
+            _quiet(_cmd(self.eng, "rm", self.ctr))
         self.log.close()
         if exc_type is not None:  # say what the container printed last
             tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-3:]
