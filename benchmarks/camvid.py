@@ -41,8 +41,9 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - X: G with fastai's `fit_flat_cos` in both phases (no warm-up: the rate flat for 75 % of each phase, then cosine down);
 - I: X with fastai's `ranger` optimiser (RAdam + Lookahead), the pairing fastai's short-schedule records used;
 - I2: I with both learning rates doubled (Lookahead moves the weights half-way to where RAdam's k steps led);
+- QE: G with both Q's batch size 4 and E's encoder rate (the two that gained over 5 seeds, together);
 - L2: G over the larger EfficientNet-Lite2 encoder (`--encoder efficientnet_lite2`): a model factor, not a recipe one;
-- A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F or G when the defaults resolve alike.
+- A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F, G, Q or QE when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
 480x360 PNG uploads of the held-out scenes at concurrency 16 (throughput, p50/p99, masks equal to the
@@ -69,7 +70,8 @@ from PIL import Image
 from benchmarks import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
-SCALE = ["--size", "360", "480", "--crop", "192", "256"]
+SIZE_CROP = ["--size", "360", "480", "--crop", "192", "256"]
+SCALE = [*SIZE_CROP, "--bs", "8"]  # the rows before fit's default batch on crops became 4 keep their batch of 8
 G_ARGS = [*SCALE, "--augment", "flip", "--loss", "ce+dice"]  # row G; most rows are one factor on top of it
 
 # name -> fit arguments (None: the plain recipe), what changed
@@ -101,8 +103,9 @@ RECIPES = {
     "I": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos"], "G, fastai's ranger (RAdam + Lookahead) with fit_flat_cos"),
     "I2": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"],
            "I with both learning rates doubled (Lookahead's alpha 0.5 halves each step's reach)"),
+    "QE": ([*G_ARGS, "--bs", "4", "--lr-unfrozen", "6e-4", "2e-3"], "G, batch size 4 and the encoder's unfrozen learning rate tripled (Q and E together)"),
     "L2": ([*G_ARGS, "--encoder", "efficientnet_lite2"], "G over EfficientNet-Lite2 (ImageNet top-1 77.6 % against Lite0's 75.1 %; U-Net 12.0 M parameters against 9.3 M)"),
-    "A": (SCALE, "`fit` after: its defaults"),
+    "A": (SIZE_CROP, "`fit` after: its defaults"),
 }
 
 
@@ -142,7 +145,7 @@ def score(export: Path, valid: list[tuple[Path, Path]], codes, void: int, varian
 
 def _same_as(name: str, work: Path) -> str | None:
     """The row whose model `name` would be identical to (no run needed), or None. W: D's weights all <= 50;
-    L: D kept its last epoch; A: the defaults resolve to F's or G's arguments."""
+    L: D kept its last epoch; A: the defaults resolve to F's, G's, Q's or QE's arguments."""
     d = work / "run-D" / "report.json"
     if name in ("W", "L") and d.is_file():
         r = json.loads(d.read_text())
@@ -154,8 +157,8 @@ def _same_as(name: str, work: Path) -> str | None:
         from training.train import TrainConfig
 
         c = TrainConfig(data=".", out=".", size=(360, 480), crop=(192, 256))
-        if c.resolved_augment() == "flip":
-            return {"ce": "F", "ce+dice": "G"}.get(c.resolved_loss())
+        return {("flip", "ce", 8, (2e-4, 2e-3)): "F", ("flip", "ce+dice", 8, (2e-4, 2e-3)): "G", ("flip", "ce+dice", 4, (2e-4, 2e-3)): "Q",
+                ("flip", "ce+dice", 4, (6e-4, 2e-3)): "QE"}.get((c.resolved_augment(), c.resolved_loss(), c.bs, tuple(c.lr_unfrozen)))
     return None
 
 
@@ -296,7 +299,7 @@ def main(argv=None) -> int:
     L = [f"# CamVid-layout scenes: `fit` against the plain fastai recipe ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
          f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`); each seed of a row has its own "
          f"80/20 split, initialisation and crops, the same for every row; held-out scenes scored at 360x480 by {scored}, Void excluded; "
-         f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops, batch 8, lr 4e-3 then slice(2e-4, 2e-3); "
+         f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops; batch 8, lr 4e-3 then slice(2e-4, 2e-3) where the row does not say otherwise; "
          f"`python -m benchmarks.camvid {' '.join(argv if argv is not None else sys.argv[1:])}` on {cpu_features()}. A row differs from "
          "another by one factor; class IoUs and mean IoU are averaged over the row's seeds.", ""] + table_lines(rows)
     if served_load:

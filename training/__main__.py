@@ -31,8 +31,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    "sqrt: their square roots)")
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help="auto (default): ce+dice with --crop, ce on whole images; ce: (weighted) "
                    "cross-entropy; ce+dice: plus a soft Dice term over the classes, Void left out; ce+lovasz: plus the Lovasz-softmax (IoU) loss")
-    p.add_argument("--bs", type=int, default=d.bs)
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in all; epochs follow the data set's size, a fifth frozen")
+    p.add_argument("--bs", type=int, default=None, help="batch size (default: 4 with --crop, 8 on whole images)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps in all; epochs follow the data set's size, a fifth frozen "
+                   "(default: 3600 images' worth, 450 steps of 8 or 900 of 4)")
     p.add_argument("--frozen-epochs", type=int, help="epochs with the encoder frozen (head only); overrides --steps")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs after unfreezing, discriminative lrs; overrides --steps")
     p.add_argument("--last-epoch", dest="keep_best", action="store_false", help="keep the last epoch instead of the best validation Dice")

@@ -75,6 +75,20 @@ def test_augmentation_levels(tmp_path, tiny_dataset):
     assert kinds["affine"][0][0] > 1 and kinds["affine"][1]
 
 
+def test_batch_size_and_budget_defaults(tmp_path):
+    """Batch 4 on random crops, 8 on whole images, an explicit --bs kept; the default budget is the same number of
+    images seen either way (450 steps of 8, 900 of 4), an explicit --steps kept; a batch below 1 is a one-line error."""
+    crops = TrainConfig(data=tmp_path, out=tmp_path, size=(360, 480), crop=(192, 256))
+    whole = TrainConfig(data=tmp_path, out=tmp_path)
+    assert (crops.bs, crops.steps) == (4, 900) and (whole.bs, whole.steps) == (8, 450)
+    assert crops.schedule(120) == whole.schedule(120)  # the same epochs over the same images
+    assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), bs=8).bs == 8
+    assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), steps=100).steps == 100
+    assert (crops.to_json()["bs"], crops.to_json()["steps"]) == (4, 900)  # the run folder records what was resolved
+    with pytest.raises(TrainingError, match="--bs 0: must be >= 1"):
+        TrainConfig(data=tmp_path, out=tmp_path, bs=0)
+
+
 def test_schedule_follows_the_step_budget(tmp_path):
     c = TrainConfig(data=tmp_path, out=tmp_path, steps=450, bs=8)
     assert c.schedule(240) == (3, 12)  # the demo: 30 steps per epoch -> 15 epochs, as before
