@@ -145,7 +145,7 @@ def score(export: Path, valid: list[tuple[Path, Path]], codes, void: int, varian
 
 def _same_as(name: str, work: Path) -> str | None:
     """The row whose model `name` would be identical to (no run needed), or None. W: D's weights all <= 50;
-    L: D kept its last epoch; A: the defaults resolve to F's, G's, Q's or QE's arguments."""
+    L: D kept its last epoch; A: the first row whose arguments `fit` resolves to the same configuration as its defaults."""
     d = work / "run-D" / "report.json"
     if name in ("W", "L") and d.is_file():
         r = json.loads(d.read_text())
@@ -154,12 +154,20 @@ def _same_as(name: str, work: Path) -> str | None:
         if name == "L" and r["schedule"]["kept_epoch"] == r["history"][-1]["epoch"]:
             return "D"
     if name == "A":
-        from training.train import TrainConfig
-
-        c = TrainConfig(data=".", out=".", size=(360, 480), crop=(192, 256))
-        return {("flip", "ce", 8, (2e-4, 2e-3)): "F", ("flip", "ce+dice", 8, (2e-4, 2e-3)): "G", ("flip", "ce+dice", 4, (2e-4, 2e-3)): "Q",
-                ("flip", "ce+dice", 4, (6e-4, 2e-3)): "QE"}.get((c.resolved_augment(), c.resolved_loss(), c.bs, tuple(c.lr_unfrozen)))
+        want = _resolved(RECIPES["A"][0])
+        return next((row for row, (args, _) in RECIPES.items() if row != "A" and args is not None and _resolved(args) == want), None)
     return None
+
+
+def _resolved(args: list[str]) -> dict:
+    """The configuration `python -m training fit` runs with these arguments (its own parser and defaults),
+    augmentation and loss resolved, the data and run folders left out."""
+    from training.__main__ import _add_fit_args, _fit_config
+
+    p = argparse.ArgumentParser()
+    _add_fit_args(p)
+    c = _fit_config(p.parse_args(args), Path("."), Path("."))
+    return {**c.to_json(), "data": None, "out": None, "augment": c.resolved_augment(), "loss": c.resolved_loss()}
 
 
 DEFAULT_SEED = 42  # fit's; a row's other seeds get their own run folders (run-G-s7)

@@ -32,3 +32,14 @@ def test_table_has_a_line_per_row_and_variant_with_seeds_and_spread():
     assert lines[2] == "| P | plain | 1 | 0.500 | **0.700** |  | 7.0 |"
     assert lines[3] == "| G | fit | 3 | 0.600 | **0.800** | 0.700-0.900 | 3.0 |"
     assert lines[4].startswith("| G int8 | fit | 3 |") and len(lines) == 5
+
+
+def test_row_a_is_the_row_fit_resolves_its_defaults_to(tmp_path):
+    """A (fit's defaults on crops) reuses the row whose arguments fit resolves to the same configuration; the
+    rows pinned at batch 8 are not it, since the default batch on crops is 4."""
+    from benchmarks.camvid import RECIPES, _resolved, _same_as
+
+    same = _same_as("A", tmp_path)
+    assert same is not None and same != "A"
+    assert _resolved(RECIPES[same][0]) == _resolved(RECIPES["A"][0])
+    assert _resolved(RECIPES["G"][0])["bs"] == 8 and _resolved(RECIPES["A"][0])["bs"] == 4
