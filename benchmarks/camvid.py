@@ -43,6 +43,9 @@ keeping the aspect, padded to 32, scores upsampled bilinearly), fp32 and, where 
 - I2: I with both learning rates doubled (Lookahead moves the weights half-way to where RAdam's k steps led);
 - QE: G with both Q's batch size 4 and E's encoder rate (the two that gained over 5 seeds, together);
 - L2: G over the larger EfficientNet-Lite2 encoder (`--encoder efficientnet_lite2`): a model factor, not a recipe one;
+- DB: Q with BatchNorm after each convolution of the U-Net's decoder but the final 1x1 classifier (`--decoder-norm
+  batch`; fastai's DynamicUnet has none there by default, only on the skip connections);
+- DA: Q with fastai's own `norm_type=NormType.Batch`, which puts BatchNorm on the classifier's logits as well;
 - A: `fit` after, its defaults (`--size 360 480 --crop 192 256`): the same run as F, G, Q or QE when the defaults resolve alike.
 
 Then the last trained row's export is served by a real `bentoml serve` (default settings) and loaded with
@@ -71,7 +74,9 @@ from benchmarks import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE_CROP = ["--size", "360", "480", "--crop", "192", "256"]
-SCALE = [*SIZE_CROP, "--bs", "8"]  # the rows before fit's default batch on crops became 4 keep their batch of 8
+# the rows from before fit's defaults changed keep what they measured: a batch of 8 (before crops defaulted to 4) and
+# fastai's decoder without norm (before --decoder-norm batch)
+SCALE = [*SIZE_CROP, "--bs", "8", "--decoder-norm", "none"]
 G_ARGS = [*SCALE, "--augment", "flip", "--loss", "ce+dice"]  # row G; most rows are one factor on top of it
 
 # name -> fit arguments (None: the plain recipe), what changed
@@ -105,6 +110,8 @@ RECIPES = {
            "I with both learning rates doubled (Lookahead's alpha 0.5 halves each step's reach)"),
     "QE": ([*G_ARGS, "--bs", "4", "--lr-unfrozen", "6e-4", "2e-3"], "G, batch size 4 and the encoder's unfrozen learning rate tripled (Q and E together)"),
     "L2": ([*G_ARGS, "--encoder", "efficientnet_lite2"], "G over EfficientNet-Lite2 (ImageNet top-1 77.6 % against Lite0's 75.1 %; U-Net 12.0 M parameters against 9.3 M)"),
+    "DB": ([*G_ARGS, "--bs", "4", "--decoder-norm", "batch"], "Q, BatchNorm after each convolution of the decoder but the final classifier"),
+    "DA": ([*G_ARGS, "--bs", "4", "--decoder-norm", "batch-all"], "Q, BatchNorm after each convolution of the decoder, the classifier's logits too (fastai's NormType.Batch)"),
     "A": (SIZE_CROP, "`fit` after: its defaults"),
 }
 
@@ -307,7 +314,7 @@ def main(argv=None) -> int:
     L = [f"# CamVid-layout scenes: `fit` against the plain fastai recipe ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
          f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`); each seed of a row has its own "
          f"80/20 split, initialisation and crops, the same for every row; held-out scenes scored at 360x480 by {scored}, Void excluded; "
-         f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops; batch 8, lr 4e-3 then slice(2e-4, 2e-3) where the row does not say otherwise; "
+         f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops; batch 8, fastai's decoder (no norm), lr 4e-3 then slice(2e-4, 2e-3) where the row does not say otherwise; "
          f"`python -m benchmarks.camvid {' '.join(argv if argv is not None else sys.argv[1:])}` on {cpu_features()}. A row differs from "
          "another by one factor; class IoUs and mean IoU are averaged over the row's seeds.", ""] + table_lines(rows)
     if served_load:

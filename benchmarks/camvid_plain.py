@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     train_s = time.perf_counter() - t
     h, wd = ds.image_size()
     config = TrainConfig(data=a.data, out=a.out, size=(h, wd), crop=tuple(a.crop), frozen_epochs=a.epochs[0], unfrozen_epochs=a.epochs[1],
-                         class_weights="on", keep_best=False, seed=a.seed)
+                         class_weights="on", keep_best=False, seed=a.seed, decoder_norm="none")
     meta = {"config": config.to_json(), "size": [h, wd], "codes": list(ds.codes), "colours": class_colours(ds.n_classes), "layout": ds.layout,
             "mean": list(spec.mean), "std": list(spec.std), "void": ds.void,
             "train_images": [str(ds.pairs[i][0]) for i in train_idx], "valid_images": [str(ds.pairs[i][0]) for i in valid_idx]}

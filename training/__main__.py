@@ -10,6 +10,7 @@ from .errors import TrainingError
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    from .model import DECODER_NORMS
     from .train import AUGMENT, CLASS_WEIGHTS, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
@@ -37,6 +38,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frozen-epochs", type=int, help="epochs with the encoder frozen (head only); overrides --steps")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs after unfreezing, discriminative lrs; overrides --steps")
     p.add_argument("--last-epoch", dest="keep_best", action="store_false", help="keep the last epoch instead of the best validation Dice")
+    p.add_argument("--decoder-norm", choices=DECODER_NORMS, default=d.decoder_norm, help="batch (default): BatchNorm after each "
+                   "convolution of the U-Net's decoder but the final classifier; batch-all: the classifier too (fastai's "
+                   "norm_type=NormType.Batch); none: fastai's U-Net decoder, without it")
     p.add_argument("--bn-momentum", type=float, default=d.bn_momentum, help="every BatchNorm layer's running-statistics momentum "
                    "(default: each layer's own, 0.01 in EfficientNet-Lite0's encoder)")
     p.add_argument("--schedule", dest="schedule_shape", choices=SCHEDULES, default=d.schedule_shape, help="each phase's schedule: "
@@ -64,7 +68,7 @@ def _fit_config(a: argparse.Namespace, data: Path, out: Path):
     return TrainConfig(data=data, out=out, encoder=a.encoder, pretrained=a.pretrained, weights=a.weights, allow_random=a.allow_random,
                        size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), class_crops=a.class_crops, progressive=a.progressive,
                        class_weights=a.class_weights, loss=a.loss, bs=a.bs, steps=a.steps, frozen_epochs=a.frozen_epochs,
-                       unfrozen_epochs=a.unfrozen_epochs, schedule_shape=a.schedule_shape, opt=a.opt, bn_momentum=a.bn_momentum, precision=a.precision, channels_last=a.channels_last, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
+                       unfrozen_epochs=a.unfrozen_epochs, schedule_shape=a.schedule_shape, opt=a.opt, decoder_norm=a.decoder_norm, bn_momentum=a.bn_momentum, precision=a.precision, channels_last=a.channels_last, keep_best=a.keep_best, lr=a.lr, lr_unfrozen=tuple(a.lr_unfrozen),
                        valid_pct=a.valid_pct, seed=a.seed, augment=a.augment, lr_find=a.lr_find, threads=a.threads)
 
 

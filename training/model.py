@@ -104,15 +104,26 @@ def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = 
     return _resnet(name, pretrained)
 
 
+DECODER_NORMS = ("batch", "batch-all", "none")
+
+
 def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: Path | None = None, allow_random: bool = False,
-                  metrics=(), last_cross: bool = True, loss_func=None, opt: str = "adam"):
+                  metrics=(), last_cross: bool = True, loss_func=None, opt: str = "adam", decoder_norm: str = "none"):
     """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly.
-    `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1). `opt`: fastai's Adam or ranger."""
+    `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1). `opt`: fastai's Adam or ranger.
+    `decoder_norm`: "none" is fastai's U-Net (no normalisation in the decoder's convolutions, only on the skip
+    connections); "batch-all" is fastai's `norm_type=NormType.Batch`: BatchNorm after each of them, the final 1x1
+    classifier included (the logits); "batch" is the same but for the classifier, which stays a plain convolution
+    with a bias (with BatchNorm on the logits, poles came out worse: benchmarks.camvid rows DB and DA)."""
+    from fastai.layers import ConvLayer, NormType
     from fastai.optimizer import Adam, ranger
+    from fastai.torch_core import apply_init
     from fastai.vision.learner import unet_learner
 
+    if decoder_norm not in DECODER_NORMS:
+        raise TrainingError(f"decoder norm {decoder_norm!r}: use {', '.join(DECODER_NORMS)}")
     body = build_encoder(encoder, pretrained=pretrained, weights=weights, allow_random=allow_random)
-    return unet_learner(
+    learn = unet_learner(
         dls,
         lambda *_a, **_k: body,
         cut=lambda m: m,
@@ -122,8 +133,15 @@ def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: P
         metrics=list(metrics),
         last_cross=last_cross,
         opt_func={"adam": Adam, "ranger": ranger}[opt],
+        norm_type=NormType.Batch if decoder_norm in ("batch", "batch-all") else None,
         **({"loss_func": loss_func} if loss_func is not None else {}),
     )
+    if decoder_norm == "batch":  # the classifier without BatchNorm: a 1x1 conv with a bias, kaiming init, zero bias
+        final = learn.model.layers[-2]
+        assert isinstance(final, ConvLayer) and final[0].kernel_size == (1, 1), "fastai's DynamicUnet layout changed"
+        learn.model.layers[-2] = ConvLayer(final[0].in_channels, n_out, ks=1, act_cls=None, norm_type=None)
+        apply_init(learn.model.layers[-2], nn.init.kaiming_normal_)
+    return learn
 
 
 @functools.cache

@@ -30,7 +30,7 @@ from serving.accuracy import confusion, metrics_from_confusion, scored_classes  
 
 from .data import Dataset, class_frequencies, load_dataset, make_dataloaders, median_frequency_weights, read_mask, split_pairs
 from .errors import TrainingError
-from .model import ENCODERS, build_learner
+from .model import DECODER_NORMS, ENCODERS, build_learner
 
 # One colour per class for plots, palette PNGs and the exported metadata (background black).
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -98,6 +98,7 @@ class TrainConfig:
     loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
     schedule_shape: str = "one-cycle"  # see SCHEDULES
     opt: str = "adam"  # see OPTIMIZERS
+    decoder_norm: str = "batch"  # BatchNorm after the U-Net decoder's convolutions ("none": fastai's U-Net without it); see build_learner
     bn_momentum: float | None = None  # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder 0.01, fastai's decoder 0.1)
     precision: str = "auto"  # auto: bf16 autocast where the training device computes bf16 natively (AMX/AVX-512 BF16 CPUs, bf16 GPUs), else fp32
     channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
@@ -148,6 +149,8 @@ class TrainConfig:
             raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
         if self.class_crops and not self.crop:
             raise TrainingError("--class-crops places random crops: give --crop H W as well")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise TrainingError(f"--decoder-norm {self.decoder_norm!r}: use {', '.join(DECODER_NORMS)}")
         if self.precision not in PRECISIONS:
             raise TrainingError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
@@ -351,7 +354,7 @@ def learner_for(config: TrainConfig, ds: Dataset | None = None, *, augment: str 
     loss = config.resolved_loss()
     learn = build_learner(dataloaders_for(config, ds, augment=augment, half=half), n_out=ds.n_classes, encoder=config.encoder,
                           pretrained=config.pretrained, weights=config.weights, allow_random=config.allow_random,
-                          metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross, opt=config.opt,
+                          metrics=_fastai_metrics(ds.codes, ds.void), last_cross=config.last_cross, opt=config.opt, decoder_norm=config.decoder_norm,
                           loss_func=SegmentationLoss(weights, ds.void, dice=loss == "ce+dice", lovasz=loss == "ce+lovasz"))
     if config.bn_momentum is not None:
         for m in learn.model.modules():
@@ -605,6 +608,7 @@ def load_run(run_dir: Path):
     meta = json.loads(cfg_path.read_text())
     c = dict(meta["config"])
     c.pop("extra", None)
+    c.setdefault("decoder_norm", "none")  # run folders from before the option: fastai's decoder, no norm
     c["pretrained"] = False  # the trained weights are loaded below; no need for ImageNet ones
     c["weights"] = None
     config = TrainConfig(**{k: v for k, v in c.items() if k in TrainConfig.__dataclass_fields__})

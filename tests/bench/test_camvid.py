@@ -36,10 +36,12 @@ def test_table_has_a_line_per_row_and_variant_with_seeds_and_spread():
 
 def test_row_a_is_the_row_fit_resolves_its_defaults_to(tmp_path):
     """A (fit's defaults on crops) reuses the row whose arguments fit resolves to the same configuration; the
-    rows pinned at batch 8 are not it, since the default batch on crops is 4."""
+    rows pinned at batch 8 are not it, since the default batch on crops is 4, nor Q, pinned at fastai's decoder
+    without norm, since the default is --decoder-norm batch."""
     from benchmarks.camvid import RECIPES, _resolved, _same_as
 
     same = _same_as("A", tmp_path)
     assert same is not None and same != "A"
     assert _resolved(RECIPES[same][0]) == _resolved(RECIPES["A"][0])
     assert _resolved(RECIPES["G"][0])["bs"] == 8 and _resolved(RECIPES["A"][0])["bs"] == 4
+    assert same == "DB" and _resolved(RECIPES["Q"][0])["decoder_norm"] == "none" and _resolved(RECIPES["A"][0])["decoder_norm"] == "batch"

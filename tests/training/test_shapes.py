@@ -427,3 +427,44 @@ def test_larger_efficientnet_lite_encoders_load_their_weights_and_run(k):
     model = any_size(DynamicUnet(body, 3, (64, 64))).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 64, 96)).shape == (2, 3, 64, 96)
+
+
+def test_decoder_norm_puts_batchnorm_in_the_decoder_and_old_runs_load(tmp_path, tiny_run):
+    """--decoder-norm batch (the default): BatchNorm after the decoder's convolutions, the final 1x1 classifier a
+    plain convolution with a bias; batch-all: fastai's NormType.Batch, BatchNorm on the logits too; none: fastai's
+    decoder, no norm in its convolutions. A run folder written before the option (no decoder_norm in config.json)
+    loads as none; a bad value is a one-line error."""
+    import shutil
+
+    from fastai.vision.models.unet import UnetBlock
+
+    from training.train import learner_for, load_run
+
+    meta = json.loads((tiny_run / "config.json").read_text())
+    data = Path(meta["config"]["data"])
+
+    def model(norm):
+        cfg = TrainConfig(data=data, out=tmp_path / "x", size=(64, 64), bs=2, pretrained=False, allow_random=True, decoder_norm=norm)
+        return learner_for(cfg)[0].model
+
+    def has_bn(m):
+        return any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+    for norm, in_decoder, on_logits in (("batch", True, False), ("batch-all", True, True), ("none", False, False)):
+        m = model(norm)
+        classifier, middle = m.layers[-2], m.layers[3]
+        blocks = [b for b in m.layers if isinstance(b, UnetBlock)]
+        assert has_bn(middle) == in_decoder and all(has_bn(b.conv1) == has_bn(b.conv2) == in_decoder for b in blocks), norm
+        assert isinstance(classifier[0], torch.nn.Conv2d) and classifier[0].kernel_size == (1, 1), norm
+        assert has_bn(classifier) == on_logits and (classifier[0].bias is not None) == (not on_logits), norm
+    assert TrainConfig(data=data, out=tmp_path).decoder_norm == "batch"
+    with pytest.raises(TrainingError, match="--decoder-norm 'group': use batch, batch-all, none"):
+        TrainConfig(data=data, out=tmp_path, decoder_norm="group")
+
+    old = tmp_path / "old-run"
+    shutil.copytree(tiny_run, old)
+    torch.save(model("none").state_dict(), old / "model.pth")
+    del meta["config"]["decoder_norm"]
+    (old / "config.json").write_text(json.dumps(meta))
+    learn, _, _ = load_run(old)  # the state_dict loads strictly: the architecture is fastai's decoder without norm
+    assert not has_bn(learn.model.layers[3])
