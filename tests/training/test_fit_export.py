@@ -50,6 +50,7 @@ def test_metadata_round_trip(tiny_export, tiny_run):
     assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
     assert meta["exporter"] in ("dynamo", "legacy") and meta["variant"] == "fp32" and meta["dynamic_hw"] == "true"
     assert meta["resize"].startswith("keep-aspect-short-side")
+    assert meta["encoder"] == "efficientnet_lite0" and meta["decoder_norm"] == cfg["config"]["decoder_norm"] == "batch"
     parity = json.loads(meta["parity"])
     assert parity["identical"] and parity["other_shapes"]["identical"]
     assert [r["shape"] for r in parity["other_shapes"]["shapes"]] == [[64, 96], [65, 83], [128, 160]]
