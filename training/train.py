@@ -606,9 +606,9 @@ def load_run(run_dir: Path):
     if not cfg_path.is_file() or not weights.is_file():
         raise TrainingError(f"{run_dir}: not a training run (needs config.json and model.pth); train one with `python -m training fit`")
     meta = json.loads(cfg_path.read_text())
+    meta["config"].setdefault("decoder_norm", "none")  # run folders from before the option: fastai's decoder, no norm
     c = dict(meta["config"])
     c.pop("extra", None)
-    c.setdefault("decoder_norm", "none")  # run folders from before the option: fastai's decoder, no norm
     c["pretrained"] = False  # the trained weights are loaded below; no need for ImageNet ones
     c["weights"] = None
     config = TrainConfig(**{k: v for k, v in c.items() if k in TrainConfig.__dataclass_fields__})

@@ -466,5 +466,5 @@ def test_decoder_norm_puts_batchnorm_in_the_decoder_and_old_runs_load(tmp_path, 
     torch.save(model("none").state_dict(), old / "model.pth")
     del meta["config"]["decoder_norm"]
     (old / "config.json").write_text(json.dumps(meta))
-    learn, _, _ = load_run(old)  # the state_dict loads strictly: the architecture is fastai's decoder without norm
-    assert not has_bn(learn.model.layers[3])
+    learn, old_meta, _ = load_run(old)  # the state_dict loads strictly: the architecture is fastai's decoder without norm
+    assert not has_bn(learn.model.layers[3]) and old_meta["config"]["decoder_norm"] == "none"

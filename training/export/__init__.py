@@ -92,7 +92,7 @@ def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = Fal
                  size=tuple(meta.get("size") or _square(cfg["size"])),
                  valid=valid, truths=truths, metric=task_metric(meta.get("layout")),
                  calib=([Path(p) for p in meta["train_images"]] or [p for p, _ in ds.pairs])[:32],
-                 info={"encoder": cfg["encoder"], "decoder_norm": cfg.get("decoder_norm", "none"), "pretrained": "true" if cfg.get("pretrained") or cfg.get("weights") else "false",
+                 info={"encoder": cfg["encoder"], "decoder_norm": cfg["decoder_norm"], "pretrained": "true" if cfg.get("pretrained") or cfg.get("weights") else "false",
                        "crop": cfg.get("crop"), "void": meta.get("void"),
                        "metrics": {k: v for k, v in report.get("metrics", {}).items() if k in ("dice_fg", "iou_fg", "pixel_acc", "dice", "iou", "scored_classes")}},
                  run=str(run_dir))
