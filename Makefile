@@ -41,7 +41,7 @@ test: install
 
 # The bento packs the model by tag: register the default export in BentoML's model store, then build.
 bento: model
-	$(BIN)/python -m serving.store $(MODEL_DIR)
+	$(BIN)/python -m contract.store $(MODEL_DIR)
 	$(BIN)/bentoml build
 
 # The serving image from the bento (deploy/image/Containerfile): FLAVOUR=cpu|cuda, BASE=a Python 3.11 image

@@ -1,4 +1,5 @@
 """Benchmarks: each script prints its table and writes a report under benchmarks/results/."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -8,6 +8,7 @@
 Figures are ratios within this run (the machine is shared and noisy), medians of repeats. Writes
 benchmarks/results/<date>.md and PNG plots; prints the tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,10 @@ def cpu_peak() -> tuple[float, str]:
             ghz = float(line.split(":")[1]) / 1000
             break
     cores = len(os.sched_getaffinity(0))
-    return cores * ghz * 1e9 * PEAK_FLOP_PER_CYCLE, f"{cores} cores x {ghz:.2f} GHz x {PEAK_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA)"
+    return (
+        cores * ghz * 1e9 * PEAK_FLOP_PER_CYCLE,
+        f"{cores} cores x {ghz:.2f} GHz x {PEAK_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA)",
+    )
 
 
 def photos(size: int, fmt: str = "PNG") -> list[bytes]:
@@ -73,7 +77,7 @@ def bench_model(model_dir: Path, run_dir: Path | None, repeats: int, threads: in
     if run_dir is not None:
         import torch
 
-        from training.train import load_run
+        from training.run import load_run
 
         torch.set_num_threads(threads)
         learn, meta, _ = load_run(run_dir)
@@ -106,8 +110,16 @@ def bench_model(model_dir: Path, run_dir: Path | None, repeats: int, threads: in
     flops = count_flops(model_dir / "model.onnx", hw=(h, w))
     peak, how = cpu_peak()
     best = max(v for r in rows if r["size"] == h for k, v in r.items() if k.startswith("ORT"))
-    return {"rows": rows, "flops_per_image": flops, "peak_flops": peak, "peak_how": how, "input_size": [h, w],
-            "best_ort_img_s": best, "fraction_of_peak": best * flops / peak, "threads": threads}
+    return {
+        "rows": rows,
+        "flops_per_image": flops,
+        "peak_flops": peak,
+        "peak_how": how,
+        "input_size": [h, w],
+        "best_ort_img_s": best,
+        "fraction_of_peak": best * flops / peak,
+        "threads": threads,
+    }
 
 
 def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
@@ -117,13 +129,19 @@ def sized_sessions(learn, meta: dict, size: int, threads: int) -> dict:
 
     import onnxruntime as ort
 
-    from serving.runtime import session_options
+    from contract.session import session_options
     from training.export import make_int8
     from training.export.graph import export_graph, inference_module
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{size}-"))
     fp32, int8 = tmp / "model.onnx", tmp / "model.int8.onnx"
-    export_graph(inference_module(learn.model, meta["mean"], meta["std"], probs=True, trace_hw=(size, size)), (size, size), fp32, True, "auto")
+    export_graph(
+        inference_module(learn.model, meta["mean"], meta["std"], probs=True, trace_hw=(size, size)),
+        (size, size),
+        fp32,
+        True,
+        "auto",
+    )
     crops = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in photos(size)] * 2)
     make_int8(fp32, int8, crops, crops[:4])
     out = {}
@@ -153,25 +171,43 @@ def forced_int8(model_dir: Path, run: Path | None) -> Path:
         train = sorted((data / "images").glob("*.png"))[:32]
     paths = train or sorted((model_dir / "samples").glob("*.png"))
 
-    from serving.accuracy import CHECK_DIR, explain, read_check
+    from contract.metrics import CHECK_DIR, explain, read_check
 
     bundled = read_check(model_dir)
     if bundled is not None:  # the export's held-out images with their truths: the accuracy rule is reported too
         check, truths, meta = bundled
-        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths, size), check, truths, meta["codes"], meta.get("void"), meta["metric"])
+        info = make_int8(
+            out / "model.onnx",
+            out / "model.int8.onnx",
+            load_images(paths, size),
+            check,
+            truths,
+            meta["codes"],
+            meta.get("void"),
+            meta["metric"],
+        )
         shutil.rmtree(out / CHECK_DIR)  # forced: the service must not re-check (and drop) it
     else:
-        info = make_int8(out / "model.onnx", out / "model.int8.onnx", load_images(paths, size),
-                         load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8], size))
+        info = make_int8(
+            out / "model.onnx",
+            out / "model.int8.onnx",
+            load_images(paths, size),
+            load_images(sorted((model_dir / "samples").glob("*.png")) or paths[:8], size),
+        )
     (out / "int8-forced.json").write_text(json.dumps(info, indent=2, default=float))
-    print(f"   int8 forced for this run: {explain(info) if 'ratio' in info else info['why']}; {info['agreement']:.2%} pixel agreement "
-          f"with fp32, {info['speedup']:.2f}x fp32 in the export's speed check", flush=True)
+    print(
+        f"   int8 forced for this run: {explain(info) if 'ratio' in info else info['why']}; {info['agreement']:.2%} pixel agreement "
+        f"with fp32, {info['speedup']:.2f}x fp32 in the export's speed check",
+        flush=True,
+    )
     return out
 
 
 def load(url: str, payloads: list[bytes], concurrency: int, n: int, route: str = "/segment") -> dict:
     """n requests at `concurrency` (after a warm-up round): req/s, p50/p95/p99 ms, errors."""
-    results, wall = client.run(url, payloads, concurrency=concurrency, n=n, route=route, timeout=120, warmup=min(concurrency, n))
+    results, wall = client.run(
+        url, payloads, concurrency=concurrency, n=n, route=route, timeout=120, warmup=min(concurrency, n)
+    )
     return {"concurrency": concurrency, **client.summary(results, wall)}
 
 
@@ -196,7 +232,9 @@ def overhead_profile(model_dir: Path, variant: str, repeats: int = 200) -> dict:
 
     mask = finish()
     steps = {
-        "decode + validate (PNG 256 px: header, CRCs, libspng)": lambda: imaging.load_rgb(imaging.open_image(data, max_bytes=10**9, max_pixels=10**9), data),
+        "decode + validate (PNG 256 px: header, CRCs, libspng)": lambda: imaging.load_rgb(
+            imaging.open_image(data, max_bytes=10**9, max_pixels=10**9), data
+        ),
         "to the model's scale (resize, pad)": lambda: pipeline.Job(rt.meta, img, plan),
         "model (ORT, 1 thread, batch 1)": lambda: rt.run_scores(x),
         "scores upsampled to 256 px + argmax": finish,
@@ -244,14 +282,21 @@ def server_cpu_per_request(model_dir: Path, variant: str, n: int = 400, fmt: str
     for _ in range(max(n // 8, 10)):
         rt.run(small)
     model_cpu = (time.process_time() - t) / (max(n // 8, 10) * 8)
-    return {"server_cpu_ms_per_request": used / n * 1000, "model_cpu_ms_per_image": model_cpu * 1000,
-            "overhead_cpu_ms_per_request": used / n * 1000 - model_cpu * 1000, "rps": res["rps"]}
+    return {
+        "server_cpu_ms_per_request": used / n * 1000,
+        "model_cpu_ms_per_image": model_cpu * 1000,
+        "overhead_cpu_ms_per_request": used / n * 1000 - model_cpu * 1000,
+        "rps": res["rps"],
+    }
 
 
 @contextlib.contextmanager
 def peer_server(module: str, *args: str, timeout: float = 240):
     """Run `python -m <module> ... --port P` in its own process group; yield its URL once /readyz answers."""
-    with process([sys.executable, "-m", module, *args, "--port", "{port}"], module, timeout, stop_timeout=30) as (_, url):
+    with process([sys.executable, "-m", module, *args, "--port", "{port}"], module, timeout, stop_timeout=30) as (
+        _,
+        url,
+    ):
         yield url
 
 
@@ -282,7 +327,9 @@ def bench_compare(model_dir: Path, variant: str, concurrencies, n: int, baseline
 
     with contextlib.ExitStack() as stack:
         tree = stack.enter_context(baseline_checkout(baseline)) if baseline else None
-        table = race(contenders(model_dir, tree, baseline, variant), {"256 px PNG": photos(256)}, n, rounds, concurrencies)
+        table = race(
+            contenders(model_dir, tree, baseline, variant), {"256 px PNG": photos(256)}, n, rounds, concurrencies
+        )
     return {name: rows["256 px PNG"] for name, rows in table.items()}
 
 
@@ -325,7 +372,12 @@ def plots(report: dict, out: Path) -> list[Path]:
     keys = [k for k in ("PyTorch eager", "ORT fp32", "ORT int8") if any(k in r for r in m)]
     for i, k in enumerate(keys):
         ax.bar(np.arange(len(m)) + i * 0.27, [r.get(k, 0) for r in m], 0.27, label=k)
-    ax.set_xticks(np.arange(len(m)) + 0.27), ax.set_xticklabels(labels, fontsize=8), ax.set_ylabel("images/s"), ax.legend()
+    (
+        ax.set_xticks(np.arange(len(m)) + 0.27),
+        ax.set_xticklabels(labels, fontsize=8),
+        ax.set_ylabel("images/s"),
+        ax.legend(),
+    )
     ax.set_title("model throughput (CPU)")
     fig.tight_layout()
     files.append(out.with_name(out.stem + "-model.png"))
@@ -334,7 +386,9 @@ def plots(report: dict, out: Path) -> list[Path]:
     for label, rows in report["compare"].items():
         ax.plot([r["concurrency"] for r in rows], [r["rps"] for r in rows], "o-", label=label)
     if "naive" in report:
-        ax.plot([report["naive"]["concurrency"]], [report["naive"]["rps"]], "s", color="red", label="naive fastai server")
+        ax.plot(
+            [report["naive"]["concurrency"]], [report["naive"]["rps"]], "s", color="red", label="naive fastai server"
+        )
     ax.axhline(report["raw_ort_b8"], ls="--", color="grey", label="raw ORT batch 8 (ceiling)")
     ax.set_xscale("log", base=2), ax.set_xlabel("concurrency"), ax.set_ylabel("requests/s"), ax.legend(fontsize=8)
     ax.set_title("HTTP throughput, 256 px PNG uploads")
@@ -352,14 +406,33 @@ def compare_markdown(r: dict) -> list[str]:
     """Section 2: this service, the previous main and the peers side by side, and the goals against them."""
     rows = r["compare"]
     conc = [x["concurrency"] for x in rows["this service"]]
-    L = ["## 2. This service, the previous main and peers (256 px PNG to /segment, same model variant and per-request work)", "",
-         "| server | " + " | ".join(f"c={c}: req/s (p50 / p99 ms)" for c in conc) + " | errors |", "|---|" + "---|" * (len(conc) + 1)]
+    L = [
+        "## 2. This service, the previous main and peers (256 px PNG to /segment, same model variant and per-request work)",
+        "",
+        "| server | " + " | ".join(f"c={c}: req/s (p50 / p99 ms)" for c in conc) + " | errors |",
+        "|---|" + "---|" * (len(conc) + 1),
+    ]
     for name, xs in rows.items():
-        L.append(f"| {name} | " + " | ".join(f"{x['rps']:.1f} ({x['p50']:.0f} / {x['p99']:.0f})" for x in xs) + f" | {sum(x['errors'] for x in xs)} |")
+        L.append(
+            f"| {name} | "
+            + " | ".join(f"{x['rps']:.1f} ({x['p50']:.0f} / {x['p99']:.0f})" for x in xs)
+            + f" | {sum(x['errors'] for x in xs)} |"
+        )
     if any("rounds_rps" in x for xs in rows.values() for x in xs):
-        L += ["", "Each cell: the median of the rounds (servers took turns, order reversed every other round); req/s per round: "
-              + "; ".join(f"{name} " + ", ".join("/".join(f"{v:.0f}" for v in x["rounds_rps"]) for x in xs) for name, xs in rows.items()) + "."]
-    L += ["", f"Raw ONNX Runtime at {r['model']['threads']} threads, no HTTP: batch 1 {r['raw_ort_b1']:.1f} img/s, batch 8 {r['raw_ort_b8']:.1f} img/s (the ceiling).", ""]
+        L += [
+            "",
+            "Each cell: the median of the rounds (servers took turns, order reversed every other round); req/s per round: "
+            + "; ".join(
+                f"{name} " + ", ".join("/".join(f"{v:.0f}" for v in x["rounds_rps"]) for x in xs)
+                for name, xs in rows.items()
+            )
+            + ".",
+        ]
+    L += [
+        "",
+        f"Raw ONNX Runtime at {r['model']['threads']} threads, no HTTP: batch 1 {r['raw_ort_b1']:.1f} img/s, batch 8 {r['raw_ort_b8']:.1f} img/s (the ceiling).",
+        "",
+    ]
     peers = {k: v for k, v in rows.items() if k != "this service" and not k.startswith("previous")}
     ours = {x["concurrency"]: x for x in rows["this service"]}
     for c in (16, 32):
@@ -367,9 +440,14 @@ def compare_markdown(r: dict) -> list[str]:
             continue
         line = f"- c={c}: {ours[c]['rps']:.1f} req/s = {ours[c]['rps'] / r['raw_ort_b8']:.2f} of the raw batch-8 ceiling (goal >= 0.95)"
         if peers:
-            best_name, best = max(((k, next(x for x in v if x["concurrency"] == c)) for k, v in peers.items()), key=lambda kv: kv[1]["rps"])
-            line += (f"; best peer {best_name} {best['rps']:.1f} req/s: ratio {ours[c]['rps'] / best['rps']:.2f} (goal >= 1.2), "
-                     f"p99 {ours[c]['p99']:.0f} vs {best['p99']:.0f} ms (goal: lower)")
+            best_name, best = max(
+                ((k, next(x for x in v if x["concurrency"] == c)) for k, v in peers.items()),
+                key=lambda kv: kv[1]["rps"],
+            )
+            line += (
+                f"; best peer {best_name} {best['rps']:.1f} req/s: ratio {ours[c]['rps'] / best['rps']:.2f} (goal >= 1.2), "
+                f"p99 {ours[c]['p99']:.0f} vs {best['p99']:.0f} ms (goal: lower)"
+            )
         for k, v in rows.items():
             if k.startswith("previous"):
                 old = next(x for x in v if x["concurrency"] == c)
@@ -379,23 +457,49 @@ def compare_markdown(r: dict) -> list[str]:
 
 
 def to_markdown(r: dict, files: list[Path]) -> str:
-    L = [f"# Benchmark {r['date']}", "", f"Machine: {r['machine']}; model {r['model_dir']} ({r['variant']} served); "
-         f"threads {r['model']['threads']}. Client and server share the same 2 cores.", ""]
-    L += ["## 1. Model (images/s)", "", "| size | batch | PyTorch eager | ORT fp32 | ORT int8 |", "|---|---|---|---|---|"]
+    L = [
+        f"# Benchmark {r['date']}",
+        "",
+        f"Machine: {r['machine']}; model {r['model_dir']} ({r['variant']} served); "
+        f"threads {r['model']['threads']}. Client and server share the same 2 cores.",
+        "",
+    ]
+    L += [
+        "## 1. Model (images/s)",
+        "",
+        "| size | batch | PyTorch eager | ORT fp32 | ORT int8 |",
+        "|---|---|---|---|---|",
+    ]
     for row in r["model"]["rows"]:
-        L.append(f"| {row['size']} | {row['batch']} | " + " | ".join(f"{row[k]:.1f}" if k in row else "n/a" for k in ("PyTorch eager", "ORT fp32", "ORT int8")) + " |")
+        L.append(
+            f"| {row['size']} | {row['batch']} | "
+            + " | ".join(f"{row[k]:.1f}" if k in row else "n/a" for k in ("PyTorch eager", "ORT fp32", "ORT int8"))
+            + " |"
+        )
     m = r["model"]
-    L += ["", f"FLOPs per image at {m['input_size'][0]} px: {m['flops_per_image'] / 1e9:.2f} GFLOP; CPU peak {m['peak_flops'] / 1e9:.0f} GFLOP/s "
-          f"({m['peak_how']}); best ORT {m['best_ort_img_s']:.1f} img/s = {m['fraction_of_peak']:.1%} of peak.", ""]
+    L += [
+        "",
+        f"FLOPs per image at {m['input_size'][0]} px: {m['flops_per_image'] / 1e9:.2f} GFLOP; CPU peak {m['peak_flops'] / 1e9:.0f} GFLOP/s "
+        f"({m['peak_how']}); best ORT {m['best_ort_img_s']:.1f} img/s = {m['fraction_of_peak']:.1%} of peak.",
+        "",
+    ]
     L += compare_markdown(r)
-    L += ["### Where the time goes (CPU ms per 256 px request, measured on the pure functions)", "", "| step | ms |", "|---|---|"]
+    L += [
+        "### Where the time goes (CPU ms per 256 px request, measured on the pure functions)",
+        "",
+        "| step | ms |",
+        "|---|---|",
+    ]
     L += [f"| {k} | {v:.2f} |" for k, v in r["profile"].items()]
     for fmt, s in r.get("server_cpu", {}).items():  # fmt: "PNG", "JPEG", "PNG, previous main"
         over = s["overhead_cpu_ms_per_request"]
         verdict = "met" if over <= CPU_GOAL_MS else f"missed by {over / CPU_GOAL_MS:.1f}x"
-        L += ["", f"{s.get('label', 'this service')}, whole server process tree at concurrency 16, 256 px {fmt} uploads: "
-              f"{s['server_cpu_ms_per_request']:.2f} ms CPU per request, of which the model {s['model_cpu_ms_per_image']:.2f} ms: "
-              f"beyond the model {over:.2f} ms (goal <= {CPU_GOAL_MS} ms: {verdict}); {s['rps']:.0f} req/s."]
+        L += [
+            "",
+            f"{s.get('label', 'this service')}, whole server process tree at concurrency 16, 256 px {fmt} uploads: "
+            f"{s['server_cpu_ms_per_request']:.2f} ms CPU per request, of which the model {s['model_cpu_ms_per_image']:.2f} ms: "
+            f"beyond the model {over:.2f} ms (goal <= {CPU_GOAL_MS} ms: {verdict}); {s['rps']:.0f} req/s.",
+        ]
     if r.get("layers"):
         from benchmarks.profile_service import to_markdown as layers_md
 
@@ -404,15 +508,29 @@ def to_markdown(r: dict, files: list[Path]) -> str:
     if "naive" in r:
         n = r["naive"]
         ours = next(x for x in r["compare"]["this service"] if x["concurrency"] == n["concurrency"])
-        L += ["", "## 3. Naive fastai server (learn.predict per request)", "",
-              f"At concurrency {n['concurrency']}: {n['rps']:.1f} req/s, p99 {n['p99']:.0f} ms. Ours: {ours['rps']:.1f} req/s, p99 {ours['p99']:.0f} ms "
-              f"-> {ours['rps'] / n['rps']:.1f}x throughput (goal >= 4x), p99 ratio {ours['p99'] / n['p99']:.2f} (goal <= 0.25)."]
+        L += [
+            "",
+            "## 3. Naive fastai server (learn.predict per request)",
+            "",
+            f"At concurrency {n['concurrency']}: {n['rps']:.1f} req/s, p99 {n['p99']:.0f} ms. Ours: {ours['rps']:.1f} req/s, p99 {ours['p99']:.0f} ms "
+            f"-> {ours['rps'] / n['rps']:.1f}x throughput (goal >= 4x), p99 ratio {ours['p99'] / n['p99']:.2f} (goal <= 0.25).",
+        ]
     if r.get("bigimages"):
         from loadtest.bigimages import to_markdown as big_md
 
-        L += ["", "## 3b. Large photos, tiled, while 256 px requests keep coming (`python -m loadtest.bigimages`)", "", big_md(r["bigimages"])]
-    L += ["", "## 4. Cold start (process start to /readyz 200)", "", f"Median {np.median(r['cold_start_s']):.1f} s over {len(r['cold_start_s'])} starts (goal <= 5 s): "
-          + ", ".join(f"{t:.1f}" for t in r["cold_start_s"])]
+        L += [
+            "",
+            "## 3b. Large photos, tiled, while 256 px requests keep coming (`python -m loadtest.bigimages`)",
+            "",
+            big_md(r["bigimages"]),
+        ]
+    L += [
+        "",
+        "## 4. Cold start (process start to /readyz 200)",
+        "",
+        f"Median {np.median(r['cold_start_s']):.1f} s over {len(r['cold_start_s'])} starts (goal <= 5 s): "
+        + ", ".join(f"{t:.1f}" for t in r["cold_start_s"]),
+    ]
     L += ["", "## 5. Cost per pixel (concurrency 1, p50)", "", "| upload | p50 ms | us per 1000 px |", "|---|---|---|"]
     L += [f"| {x['size']}^2 | {x['p50_ms']:.1f} | {x['us_per_kpixel']:.1f} |" for x in r["cost_per_pixel"]]
     L += [""] + [f"![{f.stem}]({f.name})" for f in files]
@@ -422,34 +540,61 @@ def to_markdown(r: dict, files: list[Path]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="one-run benchmark report")
     p.add_argument("--model", type=Path, default=ROOT / "exported_models" / "default")
-    p.add_argument("--run", type=Path, help="fastai run folder (for PyTorch eager and the naive server); default: the one in export.json")
+    p.add_argument(
+        "--run",
+        type=Path,
+        help="fastai run folder (for PyTorch eager and the naive server); default: the one in export.json",
+    )
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"), help="variant every server runs")
-    p.add_argument("--baseline", metavar="REF", help="also serve this git ref (e.g. the previous main) from a worktree, same run")
-    p.add_argument("--force-int8", action="store_true", help="where the export dropped int8 (its accuracy rule), quantize a "
-                   "copy of the model for this run only, with the export's own recipe; the report gives its agreement")
+    p.add_argument(
+        "--baseline", metavar="REF", help="also serve this git ref (e.g. the previous main) from a worktree, same run"
+    )
+    p.add_argument(
+        "--force-int8",
+        action="store_true",
+        help="where the export dropped int8 (its accuracy rule), quantize a "
+        "copy of the model for this run only, with the export's own recipe; the report gives its agreement",
+    )
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--compare-only", action="store_true", help="only section 2: this service, the baseline and the peers")
+    p.add_argument(
+        "--compare-only", action="store_true", help="only section 2: this service, the baseline and the peers"
+    )
     a = p.parse_args(argv)
     run = a.run
     if run is None and (a.model / "export.json").is_file():
         run = Path(json.loads((a.model / "export.json").read_text())["run"])
     if a.variant == "int8" and not (a.model / "model.int8.onnx").is_file():
         if not a.force_int8:
-            print(f"   {a.model}: the export kept no int8 variant; serving fp32 (--force-int8 makes one for this run)", flush=True)
+            print(
+                f"   {a.model}: the export kept no int8 variant; serving fp32 (--force-int8 makes one for this run)",
+                flush=True,
+            )
             a.variant = "fp32"
         else:
             a.model = forced_int8(a.model, run)
     repeats, n = (2, 100) if a.quick else (3, 600)
     threads = len(os.sched_getaffinity(0))
-    report = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": cpu_peak()[1], "model_dir": str(a.model), "variant": a.variant,
-              "baseline": a.baseline}
+    report = {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": cpu_peak()[1],
+        "model_dir": str(a.model),
+        "variant": a.variant,
+        "baseline": a.baseline,
+    }
     if a.compare_only:
         report["raw_ort_b1"] = raw_ort(a.model, a.variant, threads, 1)
         report["raw_ort_b8"] = raw_ort(a.model, a.variant, threads, 8)
         report["compare"] = bench_compare(a.model, a.variant, (1, 16, 32), n, a.baseline)
         out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-compare-{a.variant}.md"
-        md = "\n".join([f"# Section 2 only ({report['date']})", "", f"Machine: {report['machine']}; {a.variant}.", "",
-                         *compare_markdown({**report, "model": {"threads": threads}})])
+        md = "\n".join(
+            [
+                f"# Section 2 only ({report['date']})",
+                "",
+                f"Machine: {report['machine']}; {a.variant}.",
+                "",
+                *compare_markdown({**report, "model": {"threads": threads}}),
+            ]
+        )
         out.write_text(md + "\n")
         out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
         print(md)
@@ -464,8 +609,10 @@ def main(argv=None) -> int:
     report["server_cpu"] = {fmt: server_cpu_per_request(a.model, a.variant, n, fmt) for fmt in ("PNG", "JPEG")}
     if a.baseline:
         with baseline_checkout(a.baseline) as tree:
-            report["server_cpu"]["PNG, previous main"] = {**server_cpu_per_request(a.model, a.variant, n, "PNG", cwd=tree),
-                                                          "label": f"previous main ({a.baseline[:7]})"}
+            report["server_cpu"]["PNG, previous main"] = {
+                **server_cpu_per_request(a.model, a.variant, n, "PNG", cwd=tree),
+                "label": f"previous main ({a.baseline[:7]})",
+            }
     if Path(sys.executable).with_name("py-spy").is_file():
         from benchmarks.profile_service import profile_service
 

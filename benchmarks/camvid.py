@@ -58,6 +58,7 @@ same for every row) and the table averages over them, with the spread: one run o
 several hundredths at this budget, so rows are ranked over seeds. `--screen`: rows are scored by fit's own
 held-out evaluation (training.train.evaluate, the served data path in PyTorch) without exporting them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,36 +83,95 @@ G_ARGS = [*SCALE, "--augment", "flip", "--loss", "ce+dice"]  # row G; most rows 
 # name -> fit arguments (None: the plain recipe), what changed
 RECIPES = {
     "P": (None, "plain fastai recipe (RandomCrop + Flip, weights clipped at 50, last epoch)"),
-    "D": ([*SCALE, "--augment", "affine", "--loss", "ce"], "`fit` before: crops, flips + rotation/zoom/warp/lighting, weights, best epoch"),
+    "D": (
+        [*SCALE, "--augment", "affine", "--loss", "ce"],
+        "`fit` before: crops, flips + rotation/zoom/warp/lighting, weights, best epoch",
+    ),
     "F": ([*SCALE, "--augment", "flip", "--loss", "ce"], "D, flips only"),
     "W": (None, "D, class weights clipped at 50"),
     "L": ([*SCALE, "--augment", "affine", "--loss", "ce", "--last-epoch"], "D, last epoch kept"),
-    "S": ([*SCALE, "--augment", "affine", "--loss", "ce", "--bs", "4"], "D, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
-    "H": ([*SCALE, "--augment", "flip", "--loss", "ce", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"], "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))"),
+    "S": (
+        [*SCALE, "--augment", "affine", "--loss", "ce", "--bs", "4"],
+        "D, batch size 4 (twice the optimiser steps in the same 8 epochs)",
+    ),
+    "H": (
+        [*SCALE, "--augment", "flip", "--loss", "ce", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"],
+        "F, learning rates doubled (8e-3, then slice(4e-4, 4e-3))",
+    ),
     "G": (G_ARGS, "F, cross-entropy + soft Dice loss"),
     "U": ([*G_ARGS, "--class-weights", "off"], "G, no class weights"),
     "K": ([*G_ARGS, "--class-weights", "sqrt"], "G, class weights softened (square roots)"),
-    "T": ([*G_ARGS, "--schedule", "fine-tune"], "G, fastai fine_tune's schedule shape (frozen warm-up 99 %, unfrozen from lr/5)"),
-    "R": ([*G_ARGS, "--lr", "2e-3", "--lr-unfrozen", "1e-4", "1e-3"], "G, learning rates halved (2e-3, then slice(1e-4, 1e-3))"),
-    "V": ([*SCALE, "--augment", "flip", "--loss", "ce+lovasz"], "G, the Lovasz-softmax (IoU) loss instead of the Dice term"),
-    "N": ([*G_ARGS, "--seed", "7"], "G again with another seed (7: its own split and initialisation), the run-to-run noise"),
-    "M": ([*G_ARGS, "--bn-momentum", "0.1"], "G, BatchNorm momentum 0.1 in the encoder (EfficientNet-Lite0's own is 0.01)"),
-    "B": ([*G_ARGS, "--frozen-epochs", "2", "--unfrozen-epochs", "14"], "G at twice the budget (2 frozen + 14 unfrozen epochs), outside the aim's 8: what more steps buy"),
+    "T": (
+        [*G_ARGS, "--schedule", "fine-tune"],
+        "G, fastai fine_tune's schedule shape (frozen warm-up 99 %, unfrozen from lr/5)",
+    ),
+    "R": (
+        [*G_ARGS, "--lr", "2e-3", "--lr-unfrozen", "1e-4", "1e-3"],
+        "G, learning rates halved (2e-3, then slice(1e-4, 1e-3))",
+    ),
+    "V": (
+        [*SCALE, "--augment", "flip", "--loss", "ce+lovasz"],
+        "G, the Lovasz-softmax (IoU) loss instead of the Dice term",
+    ),
+    "N": (
+        [*G_ARGS, "--seed", "7"],
+        "G again with another seed (7: its own split and initialisation), the run-to-run noise",
+    ),
+    "M": (
+        [*G_ARGS, "--bn-momentum", "0.1"],
+        "G, BatchNorm momentum 0.1 in the encoder (EfficientNet-Lite0's own is 0.01)",
+    ),
+    "B": (
+        [*G_ARGS, "--frozen-epochs", "2", "--unfrozen-epochs", "14"],
+        "G at twice the budget (2 frozen + 14 unfrozen epochs), outside the aim's 8: what more steps buy",
+    ),
     "Q": ([*G_ARGS, "--bs", "4"], "G, batch size 4 (twice the optimiser steps in the same 8 epochs)"),
-    "C": ([*G_ARGS, "--class-crops", "0.33"], "G, a third of the crops centred on a class drawn evenly from those in the scene (nnU-Net's oversampling)"),
+    "C": (
+        [*G_ARGS, "--class-crops", "0.33"],
+        "G, a third of the crops centred on a class drawn evenly from those in the scene (nnU-Net's oversampling)",
+    ),
     "Y": ([*G_ARGS, "--bs", "2"], "G, batch size 2 (four times the optimiser steps in the same 8 epochs)"),
-    "O": ([*G_ARGS, "--class-crops", "0.33", "--class-weights", "off"], "C without class weights (oversampling in place of weighting)"),
+    "O": (
+        [*G_ARGS, "--class-crops", "0.33", "--class-weights", "off"],
+        "C without class weights (oversampling in place of weighting)",
+    ),
     "Z": ([*G_ARGS, "--bs", "4", "--seed", "7"], "Q again with another seed (7, as N is G's)"),
-    "E": ([*G_ARGS, "--lr-unfrozen", "6e-4", "2e-3"], "G, the encoder's unfrozen learning rate tripled (slice(6e-4, 2e-3): the decoder's unchanged)"),
-    "J": ([*G_ARGS, "--precision", "fp32", "--no-channels-last"], "G in fp32 and the contiguous memory format (fit's numerics before bf16 autocast)"),
-    "X": ([*G_ARGS, "--schedule", "flat-cos"], "G, fastai's fit_flat_cos in each phase (the rate flat for 75 %, then cosine down)"),
-    "I": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos"], "G, fastai's ranger (RAdam + Lookahead) with fit_flat_cos"),
-    "I2": ([*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"],
-           "I with both learning rates doubled (Lookahead's alpha 0.5 halves each step's reach)"),
-    "QE": ([*G_ARGS, "--bs", "4", "--lr-unfrozen", "6e-4", "2e-3"], "G, batch size 4 and the encoder's unfrozen learning rate tripled (Q and E together)"),
-    "L2": ([*G_ARGS, "--encoder", "efficientnet_lite2"], "G over EfficientNet-Lite2 (ImageNet top-1 77.6 % against Lite0's 75.1 %; U-Net 12.0 M parameters against 9.3 M)"),
-    "DB": ([*G_ARGS, "--bs", "4", "--decoder-norm", "batch"], "Q, BatchNorm after each convolution of the decoder but the final classifier"),
-    "DA": ([*G_ARGS, "--bs", "4", "--decoder-norm", "batch-all"], "Q, BatchNorm after each convolution of the decoder, the classifier's logits too (fastai's NormType.Batch)"),
+    "E": (
+        [*G_ARGS, "--lr-unfrozen", "6e-4", "2e-3"],
+        "G, the encoder's unfrozen learning rate tripled (slice(6e-4, 2e-3): the decoder's unchanged)",
+    ),
+    "J": (
+        [*G_ARGS, "--precision", "fp32", "--no-channels-last"],
+        "G in fp32 and the contiguous memory format (fit's numerics before bf16 autocast)",
+    ),
+    "X": (
+        [*G_ARGS, "--schedule", "flat-cos"],
+        "G, fastai's fit_flat_cos in each phase (the rate flat for 75 %, then cosine down)",
+    ),
+    "I": (
+        [*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos"],
+        "G, fastai's ranger (RAdam + Lookahead) with fit_flat_cos",
+    ),
+    "I2": (
+        [*G_ARGS, "--opt", "ranger", "--schedule", "flat-cos", "--lr", "8e-3", "--lr-unfrozen", "4e-4", "4e-3"],
+        "I with both learning rates doubled (Lookahead's alpha 0.5 halves each step's reach)",
+    ),
+    "QE": (
+        [*G_ARGS, "--bs", "4", "--lr-unfrozen", "6e-4", "2e-3"],
+        "G, batch size 4 and the encoder's unfrozen learning rate tripled (Q and E together)",
+    ),
+    "L2": (
+        [*G_ARGS, "--encoder", "efficientnet_lite2"],
+        "G over EfficientNet-Lite2 (ImageNet top-1 77.6 % against Lite0's 75.1 %; U-Net 12.0 M parameters against 9.3 M)",
+    ),
+    "DB": (
+        [*G_ARGS, "--bs", "4", "--decoder-norm", "batch"],
+        "Q, BatchNorm after each convolution of the decoder but the final classifier",
+    ),
+    "DA": (
+        [*G_ARGS, "--bs", "4", "--decoder-norm", "batch-all"],
+        "Q, BatchNorm after each convolution of the decoder, the classifier's logits too (fastai's NormType.Batch)",
+    ),
     "A": (SIZE_CROP, "`fit` after: its defaults"),
 }
 
@@ -124,7 +184,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def iou_table(cm: np.ndarray, codes, void: int) -> dict:
-    from serving.accuracy import metrics_from_confusion
+    from contract.metrics import metrics_from_confusion
 
     m = metrics_from_confusion(cm, list(codes), void)
     return {**{c: v for c, v in m["iou"].items() if c != codes[void]}, "mean": m["iou_fg"]}
@@ -132,8 +192,8 @@ def iou_table(cm: np.ndarray, codes, void: int) -> dict:
 
 def score(export: Path, valid: list[tuple[Path, Path]], codes, void: int, variant: str = "fp32") -> tuple[dict, list]:
     """IoU per class on the held-out scenes at their own size, through the served data path (serving.Segmenter)."""
+    from contract.metrics import confusion
     from serving import Segmenter
-    from serving.accuracy import confusion
 
     seg = Segmenter.load(export, "cpu", variant)
     n = len(codes)
@@ -162,7 +222,10 @@ def _same_as(name: str, work: Path) -> str | None:
             return "D"
     if name == "A":
         want = _resolved(RECIPES["A"][0])
-        return next((row for row, (args, _) in RECIPES.items() if row != "A" and args is not None and _resolved(args) == want), None)
+        return next(
+            (row for row, (args, _) in RECIPES.items() if row != "A" and args is not None and _resolved(args) == want),
+            None,
+        )
     return None
 
 
@@ -198,10 +261,39 @@ def _train(name: str, data: Path, work: Path, epochs, seed: int = DEFAULT_SEED, 
     seed_args = [] if args and "--seed" in args else ["--seed", str(seed)]
     if not (run / "report.json").is_file():
         if args is None:
-            _run([py, "-m", "benchmarks.camvid_plain", "--data", str(data), "--out", str(run), "--epochs", *map(str, epochs), *seed_args])
+            _run(
+                [
+                    py,
+                    "-m",
+                    "benchmarks.camvid_plain",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(run),
+                    "--epochs",
+                    *map(str, epochs),
+                    *seed_args,
+                ]
+            )
         else:
-            _run([py, "-m", "training", "fit", "--data", str(data), "--out", str(run), "--frozen-epochs", str(epochs[0]),
-                  "--unfrozen-epochs", str(epochs[1]), *args, *seed_args])
+            _run(
+                [
+                    py,
+                    "-m",
+                    "training",
+                    "fit",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(run),
+                    "--frozen-epochs",
+                    str(epochs[0]),
+                    "--unfrozen-epochs",
+                    str(epochs[1]),
+                    *args,
+                    *seed_args,
+                ]
+            )
     if export and not (out / "model.onnx").is_file():
         _run([py, "-m", "training", "export", "--model", str(run), "--out", str(out), "--int8"])
     return run
@@ -210,8 +302,9 @@ def _train(name: str, data: Path, work: Path, epochs, seed: int = DEFAULT_SEED, 
 def score_run(run: Path) -> tuple[dict, list]:
     """IoU per class on the run's held-out scenes, by fit's own evaluation (training.train.evaluate: the served data
     path in PyTorch, which the export's parity gate ties to the ONNX graph); no export needed."""
+    from training.evaluate import evaluate
     from training.model import ENCODERS
-    from training.train import evaluate, load_run
+    from training.run import load_run
 
     learn, meta, ds = load_run(run)
     valid = {str(p) for p in meta["valid_images"]}
@@ -226,8 +319,13 @@ def aggregate(per_seed: list[dict]) -> dict:
     """Per-class means over a row's seeds, the mean IoU's mean, min and max, and how many seeds."""
     classes = [c for c in per_seed[0] if c != "mean"]
     means = [r["mean"] for r in per_seed]
-    return {**{c: float(np.mean([r[c] for r in per_seed])) for c in classes}, "mean": float(np.mean(means)),
-            "min": float(min(means)), "max": float(max(means)), "n": len(per_seed)}
+    return {
+        **{c: float(np.mean([r[c] for r in per_seed])) for c in classes},
+        "mean": float(np.mean(means)),
+        "min": float(min(means)),
+        "max": float(max(means)),
+        "n": len(per_seed),
+    }
 
 
 def _score_row(name: str, data: Path, work: Path, a) -> tuple[dict, list]:
@@ -249,9 +347,17 @@ def _score_row(name: str, data: Path, work: Path, a) -> tuple[dict, list]:
             if (export / "model.int8.onnx").is_file():
                 per_seed["int8"].append({**score(export, valid, codes, void, "int8")[0], "seed": seed})
         shown = shown or seen
-        print(f"{name} seed {seed}: mean IoU {scores['mean']:.3f}, Pole {scores['Pole']:.3f}, Car {scores['Car']:.3f}", flush=True)
-    row = {"label": RECIPES[name][1], "train_min": float(np.mean(minutes)), "seeds": [r["seed"] for r in per_seed["fp32"]],
-           "per_seed": per_seed, "fp32": aggregate([{k: v for k, v in r.items() if k != "seed"} for r in per_seed["fp32"]])}
+        print(
+            f"{name} seed {seed}: mean IoU {scores['mean']:.3f}, Pole {scores['Pole']:.3f}, Car {scores['Car']:.3f}",
+            flush=True,
+        )
+    row = {
+        "label": RECIPES[name][1],
+        "train_min": float(np.mean(minutes)),
+        "seeds": [r["seed"] for r in per_seed["fp32"]],
+        "per_seed": per_seed,
+        "fp32": aggregate([{k: v for k, v in r.items() if k != "seed"} for r in per_seed["fp32"]]),
+    }
     if per_seed["int8"] and len(per_seed["int8"]) == len(per_seed["fp32"]):
         row["int8"] = aggregate([{k: v for k, v in r.items() if k != "seed"} for r in per_seed["int8"]])
     return row, shown
@@ -260,16 +366,21 @@ def _score_row(name: str, data: Path, work: Path, a) -> tuple[dict, list]:
 def table_lines(rows: dict) -> list[str]:
     """The markdown table: one line per row and variant, class IoUs and mean IoU averaged over the row's seeds."""
     classes = [c for c in next(iter(rows.values()))[0]["fp32"] if c not in ("mean", "min", "max", "n")]
-    L = ["| row | change | seeds | " + " | ".join(classes) + " | mean IoU | min-max over seeds | train min |",
-         "|---|---|---|" + "---|" * (len(classes) + 3)]
+    L = [
+        "| row | change | seeds | " + " | ".join(classes) + " | mean IoU | min-max over seeds | train min |",
+        "|---|---|---|" + "---|" * (len(classes) + 3),
+    ]
     for name, (row, _) in rows.items():
         for variant in ("fp32", "int8"):
             if variant in row:
                 r = row[variant]
                 same = f" (same model as {row['same_as']})" if row.get("same_as") else ""
                 spread = f"{r['min']:.3f}-{r['max']:.3f}" if r["n"] > 1 else ""
-                L.append(f"| {name}{' int8' if variant == 'int8' else ''} | {row['label']}{same} | {r['n']} | "
-                         + " | ".join(f"{r[c]:.3f}" for c in classes) + f" | **{r['mean']:.3f}** | {spread} | {row['train_min']:.1f} |")
+                L.append(
+                    f"| {name}{' int8' if variant == 'int8' else ''} | {row['label']}{same} | {r['n']} | "
+                    + " | ".join(f"{r[c]:.3f}" for c in classes)
+                    + f" | **{r['mean']:.3f}** | {spread} | {row['train_min']:.1f} |"
+                )
     return L
 
 
@@ -277,19 +388,48 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "camvid")
     p.add_argument("--n", type=int, default=150)
-    p.add_argument("--draw", type=int, default=0, help="the scene generator's seed (another draw of the same kind of scenes)")
+    p.add_argument(
+        "--draw", type=int, default=0, help="the scene generator's seed (another draw of the same kind of scenes)"
+    )
     p.add_argument("--epochs", type=int, nargs=2, default=[2, 6], metavar=("FROZEN", "UNFROZEN"))
     p.add_argument("--only", nargs="+", choices=list(RECIPES), help="rows to run (default: all)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED], help="fit seeds per row (each its own split, "
-                   "initialisation and crops); the table averages over them")
-    p.add_argument("--screen", action="store_true", help="score by fit's own held-out evaluation (the served path in PyTorch), "
-                   "without exporting: no int8 rows, no load test")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_SEED],
+        help="fit seeds per row (each its own split, initialisation and crops); the table averages over them",
+    )
+    p.add_argument(
+        "--screen",
+        action="store_true",
+        help="score by fit's own held-out evaluation (the served path in PyTorch), "
+        "without exporting: no int8 rows, no load test",
+    )
     p.add_argument("--tag", help="report name: camvid-<tag>-<date>")
     p.add_argument("--no-load", dest="load", action="store_false", help="skip the bentoml serve load test")
     a = p.parse_args(argv)
     data = a.work / (f"scenes-n{a.n}" + (f"-draw{a.draw}" if a.draw else ""))
     if not (data / "codes.txt").is_file():
-        _run([sys.executable, "-m", "training", "synth", "--layout", "camvid", "--out", str(data), "--n", str(a.n), "--size", "360", "480", "--seed", str(a.draw)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "training",
+                "synth",
+                "--layout",
+                "camvid",
+                "--out",
+                str(data),
+                "--n",
+                str(a.n),
+                "--size",
+                "360",
+                "480",
+                "--seed",
+                str(a.draw),
+            ]
+        )
     rows, trained = {}, []
     for name in a.only or list(RECIPES):
         same = _same_as(name, a.work)
@@ -302,30 +442,60 @@ def main(argv=None) -> int:
         rows[name] = _score_row(name, data, a.work, a)
         trained.append(name)
         row = rows[name][0]
-        print(f"{name}: {row['label']}: mean IoU {row['fp32']['mean']:.3f} over {row['fp32']['n']} seeds, Pole {row['fp32']['Pole']:.3f}", flush=True)
+        print(
+            f"{name}: {row['label']}: mean IoU {row['fp32']['mean']:.3f} over {row['fp32']['n']} seeds, Pole {row['fp32']['Pole']:.3f}",
+            flush=True,
+        )
     last = _folder(a.work, "export", trained[-1], DEFAULT_SEED) if trained else None
-    served_load = serve_load(last, [Path(p) for p in json.loads((_folder(a.work, "run", trained[-1], DEFAULT_SEED) / "report.json").read_text())["valid_images"]]) \
-        if a.load and not a.screen and last and last.is_dir() else None
-    tag = (f"{a.tag}-" if a.tag else "") + (f"draw{a.draw}-" if a.draw else "") + ("" if a.epochs == [2, 6] else f"e{a.epochs[0]}+{a.epochs[1]}-")
+    served_load = (
+        serve_load(
+            last,
+            [
+                Path(p)
+                for p in json.loads((_folder(a.work, "run", trained[-1], DEFAULT_SEED) / "report.json").read_text())[
+                    "valid_images"
+                ]
+            ],
+        )
+        if a.load and not a.screen and last and last.is_dir()
+        else None
+    )
+    tag = (
+        (f"{a.tag}-" if a.tag else "")
+        + (f"draw{a.draw}-" if a.draw else "")
+        + ("" if a.epochs == [2, 6] else f"e{a.epochs[0]}+{a.epochs[1]}-")
+    )
     out = ROOT / "benchmarks" / "results" / f"camvid-{tag}{dt.date.today().isoformat()}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    scored = ("fit's own held-out evaluation (the served data path in PyTorch, no export)" if a.screen else
-              "the served data path (exported ONNX, serving.Segmenter)")
-    L = [f"# CamVid-layout scenes: `fit` against the plain fastai recipe ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-         f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`); each seed of a row has its own "
-         f"80/20 split, initialisation and crops, the same for every row; held-out scenes scored at 360x480 by {scored}, Void excluded; "
-         f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops; batch 8, fastai's decoder (no norm), lr 4e-3 then slice(2e-4, 2e-3) where the row does not say otherwise; "
-         f"`python -m benchmarks.camvid {' '.join(argv if argv is not None else sys.argv[1:])}` on {cpu_features()}. A row differs from "
-         "another by one factor; class IoUs and mean IoU are averaged over the row's seeds.", ""] + table_lines(rows)
+    scored = (
+        "fit's own held-out evaluation (the served data path in PyTorch, no export)"
+        if a.screen
+        else "the served data path (exported ONNX, serving.Segmenter)"
+    )
+    L = [
+        f"# CamVid-layout scenes: `fit` against the plain fastai recipe ({dt.datetime.now():%Y-%m-%d %H:%M})",
+        "",
+        f"{a.n} synthetic 360x480 street scenes (`python -m training synth --layout camvid --seed {a.draw}`); each seed of a row has its own "
+        f"80/20 split, initialisation and crops, the same for every row; held-out scenes scored at 360x480 by {scored}, Void excluded; "
+        f"{a.epochs[0]} frozen + {a.epochs[1]} unfrozen epochs each at 192x256 random crops; batch 8, fastai's decoder (no norm), lr 4e-3 then slice(2e-4, 2e-3) where the row does not say otherwise; "
+        f"`python -m benchmarks.camvid {' '.join(argv if argv is not None else sys.argv[1:])}` on {cpu_features()}. A row differs from "
+        "another by one factor; class IoUs and mean IoU are averaged over the row's seeds.",
+        "",
+    ] + table_lines(rows)
     if served_load:
         sl = served_load
-        L += ["", f"Served ({trained[-1]}, `bentoml serve` defaults: {sl['workers']} workers, {sl['variant']}), 480x360 PNG uploads at concurrency "
-              f"16: {sl['rps']:.1f} req/s, p50 {sl['p50']:.0f} ms, p99 {sl['p99']:.0f} ms, {sl['errors']} errors, "
-              f"{sl['same']} of {sl['requests']} masks equal to the Python API's."]
+        L += [
+            "",
+            f"Served ({trained[-1]}, `bentoml serve` defaults: {sl['workers']} workers, {sl['variant']}), 480x360 PNG uploads at concurrency "
+            f"16: {sl['rps']:.1f} req/s, p50 {sl['p50']:.0f} ms, p99 {sl['p99']:.0f} ms, {sl['errors']} errors, "
+            f"{sl['same']} of {sl['requests']} masks equal to the Python API's.",
+        ]
     md = "\n".join(L) + f"\n\n![examples]({out.name}.png)\n"
     _figure({k: v for k, v in rows.items() if not v[0].get("same_as")}, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({**{k: v[0] for k, v in rows.items()}, "served_load": served_load}, indent=2, default=float))
+    out.with_suffix(".json").write_text(
+        json.dumps({**{k: v[0] for k, v in rows.items()}, "served_load": served_load}, indent=2, default=float)
+    )
     print(md)
     return 0
 
@@ -355,7 +525,13 @@ def serve_load(export: Path, images: list[Path], concurrency: int = 16, n: int =
         info = requests.get(proc.url + "/model", timeout=10).json()
         results, wall = client.run(proc.url, payloads, concurrency=concurrency, n=n, check=same, warmup=concurrency)
     s = client.summary(results, wall)
-    return {**s, "same": sum(r.ok for r in results), "workers": info["workers"], "variant": info["variant"], "concurrency": concurrency}
+    return {
+        **s,
+        "same": sum(r.ok for r in results),
+        "workers": info["workers"],
+        "variant": info["variant"],
+        "concurrency": concurrency,
+    }
 
 
 def _figure(rows, path: Path) -> None:
@@ -364,7 +540,7 @@ def _figure(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.train import class_colours
+    from contract.metadata import class_colours
 
     pal = np.array(class_colours(8), np.uint8)
     names = list(rows)

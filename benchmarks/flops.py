@@ -1,4 +1,5 @@
 """FLOPs of an ONNX graph from its Conv/ConvTranspose/MatMul/Gemm shapes (multiply-add = 2 FLOPs)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ server serves it exactly as the real model: same resize, same batching, same ups
 cast, /255, NHWC -> NCHW, a 15x15 box blur (so its masks are as smooth as a real model's, with as few
 class boundaries), a 1x1 convolution to the export's classes, softmax and argmax. No weights are learnt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,20 +40,26 @@ def build(source: Path, out: Path) -> Path:
         helper.make_node("Div", ["f", "c255"], ["x"]),
         helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
         # the blur as a separable average (two 1-D pools): a fraction of a millisecond per image
-        helper.make_node("AveragePool", ["nchw"], ["rows"], kernel_shape=[1, BLUR], pads=[0, half, 0, half], count_include_pad=0),
-        helper.make_node("AveragePool", ["rows"], ["smooth"], kernel_shape=[BLUR, 1], pads=[half, 0, half, 0], count_include_pad=0),
+        helper.make_node(
+            "AveragePool", ["nchw"], ["rows"], kernel_shape=[1, BLUR], pads=[0, half, 0, half], count_include_pad=0
+        ),
+        helper.make_node(
+            "AveragePool", ["rows"], ["smooth"], kernel_shape=[BLUR, 1], pads=[half, 0, half, 0], count_include_pad=0
+        ),
         helper.make_node("Conv", ["smooth", "mix"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
         helper.make_node("ArgMax", ["logits"], ["idx"], axis=1, keepdims=0),
         helper.make_node("Cast", ["idx"], ["mask"], to=TensorProto.UINT8),
     ]
     graph = helper.make_graph(
-        nodes, "near_zero_cost",
+        nodes,
+        "near_zero_cost",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", *hw, 3])],
-        [helper.make_tensor_value_info("mask", TensorProto.UINT8, ["N", *hw]),
-         helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n, *hw])],
-        initializer=[helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
-                     numpy_helper.from_array(mix, "mix")],
+        [
+            helper.make_tensor_value_info("mask", TensorProto.UINT8, ["N", *hw]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n, *hw]),
+        ],
+        initializer=[helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), numpy_helper.from_array(mix, "mix")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9

@@ -7,6 +7,7 @@ present); it writes benchmarks/results/gpu-<date>.md/.json. About 2-3 minutes.
 
 Without CUDA it ends with one line saying why and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ SIZES = (128, 256)
 def cuda_problem(model_dir: Path) -> str | None:
     """Why this host cannot run the model on CUDA, or None when it can: ONNX Runtime lists the CUDA provider
     even without a GPU, so a session is opened and asked what it really uses."""
+    from contract import ContractError
     from serving.config import has_gpu
-    from serving.runtime import ContractError, SegmentationRuntime
+    from serving.runtime import SegmentationRuntime
 
     try:
         import onnxruntime as ort
@@ -74,8 +76,12 @@ class GpuSampler:
     def __enter__(self):
         exe = shutil.which("nvidia-smi")
         if exe:
-            self._proc = subprocess.Popen([exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._proc = subprocess.Popen(
+                [exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             threading.Thread(target=self._read, daemon=True).start()
         return self
 
@@ -104,20 +110,33 @@ def cell(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> d
     with GpuSampler() as gpu:
         results, wall = client.run(url, payloads, concurrency=concurrency, n=n, timeout=60)
     s1, c1 = mean_batch(requests.get(url + "/metrics", timeout=10).text)
-    return {"concurrency": concurrency, **client.summary(results, wall),
-            "mean_batch": (s1 - s0) / (c1 - c0) if c1 > c0 else None, "gpu_util": gpu.mean}
+    return {
+        "concurrency": concurrency,
+        **client.summary(results, wall),
+        "mean_batch": (s1 - s0) / (c1 - c0) if c1 > c0 else None,
+        "gpu_util": gpu.mean,
+    }
 
 
 def to_markdown(rows: list[dict], model_dir: Path) -> str:
-    L = [f"# GPU check ({time.strftime('%Y-%m-%d %H:%M')})", "", f"`python -m benchmarks.gpu --model {model_dir}`: `bentoml serve` with "
-         "SEG_DEVICE=cuda, real photos to /segment, palette PNG answers.", "",
-         "| variant | upload | concurrency | req/s | p50 ms | p99 ms | mean batch | GPU util % | errors |", "|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        f"# GPU check ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"`python -m benchmarks.gpu --model {model_dir}`: `bentoml serve` with "
+        "SEG_DEVICE=cuda, real photos to /segment, palette PNG answers.",
+        "",
+        "| variant | upload | concurrency | req/s | p50 ms | p99 ms | mean batch | GPU util % | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
     def opt(v, fmt):
         return "n/a" if v is None else format(v, fmt)
 
     for r in rows:
-        L.append(f"| {r['variant']} | {r['size']} px PNG | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | "
-                 f"{opt(r['mean_batch'], '.1f')} | {opt(r['gpu_util'], '.0f')} | {r['errors']} |")
+        L.append(
+            f"| {r['variant']} | {r['size']} px PNG | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | "
+            f"{opt(r['mean_batch'], '.1f')} | {opt(r['gpu_util'], '.0f')} | {r['errors']} |"
+        )
     return "\n".join(L) + "\n"
 
 
@@ -127,13 +146,18 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per cell")
     a = p.parse_args(argv)
     if not (a.model / "model.onnx").is_file():
-        print(f"benchmarks.gpu: {a.model}: no model.onnx; build one with `python -m training demo` or pass --model", file=sys.stderr)
+        print(
+            f"benchmarks.gpu: {a.model}: no model.onnx; build one with `python -m training demo` or pass --model",
+            file=sys.stderr,
+        )
         return 2
     problem = cuda_problem(a.model)
     if problem is not None:
         print(f"benchmarks.gpu: no CUDA here, nothing measured: {problem}", file=sys.stderr)
         return 2
-    variants = [v for v in ("fp16", "fp32") if (a.model / ("model.fp16.onnx" if v == "fp16" else "model.onnx")).is_file()]
+    variants = [
+        v for v in ("fp16", "fp32") if (a.model / ("model.fp16.onnx" if v == "fp16" else "model.onnx")).is_file()
+    ]
     rows = []
     for variant in variants:
         print(f"== {variant}", flush=True)

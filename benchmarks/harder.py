@@ -10,6 +10,7 @@ often a crop of the background's own photo, 0/255 masks), then runs `python -m t
 - today's defaults: the same with random flips as the only augmentation.
 Resumable. Writes benchmarks/results/harder-<date>.md/.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,19 @@ from pathlib import Path
 from benchmarks import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"defaults of 2026-11-24 (3 + 12 epochs, last kept, affine)": ["--frozen-epochs", "3", "--unfrozen-epochs", "12", "--last-epoch",
-                                                                       "--augment", "affine"],
-           "450 steps, best epoch kept, affine (the defaults until 2026-12-02)": ["--augment", "affine"],
-           "defaults: 450 steps, best epoch kept, flips only": []}
+RECIPES = {
+    "defaults of 2026-11-24 (3 + 12 epochs, last kept, affine)": [
+        "--frozen-epochs",
+        "3",
+        "--unfrozen-epochs",
+        "12",
+        "--last-epoch",
+        "--augment",
+        "affine",
+    ],
+    "450 steps, best epoch kept, affine (the defaults until 2026-12-02)": ["--augment", "affine"],
+    "defaults: 450 steps, best epoch kept, flips only": [],
+}
 
 
 def main(argv=None) -> int:
@@ -35,8 +45,24 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     data = a.work / f"leeds-hard-n{a.n}"
     if not (data / "images").is_dir():
-        subprocess.run([sys.executable, "-m", "training", "synth", "--layout", "leeds", "--out", str(data), "--n", str(a.n), "--size", "128"],
-                       cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training",
+                "synth",
+                "--layout",
+                "leeds",
+                "--out",
+                str(data),
+                "--n",
+                str(a.n),
+                "--size",
+                "128",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
     rows = []
     for i, (label, args) in enumerate(RECIPES.items()):
         run = a.work / f"run-{i}"
@@ -47,14 +73,29 @@ def main(argv=None) -> int:
                 raise SystemExit(f"error: {label} failed")
         r = json.loads((run / "report.json").read_text())
         dice = [h.get("dice_fg") or 0 for h in r["history"]]
-        rows.append({"label": label, "dice_fg": r["metrics"]["dice_fg"], "best_epoch_dice": max(dice), "last_epoch_dice": dice[-1],
-                     "epochs": len(dice), "kept_epoch": r["schedule"]["kept_epoch"], "train_min": r["timings"]["train_s"] / 60})
-    L = [f"# Training defaults on a harder set ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-         f"{a.n} hard Leeds-layout scenes of 128 px (`python -m training synth --layout leeds`), 80 % train; `python -m benchmarks.harder`.", "",
-         "| recipe | epochs | epoch kept | held-out foreground Dice (kept model) | best epoch's validation Dice | last epoch's | training min |",
-         "|---|---|---|---|---|---|---|"]
+        rows.append(
+            {
+                "label": label,
+                "dice_fg": r["metrics"]["dice_fg"],
+                "best_epoch_dice": max(dice),
+                "last_epoch_dice": dice[-1],
+                "epochs": len(dice),
+                "kept_epoch": r["schedule"]["kept_epoch"],
+                "train_min": r["timings"]["train_s"] / 60,
+            }
+        )
+    L = [
+        f"# Training defaults on a harder set ({dt.datetime.now():%Y-%m-%d %H:%M})",
+        "",
+        f"{a.n} hard Leeds-layout scenes of 128 px (`python -m training synth --layout leeds`), 80 % train; `python -m benchmarks.harder`.",
+        "",
+        "| recipe | epochs | epoch kept | held-out foreground Dice (kept model) | best epoch's validation Dice | last epoch's | training min |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        L.append(f"| {r['label']} | {r['epochs']} | {r['kept_epoch']} | **{r['dice_fg']:.3f}** | {r['best_epoch_dice']:.3f} | {r['last_epoch_dice']:.3f} | {r['train_min']:.1f} |")
+        L.append(
+            f"| {r['label']} | {r['epochs']} | {r['kept_epoch']} | **{r['dice_fg']:.3f}** | {r['best_epoch_dice']:.3f} | {r['last_epoch_dice']:.3f} | {r['train_min']:.1f} |"
+        )
     md = "\n".join(L) + "\n"
     write_report("harder", md, rows)
     return 0

@@ -9,6 +9,7 @@ to at least 16 images; the two graphs' passes interleaved and the median of 7 ta
 it re-measures what an export measured at the time, when other work may have shared the cores.
 Prints a table and writes benchmarks/results/int8-speed-<date>.md/.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from benchmarks import cpu_features, write_report
 
 
 def main(argv=None) -> int:
-    from serving.accuracy import read_check
+    from contract.metrics import read_check
     from training.export.variants import SPEED_BATCH, SPEED_THREADS, throughputs
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,22 +33,42 @@ def main(argv=None) -> int:
     for folder in a.folders:
         check = read_check(folder)
         if not (folder / "model.int8.onnx").is_file() or check is None:
-            raise SystemExit(f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (an export with --int8 and ground truth)")
+            raise SystemExit(
+                f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (an export with --int8 and ground truth)"
+            )
         images = check[0]
         fp32, int8 = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], images, repeats=a.repeats)
         export = folder / "export.json"
         at_export = json.loads(export.read_text()).get("int8", {}).get("speedup") if export.is_file() else None
-        rows.append({"model": str(folder), "size": f"{images.shape[1]}x{images.shape[2]}", "fp32_img_s": fp32, "int8_img_s": int8,
-                     "speedup": int8 / fp32, "speedup_at_export": at_export})
+        rows.append(
+            {
+                "model": str(folder),
+                "size": f"{images.shape[1]}x{images.shape[2]}",
+                "fp32_img_s": fp32,
+                "int8_img_s": int8,
+                "speedup": int8 / fp32,
+                "speedup_at_export": at_export,
+            }
+        )
         print(f"{folder}: {int8 / fp32:.2f}x ({int8:.1f} vs {fp32:.1f} img/s)", flush=True)
     cpu = cpu_features()
-    how = (f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its training size, "
-           f"fp32 and int8 passes interleaved, median of {a.repeats}; {os.cpu_count()} cores, {cpu}.")
-    L = ["# int8 against fp32, as a worker runs them (`python -m benchmarks.int8_speed`)", "", how, "",
-         "| model | size | fp32 img/s | int8 img/s | speed-up | at export |", "|---|---|---|---|---|---|"]
+    how = (
+        f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its training size, "
+        f"fp32 and int8 passes interleaved, median of {a.repeats}; {os.cpu_count()} cores, {cpu}."
+    )
+    L = [
+        "# int8 against fp32, as a worker runs them (`python -m benchmarks.int8_speed`)",
+        "",
+        how,
+        "",
+        "| model | size | fp32 img/s | int8 img/s | speed-up | at export |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         was = f"{r['speedup_at_export']:.2f}x" if r["speedup_at_export"] else "-"
-        L.append(f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | **{r['speedup']:.2f}x** | {was} |")
+        L.append(
+            f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | **{r['speedup']:.2f}x** | {was} |"
+        )
     write_report(f"int8-speed-{a.tag}" if a.tag else "int8-speed", "\n".join(L) + "\n", rows)
     return 0
 

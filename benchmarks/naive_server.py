@@ -5,6 +5,7 @@
 POST /segment with multipart field `image` -> palette PNG, like our service. Threaded, no batching,
 no ONNX: the baseline the benchmark compares against, on the same machine and images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from PIL import Image
 
 
 def serve(run_dir: str, port: int) -> None:
-    from training.train import load_run
+    from training.run import load_run
 
     learn, meta, _ = load_run(run_dir)
     colours = [c for rgb in meta["colours"] for c in rgb]
@@ -35,8 +36,17 @@ def serve(run_dir: str, port: int) -> None:
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            msg = BytesParser(policy=default).parsebytes(b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body)
-            data = next((p.get_payload(decode=True) for p in msg.iter_parts() if p.get_param("name", header="content-disposition") == "image"), None)
+            msg = BytesParser(policy=default).parsebytes(
+                b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body
+            )
+            data = next(
+                (
+                    p.get_payload(decode=True)
+                    for p in msg.iter_parts()
+                    if p.get_param("name", header="content-disposition") == "image"
+                ),
+                None,
+            )
             if not data:
                 self.send_response(400)
                 self.end_headers()

@@ -6,6 +6,7 @@ One step is what `fit` does per batch: forward, loss, backward, Adam, with `trai
 effect (channels-last model, bf16 autocast of the forward pass and the loss, predictions back to fp32). The
 table says which precision `fit --precision auto` picks here, so a host where bf16 is emulated shows it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,24 +64,43 @@ def main(argv=None) -> int:
     y = torch.randint(0, a.classes, (a.batch, h, w))
     picked = resolve_precision("auto", torch.device("cpu"))
     rows = []
-    for name, bf16, cl in (("fp32", False, False), ("fp32 channels-last", False, True),
-                           ("bf16 autocast", True, False), ("bf16 autocast + channels-last", True, True)):
+    for name, bf16, cl in (
+        ("fp32", False, False),
+        ("fp32 channels-last", False, True),
+        ("bf16 autocast", True, False),
+        ("bf16 autocast + channels-last", True, True),
+    ):
         print(f"==> {name}: {a.steps} steps", flush=True)
         t = time_steps(model, x, y, bf16=bf16, channels_last=cl, steps=a.steps)
-        rows.append({"mode": name, "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
-                     "auto": (("bf16" if bf16 else "fp32") == picked and cl)})
+        rows.append(
+            {
+                "mode": name,
+                "median_s": statistics.median(t),
+                "min_s": min(t),
+                "max_s": max(t),
+                "auto": (("bf16" if bf16 else "fp32") == picked and cl),
+            }
+        )
     base = rows[0]["median_s"]
-    md = [f"# One training step of fit's U-Net per precision and memory format ({time.strftime('%Y-%m-%d %H:%M')})", "",
-          f"`python -m benchmarks.precision --encoder {a.encoder} --batch {a.batch} --size {h} {w} --steps {a.steps}` "
-          f"on {cpu_features()}, {torch.get_num_threads()} threads, torch {torch.__version__}: forward, loss, backward "
-          f"and Adam on a batch of {a.batch} at {h}x{w}, {a.classes} classes; the median of {a.steps} steps after a "
-          f"warm-up. `fit --precision auto` picks **{picked}** here (bf16 where the CPU has AMX-BF16 or AVX-512 BF16).", "",
-          "| precision and memory format | s per step (median) | min-max | against fp32 | fit's default here |",
-          "|---|---|---|---|---|"]
+    md = [
+        f"# One training step of fit's U-Net per precision and memory format ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"`python -m benchmarks.precision --encoder {a.encoder} --batch {a.batch} --size {h} {w} --steps {a.steps}` "
+        f"on {cpu_features()}, {torch.get_num_threads()} threads, torch {torch.__version__}: forward, loss, backward "
+        f"and Adam on a batch of {a.batch} at {h}x{w}, {a.classes} classes; the median of {a.steps} steps after a "
+        f"warm-up. `fit --precision auto` picks **{picked}** here (bf16 where the CPU has AMX-BF16 or AVX-512 BF16).",
+        "",
+        "| precision and memory format | s per step (median) | min-max | against fp32 | fit's default here |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['mode']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | "
-                  f"{base / r['median_s']:.2f}x | {'yes' if r['auto'] else ''} |")
-    write_report("precision", "\n".join(md) + "\n", {"host": cpu_features(), "picked": picked, "args": vars(a), "rows": rows})
+        md.append(
+            f"| {r['mode']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | "
+            f"{base / r['median_s']:.2f}x | {'yes' if r['auto'] else ''} |"
+        )
+    write_report(
+        "precision", "\n".join(md) + "\n", {"host": cpu_features(), "picked": picked, "args": vars(a), "rows": rows}
+    )
     return 0
 
 

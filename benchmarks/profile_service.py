@@ -11,6 +11,7 @@ a core: on 2 shared cores it runs above CPU time, so the split is the point, not
 Runtime's own worker threads are native and invisible to py-spy: the "model" row is the Python thread
 waiting in Session.run. Prints the table, writes benchmarks/results/profile-<date>.md and a PNG.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,8 +104,16 @@ def aggregate(raw: Path, n_requests: int) -> dict[str, float]:
     return ms
 
 
-def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: str = "PNG", concurrency: int = 16,
-                    cwd: Path = ROOT, size: int = 256, label: str = "") -> dict:
+def profile_service(
+    model_dir: Path,
+    variant: str = "int8",
+    n: int = 1500,
+    fmt: str = "PNG",
+    concurrency: int = 16,
+    cwd: Path = ROOT,
+    size: int = 256,
+    label: str = "",
+) -> dict:
     """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post `size` px photos."""
     from benchmarks.__main__ import load, photos
     from loadtest.server import served
@@ -113,38 +122,96 @@ def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: 
     if not pyspy.is_file():
         raise SystemExit("error: py-spy not found next to this Python; pip install py-spy (it is in the dev extras)")
     payloads = photos(size, fmt)
-    with tempfile.TemporaryDirectory() as tmp, served(model_dir, cwd=cwd, SEG_VARIANT=variant, SEG_MAX_BATCH_SIZE=8) as proc:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        served(model_dir, cwd=cwd, SEG_VARIANT=variant, SEG_MAX_BATCH_SIZE=8) as proc,
+    ):
         raw = Path(tmp) / "stacks.txt"
         load(proc.url, payloads, concurrency, 100)  # warm
-        spy = subprocess.Popen([str(pyspy), "record", "--subprocesses", "--nonblocking", "-r", str(RATE), "--format", "raw",
-                                "-o", str(raw), "-p", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spy = subprocess.Popen(
+            [
+                str(pyspy),
+                "record",
+                "--subprocesses",
+                "--nonblocking",
+                "-r",
+                str(RATE),
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+                "-p",
+                str(proc.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2)  # py-spy attaches
         res = load(proc.url, payloads, concurrency, n)
         spy.send_signal(2)
         _, err = spy.communicate(timeout=120)
         if not raw.is_file():
-            raise SystemExit(f"error: py-spy wrote nothing ({(err or '').strip().splitlines()[-1:]}); it needs ptrace rights over the server")
+            raise SystemExit(
+                f"error: py-spy wrote nothing ({(err or '').strip().splitlines()[-1:]}); it needs ptrace rights over the server"
+            )
         layers, top = aggregate(raw, n), top_frames(raw)
-    return {"format": fmt if size == 256 else f"{size} px {fmt}", "label": label, "requests": n, "concurrency": concurrency,
-            "rps": res["rps"], "errors": res["errors"], "layers": layers, "top": top}
+    return {
+        "format": fmt if size == 256 else f"{size} px {fmt}",
+        "label": label,
+        "requests": n,
+        "concurrency": concurrency,
+        "rps": res["rps"],
+        "errors": res["errors"],
+        "layers": layers,
+        "top": top,
+    }
 
 
 def to_markdown(profiles: list[dict]) -> str:
-    L = [f"# Where a request's time goes ({dt.date.today().isoformat()})", "",
-         "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post photos "
-         "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py "
-         "for the rules and what thread time means on 2 shared cores.", "",
-         "Server settings: " + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN")) + ".", ""]
+    L = [
+        f"# Where a request's time goes ({dt.date.today().isoformat()})",
+        "",
+        "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post photos "
+        "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py "
+        "for the rules and what thread time means on 2 shared cores.",
+        "",
+        "Server settings: "
+        + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN"))
+        + ".",
+        "",
+    ]
     names = list(dict.fromkeys(k for p in profiles for k in p["layers"]))
-    L += ["| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |", "|---|" + "---|" * len(profiles)]
+    L += [
+        "| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |",
+        "|---|" + "---|" * len(profiles),
+    ]
     for k in names:
         L.append(f"| {k} | " + " | ".join(f"{p['layers'].get(k, 0):.2f}" for p in profiles) + " |")
-    L.append("| **all but the model rows** | " + " | ".join(f"**{sum(v for k, v in p['layers'].items() if not k.startswith(('model', 'batch queue'))):.2f}**" for p in profiles) + " |")
-    L += ["", " ".join(f"{p.get('label', '')} {p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors.".strip() for p in profiles), ""]
+    L.append(
+        "| **all but the model rows** | "
+        + " | ".join(
+            f"**{sum(v for k, v in p['layers'].items() if not k.startswith(('model', 'batch queue'))):.2f}**"
+            for p in profiles
+        )
+        + " |"
+    )
+    L += [
+        "",
+        " ".join(
+            f"{p.get('label', '')} {p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors.".strip() for p in profiles
+        ),
+        "",
+    ]
     for p in profiles:
         if p.get("top"):
-            L += [f"Top leaf frames, {p.get('label') or 'this checkout'}, {p['format']} (share of all samples; C calls that release the GIL "
-                  "include the wait to take it back):", "", "| frame | share |", "|---|---|"]
+            L += [
+                f"Top leaf frames, {p.get('label') or 'this checkout'}, {p['format']} (share of all samples; C calls that release the GIL "
+                "include the wait to take it back):",
+                "",
+                "| frame | share |",
+                "|---|---|",
+            ]
             L += [f"| {name} | {share:.1%} |" for name, share in p["top"]] + [""]
     return "\n".join(L) + "\n"
 
@@ -156,12 +223,19 @@ def plot(profiles: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [k for k in dict.fromkeys(k for p in profiles for k in p["layers"]) if not k.startswith(("model", "batch queue"))]
+    names = [
+        k for k in dict.fromkeys(k for p in profiles for k in p["layers"]) if not k.startswith(("model", "batch queue"))
+    ]
     fig, ax = plt.subplots(figsize=(8, 4))
     y = np.arange(len(names))
     for i, p in enumerate(profiles):
         w = 0.8 / len(profiles)
-        ax.barh(y + i * w, [p["layers"].get(k, 0) for k in names], w, label=f"{p.get('label', '')} {p['format']} upload".strip())
+        ax.barh(
+            y + i * w,
+            [p["layers"].get(k, 0) for k in names],
+            w,
+            label=f"{p.get('label', '')} {p['format']} upload".strip(),
+        )
     ax.set_yticks(y + 0.4 - 0.4 / len(profiles)), ax.set_yticklabels(names, fontsize=7), ax.invert_yaxis()
     ax.set_xlabel("ms of thread time per request"), ax.legend(), ax.set_title("service time beyond the model, by layer")
     fig.tight_layout()
@@ -177,7 +251,9 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--format", nargs="+", default=["PNG", "JPEG"], choices=("PNG", "JPEG"))
     p.add_argument("--size", type=int, default=256, help="upload side in pixels")
-    p.add_argument("--free", action="store_true", help="serve the near-zero-cost model built from --model (benchmarks.free_model)")
+    p.add_argument(
+        "--free", action="store_true", help="serve the near-zero-cost model built from --model (benchmarks.free_model)"
+    )
     p.add_argument("--baseline", metavar="REF", help="profile this git ref (a worktree) first, then this checkout")
     a = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -191,8 +267,11 @@ def main(argv=None) -> int:
             from benchmarks.__main__ import baseline_checkout
 
             trees.insert(0, (stack.enter_context(baseline_checkout(a.baseline)), f"previous main ({a.baseline[:7]})"))
-        profiles = [profile_service(model, a.variant, a.requests, f, cwd=tree, size=a.size, label=label)
-                    for tree, label in trees for f in a.format]
+        profiles = [
+            profile_service(model, a.variant, a.requests, f, cwd=tree, size=a.size, label=label)
+            for tree, label in trees
+            for f in a.format
+        ]
     md = to_markdown(profiles)
     out = ROOT / "benchmarks" / "results" / f"profile-{dt.date.today().isoformat()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ service, the previous main (a git worktree of REF), LitServe and Ray Serve, in a
 rounds (each cell the median of its rounds), and each server's CPU seconds per request measured at
 c=1, where the cores are not saturated. Writes benchmarks/results/server-cost-<date>.md/.json and a PNG.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,11 @@ def measure(url: str, pid: int, payloads: list[bytes], concurrency: int, n: int)
     client.run(url, payloads, concurrency=concurrency, n=min(concurrency * 4, n), timeout=120)
     c0 = _tree_cpu(pid)
     results, wall = client.run(url, payloads, concurrency=concurrency, n=n, timeout=120)
-    return {"concurrency": concurrency, **client.summary(results, wall), "cpu_ms_per_request": (_tree_cpu(pid) - c0) / n * 1000}
+    return {
+        "concurrency": concurrency,
+        **client.summary(results, wall),
+        "cpu_ms_per_request": (_tree_cpu(pid) - c0) / n * 1000,
+    }
 
 
 @contextlib.contextmanager
@@ -74,7 +79,9 @@ def peer(module: str, model_dir: Path, variant: str = "fp32"):
         yield url, proc.pid
 
 
-def contenders(model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32") -> list[tuple[str, callable]]:
+def contenders(
+    model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32"
+) -> list[tuple[str, callable]]:
     """(name, start) of this service, the previous main (a worktree) and the installed peers, all serving
     `model_dir`'s `variant`; `start()` yields (url, pid)."""
     out = [("this service", lambda: ours(model_dir, variant=variant))]
@@ -90,13 +97,15 @@ def race(servers, sets: dict[str, list[bytes]], n: int, rounds: int, concurrenci
     is the median round (by req/s), with every round's req/s kept."""
     runs: dict[str, list[dict]] = {name: [] for name, _ in servers}
     for r in range(rounds):
-        for name, start in (servers if r % 2 == 0 else servers[::-1]):
+        for name, start in servers if r % 2 == 0 else servers[::-1]:
             print(f"   round {r + 1}: {name}", flush=True)
             with start() as (url, pid):
                 cells = {}
                 for label, payloads in sets.items():
                     k = n if "Mpx" not in label else max(n // 5, 60)  # a large upload costs ~20x a small one
-                    cells[label] = [measure(url, pid, payloads, c, k if c > 1 else max(k // 4, 50)) for c in concurrencies]
+                    cells[label] = [
+                        measure(url, pid, payloads, c, k if c > 1 else max(k // 4, 50)) for c in concurrencies
+                    ]
                 runs[name].append(cells)
     table: dict = {}
     for name, sweeps in runs.items():
@@ -119,25 +128,56 @@ def layouts(model_dir: Path, workers: list[int], n: int, rounds: int) -> dict:
 
 
 def to_markdown(report: dict) -> str:
-    L = [f"# The server's own cost ({report['date']})", "", f"Machine: {report['machine']}. Model: the near-zero-cost graph built from "
-         f"{report['source']} (`python -m benchmarks.free_model`): the export's inputs, outputs and metadata, a box blur, softmax, argmax. "
-         f"Client (Python threads, keep-alive) and servers share the cores. {report['rounds']} rounds, servers in alternating order; each cell "
-         "the median round.", "", f"Command: `{report['command']}`", ""]
+    L = [
+        f"# The server's own cost ({report['date']})",
+        "",
+        f"Machine: {report['machine']}. Model: the near-zero-cost graph built from "
+        f"{report['source']} (`python -m benchmarks.free_model`): the export's inputs, outputs and metadata, a box blur, softmax, argmax. "
+        f"Client (Python threads, keep-alive) and servers share the cores. {report['rounds']} rounds, servers in alternating order; each cell "
+        "the median round.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+    ]
     for label in report["sets"]:
-        L += [f"## {label}", "", "| server | " + " | ".join(f"c={c}: req/s (p50 / p99 ms)" for c in CONCURRENCIES)
-              + " | CPU ms per request at c=1 | errors |", "|---|" + "---|" * (len(CONCURRENCIES) + 2)]
+        L += [
+            f"## {label}",
+            "",
+            "| server | "
+            + " | ".join(f"c={c}: req/s (p50 / p99 ms)" for c in CONCURRENCIES)
+            + " | CPU ms per request at c=1 | errors |",
+            "|---|" + "---|" * (len(CONCURRENCIES) + 2),
+        ]
         for name, rows in report["table"].items():
             xs = rows[label]
-            L.append(f"| {name} | " + " | ".join(f"{x['rps']:.0f} ({x['p50']:.0f} / {x['p99']:.0f})" for x in xs)
-                     + f" | {xs[0]['cpu_ms_per_request']:.2f} | {sum(x['errors'] for x in xs)} |")
-        L += ["", "req/s per round: " + "; ".join(f"{name} " + ", ".join("/".join(f"{v:.0f}" for v in x["rounds_rps"]) for x in rows[label])
-                                               for name, rows in report["table"].items()), ""]
+            L.append(
+                f"| {name} | "
+                + " | ".join(f"{x['rps']:.0f} ({x['p50']:.0f} / {x['p99']:.0f})" for x in xs)
+                + f" | {xs[0]['cpu_ms_per_request']:.2f} | {sum(x['errors'] for x in xs)} |"
+            )
+        L += [
+            "",
+            "req/s per round: "
+            + "; ".join(
+                f"{name} " + ", ".join("/".join(f"{v:.0f}" for v in x["rounds_rps"]) for x in rows[label])
+                for name, rows in report["table"].items()
+            ),
+            "",
+        ]
         L += goal_lines(report["table"], label) + [""]
     if report.get("layouts"):
-        L += ["## Layouts: req/s against CPU workers (c=32, each worker its own session)", "", "| workers | " + " | ".join(
-            f"{label}: req/s (p99 ms)" for label in next(iter(report["layouts"].values()))) + " |", "|---|" + "---|" * len(next(iter(report["layouts"].values())))]
+        L += [
+            "## Layouts: req/s against CPU workers (c=32, each worker its own session)",
+            "",
+            "| workers | "
+            + " | ".join(f"{label}: req/s (p99 ms)" for label in next(iter(report["layouts"].values())))
+            + " |",
+            "|---|" + "---|" * len(next(iter(report["layouts"].values()))),
+        ]
         for name, rows in report["layouts"].items():
-            L.append(f"| {name} | " + " | ".join(f"{r[0]['rps']:.0f} ({r[0]['p99']:.0f})" for r in rows.values()) + " |")
+            L.append(
+                f"| {name} | " + " | ".join(f"{r[0]['rps']:.0f} ({r[0]['p99']:.0f})" for r in rows.values()) + " |"
+            )
         L.append("")
     return "\n".join(L) + "\n"
 
@@ -155,8 +195,10 @@ def goal_lines(table: dict, label: str) -> list[str]:
             continue
         a, b = table["this service"][label][i], lit[label][i]
         ratio = a["rps"] / b["rps"]
-        out.append(f"- c={c}: {ratio:.2f}x LitServe's req/s (goal >= 1.3x: {'met' if ratio >= 1.3 else f'missed by {1.3 - ratio:.2f}'}); "
-                   f"p99 {a['p99']:.0f} vs {b['p99']:.0f} ms ({'met' if a['p99'] <= b['p99'] else 'higher: missed'})")
+        out.append(
+            f"- c={c}: {ratio:.2f}x LitServe's req/s (goal >= 1.3x: {'met' if ratio >= 1.3 else f'missed by {1.3 - ratio:.2f}'}); "
+            f"p99 {a['p99']:.0f} vs {b['p99']:.0f} ms ({'met' if a['p99'] <= b['p99'] else 'higher: missed'})"
+        )
     return out
 
 
@@ -171,7 +213,12 @@ def plot(report: dict, out: Path) -> Path:
     for ax, label in zip(axes[0], sets):
         for name, rows in report["table"].items():
             ax.plot(CONCURRENCIES, [x["rps"] for x in rows[label]], "o-", label=name)
-        ax.set_xscale("log", base=2), ax.set_title(label, fontsize=9), ax.set_xlabel("concurrency"), ax.set_ylabel("req/s")
+        (
+            ax.set_xscale("log", base=2),
+            ax.set_title(label, fontsize=9),
+            ax.set_xlabel("concurrency"),
+            ax.set_ylabel("req/s"),
+        )
     axes[0][0].legend(fontsize=7)
     fig.suptitle("near-zero-cost model: the server's own cost", fontsize=10)
     fig.tight_layout()
@@ -185,7 +232,12 @@ def main(argv=None) -> int:
     from benchmarks.free_model import build
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=ROOT / "exported_models" / "default", help="export whose metadata the free model copies")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "exported_models" / "default",
+        help="export whose metadata the free model copies",
+    )
     p.add_argument("--baseline", metavar="REF", help="also serve this git ref (e.g. the previous main) from a worktree")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requests", type=int, default=1500)
@@ -198,8 +250,13 @@ def main(argv=None) -> int:
     n = 300 if a.quick else a.requests
     with tempfile.TemporaryDirectory(prefix="free-model-") as tmp, contextlib.ExitStack() as stack:
         free = build(a.model, Path(tmp) / "free")
-        report = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": cpu_peak()[1], "source": str(a.model), "rounds": a.rounds,
-                  "command": "python -m benchmarks.server_cost " + " ".join(argv if argv is not None else sys.argv[1:])}
+        report = {
+            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "machine": cpu_peak()[1],
+            "source": str(a.model),
+            "rounds": a.rounds,
+            "command": "python -m benchmarks.server_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
+        }
         if a.layouts:
             report["sets"], report["table"] = [], {}
             report["layouts"] = layouts(free, a.workers, n, a.rounds)

@@ -14,6 +14,7 @@ The probabilities are smooth random fields with class boundaries like a real mod
 repeats, ms; prints a table and writes benchmarks/results/upsampling-<date>.md/.json. Default: two
 sources, the CamVid-layout model's (7 classes at 352x480) and the demo model's (3 classes at 128x128).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,9 @@ def _probs(c: int, h: int, w: int) -> np.ndarray:
     import torch
 
     g = torch.Generator().manual_seed(0)
-    logits = torch.nn.functional.interpolate(torch.randn(1, c, max(2, h // 24), max(2, w // 24), generator=g), size=(h, w), mode="bilinear")
+    logits = torch.nn.functional.interpolate(
+        torch.randn(1, c, max(2, h // 24), max(2, w // 24), generator=g), size=(h, w), mode="bilinear"
+    )
     return torch.softmax(logits * 4, 1)[0].numpy()
 
 
@@ -41,12 +44,22 @@ def _graph(c: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("Resize", ["probs", "", "", "sizes"], ["up"], mode="linear", coordinate_transformation_mode="half_pixel"),
-             helper.make_node("ArgMax", ["up"], ["idx"], axis=1, keepdims=0),
-             helper.make_node("Cast", ["idx"], ["mask"], to=TensorProto.UINT8)]
-    g = helper.make_graph(nodes, "upsample", [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, c, "h", "w"]),
-                                              helper.make_tensor_value_info("sizes", TensorProto.INT64, [4])],
-                          [helper.make_tensor_value_info("mask", TensorProto.UINT8, [1, "H", "W"])])
+    nodes = [
+        helper.make_node(
+            "Resize", ["probs", "", "", "sizes"], ["up"], mode="linear", coordinate_transformation_mode="half_pixel"
+        ),
+        helper.make_node("ArgMax", ["up"], ["idx"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["idx"], ["mask"], to=TensorProto.UINT8),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "upsample",
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, c, "h", "w"]),
+            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        ],
+        [helper.make_tensor_value_info("mask", TensorProto.UINT8, [1, "H", "W"])],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     so = ort.SessionOptions()
@@ -64,7 +77,9 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(times)) * 1000
 
 
-def measure(classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: int = 3, sizes: dict | None = None) -> dict:
+def measure(
+    classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: int = 3, sizes: dict | None = None
+) -> dict:
     """{size label: {method: ms}} and the share of pixels where the methods' masks differ from nearest."""
     from serving.imaging import resize_mask, upsample_scores
 
@@ -78,8 +93,12 @@ def measure(classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: 
         methods = {
             "nearest on ids": lambda: resize_mask(ids, (W, H)),
             "scores, runtime (ours)": lambda: upsample_scores(probs, (W, H), ids),
-            "scores, in the graph (ORT Resize + ArgMax)": lambda: sess.run(["mask"], {"probs": probs[None], "sizes": sizes})[0][0],
-            "scores, full numpy/PIL": lambda: np.stack([np.asarray(Image.fromarray(p, "F").resize((W, H), Image.BILINEAR)) for p in probs]).argmax(0),
+            "scores, in the graph (ORT Resize + ArgMax)": lambda: sess.run(
+                ["mask"], {"probs": probs[None], "sizes": sizes}
+            )[0][0],
+            "scores, full numpy/PIL": lambda: np.stack(
+                [np.asarray(Image.fromarray(p, "F").resize((W, H), Image.BILINEAR)) for p in probs]
+            ).argmax(0),
         }
         n = 1 if W * H > 5e6 else repeats
         rows[label] = {name: _time(fn, n) for name, fn in methods.items()}
@@ -92,25 +111,41 @@ def measure(classes: int = 7, source_hw: tuple[int, int] = (352, 480), repeats: 
 
 def to_markdown(r: dict) -> str:
     methods = [k for k in next(iter(r["rows"].values())) if not k.startswith(("pixels", "ours vs"))]
-    L = [f"From {r['classes']} class probabilities at {r['source_hw'][0]}x{r['source_hw'][1]} (one CPU thread, median ms):", "",
-         "| output | " + " | ".join(methods) + " | pixels differing from nearest | ours = in-graph |", "|---|" + "---|" * (len(methods) + 2)]
+    L = [
+        f"From {r['classes']} class probabilities at {r['source_hw'][0]}x{r['source_hw'][1]} (one CPU thread, median ms):",
+        "",
+        "| output | " + " | ".join(methods) + " | pixels differing from nearest | ours = in-graph |",
+        "|---|" + "---|" * (len(methods) + 2),
+    ]
     for label, row in r["rows"].items():
-        L.append(f"| {label} | " + " | ".join(f"{row[m]:.1f}" for m in methods)
-                 + f" | {row['pixels differing from nearest']:.2%} | {row['ours vs in-graph agreement']:.4%} |")
+        L.append(
+            f"| {label} | "
+            + " | ".join(f"{row[m]:.1f}" for m in methods)
+            + f" | {row['pixels differing from nearest']:.2%} | {row['ours vs in-graph agreement']:.4%} |"
+        )
     return "\n".join(L) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--classes", type=int, action="append", help="number of classes (repeat with --from for several sources)")
+    p.add_argument(
+        "--classes", type=int, action="append", help="number of classes (repeat with --from for several sources)"
+    )
     p.add_argument("--from", dest="source", type=int, nargs=2, action="append", metavar=("H", "W"))
     a = p.parse_args(argv)
     classes, sources = a.classes or [7, 3], a.source or [[352, 480], [128, 128]]
     if len(classes) != len(sources):
         p.error("give as many --classes as --from")
-    results, md = [], [f"# Masks at the image's own size: the cost ({dt.datetime.now():%Y-%m-%d %H:%M})", "",
-                       "`python -m benchmarks.upsampling`: nearest neighbour on class ids (the previous service) against class "
-                       "scores upsampled bilinearly before the argmax, three ways (see the script's docstring).", ""]
+    results, md = (
+        [],
+        [
+            f"# Masks at the image's own size: the cost ({dt.datetime.now():%Y-%m-%d %H:%M})",
+            "",
+            "`python -m benchmarks.upsampling`: nearest neighbour on class ids (the previous service) against class "
+            "scores upsampled bilinearly before the argmax, three ways (see the script's docstring).",
+            "",
+        ],
+    )
     for c, hw in zip(classes, sources):
         results.append(measure(c, tuple(hw)))
         md.append(to_markdown(results[-1]))

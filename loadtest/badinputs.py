@@ -1,6 +1,7 @@
 """The bad-input corpus: each entry is a request a careless or hostile client may send, and what the
 service must answer (a 4xx with advice, or 200 for odd-but-valid images). Used by
 tests/hardening/test_corpus.py against a real `bentoml serve`; importable for manual runs too."""
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,12 @@ def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
 def png_bomb(w: int = 30000, h: int = 30000) -> bytes:
     """A valid PNG header claiming w x h pixels, with a tiny compressed body (never decoded by us)."""
     raw = zlib.compress(b"\x00" * (1 + w * 3) * 4, 9)  # a few rows; the rest would be missing
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + _chunk(b"IDAT", raw) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + _chunk(b"IDAT", raw)
+        + _chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bomb(w: int = 65500, h: int = 65500) -> bytes:
@@ -95,41 +101,124 @@ def corpus(max_bytes: int) -> list[Case]:
     jpg = _enc(rgb, "JPEG", quality=95)
     grey16 = RNG.integers(0, 65536, (30, 40), dtype=np.uint16)
     cases = [
-        Case("empty body", data=b"", headers={"Content-Type": "multipart/form-data; boundary=xyz"}, needle="malformed multipart"),
-        Case("no multipart (raw png)", data=png, headers={"Content-Type": "image/png"}, status=415, needle="multipart/form-data"),
+        Case(
+            "empty body",
+            data=b"",
+            headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+            needle="malformed multipart",
+        ),
+        Case(
+            "no multipart (raw png)",
+            data=png,
+            headers={"Content-Type": "image/png"},
+            status=415,
+            needle="multipart/form-data",
+        ),
         Case("no content type", data=png, status=415, needle="multipart/form-data"),
         Case("wrong field name", files={"file": ("x.png", png, "image/png")}, needle="unknown form field"),
         Case("text named .png", files=_file(b"hello world, not a picture\n" * 5), status=415, needle="not an image"),
-        Case("pdf named .png", files=_file(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF"), status=415, needle="not an image"),
+        Case(
+            "pdf named .png",
+            files=_file(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF"),
+            status=415,
+            needle="not an image",
+        ),
         Case("zip named .png", files=_file(zip_bytes()), status=415, needle="not an image"),
-        Case("random bytes named .png", files=_file(RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()), status=415, needle="not an image"),
+        Case(
+            "random bytes named .png",
+            files=_file(RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()),
+            status=415,
+            needle="not an image",
+        ),
         Case("truncated png", files=_file(png[: len(png) // 2]), needle="truncated"),
         Case("truncated jpeg", files=_file(jpg[: len(jpg) // 2], "x.jpg", "image/jpeg"), needle="truncated"),
         Case("png with bad crc", files=_file(bad_crc_png()), needle="corrupt"),
         Case("empty file in field", files=_file(b""), needle="empty upload"),
-        Case("0x0 png header", files=_file(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)) + _chunk(b"IEND", b"")), status=415, needle="not an image"),
-        Case("1x1 image", files=_file(_enc(Image.new("RGB", (1, 1), (200, 10, 10)))), status=200, same_as=_enc(Image.new("RGB", (1, 1), (200, 10, 10)))),
+        Case(
+            "0x0 png header",
+            files=_file(
+                b"\x89PNG\r\n\x1a\n"
+                + _chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0))
+                + _chunk(b"IEND", b"")
+            ),
+            status=415,
+            needle="not an image",
+        ),
+        Case(
+            "1x1 image",
+            files=_file(_enc(Image.new("RGB", (1, 1), (200, 10, 10)))),
+            status=200,
+            same_as=_enc(Image.new("RGB", (1, 1), (200, 10, 10))),
+        ),
         Case("png bomb 30000x30000", files=_file(png_bomb()), status=413, needle="pixel limit"),
-        Case("jpeg header 65500x65500", files=_file(jpeg_bomb(), "x.jpg", "image/jpeg"), status=413, needle="pixel limit"),
-        Case("body over the byte cap", files=_file(b"\x89PNG" + b"\x00" * (max_bytes + 70000)), status=413, needle="limit"),
-        Case("file over the byte cap", files=_file(b"\x89PNG" + b"\x00" * (max_bytes + 1000)), status=413, needle="limit"),
-        Case("animated gif (first frame)", files=_file(animated_gif(), "a.gif", "image/gif"), status=200,
-             same_as=_enc(Image.open(io.BytesIO(animated_gif())).convert("RGB"))),
-        Case("16-bit grey png", files=_file(_enc(Image.fromarray(grey16))), status=200,
-             same_as=_enc(Image.fromarray(np.rint(grey16 / 257.0).astype(np.uint8)).convert("RGB"))),
-        Case("cmyk tiff", files=_file(_enc(rgb.convert("CMYK"), "TIFF"), "x.tif", "image/tiff"), status=200, same_as=_enc(rgb.convert("CMYK").convert("RGB"))),
-        Case("cmyk jpeg", files=_file(_enc(rgb.convert("CMYK"), "JPEG", quality=95), "x.jpg", "image/jpeg"), status=200,
-             same_as=_enc(Image.open(io.BytesIO(_enc(rgb.convert("CMYK"), "JPEG", quality=95))).convert("RGB"))),
-        Case("palette png", files=_file(_enc(rgb.convert("P"))), status=200, same_as=_enc(rgb.convert("P").convert("RGB"))),
+        Case(
+            "jpeg header 65500x65500", files=_file(jpeg_bomb(), "x.jpg", "image/jpeg"), status=413, needle="pixel limit"
+        ),
+        Case(
+            "body over the byte cap",
+            files=_file(b"\x89PNG" + b"\x00" * (max_bytes + 70000)),
+            status=413,
+            needle="limit",
+        ),
+        Case(
+            "file over the byte cap", files=_file(b"\x89PNG" + b"\x00" * (max_bytes + 1000)), status=413, needle="limit"
+        ),
+        Case(
+            "animated gif (first frame)",
+            files=_file(animated_gif(), "a.gif", "image/gif"),
+            status=200,
+            same_as=_enc(Image.open(io.BytesIO(animated_gif())).convert("RGB")),
+        ),
+        Case(
+            "16-bit grey png",
+            files=_file(_enc(Image.fromarray(grey16))),
+            status=200,
+            same_as=_enc(Image.fromarray(np.rint(grey16 / 257.0).astype(np.uint8)).convert("RGB")),
+        ),
+        Case(
+            "cmyk tiff",
+            files=_file(_enc(rgb.convert("CMYK"), "TIFF"), "x.tif", "image/tiff"),
+            status=200,
+            same_as=_enc(rgb.convert("CMYK").convert("RGB")),
+        ),
+        Case(
+            "cmyk jpeg",
+            files=_file(_enc(rgb.convert("CMYK"), "JPEG", quality=95), "x.jpg", "image/jpeg"),
+            status=200,
+            same_as=_enc(Image.open(io.BytesIO(_enc(rgb.convert("CMYK"), "JPEG", quality=95))).convert("RGB")),
+        ),
+        Case(
+            "palette png",
+            files=_file(_enc(rgb.convert("P"))),
+            status=200,
+            same_as=_enc(rgb.convert("P").convert("RGB")),
+        ),
         Case("LA png", files=_file(_enc(rgb.convert("LA"))), status=200, same_as=_enc(rgb.convert("L").convert("RGB"))),
         Case("RGBA png", files=_file(_enc(rgb.convert("RGBA"))), status=200, same_as=png),
-        Case("1-bit png", files=_file(_enc(rgb.convert("1"))), status=200, same_as=_enc(rgb.convert("1").convert("RGB"))),
-        Case("exif-rotated jpeg", files=_file(exif_rotated_jpeg(), "r.jpg", "image/jpeg"), status=200,
-             same_as=_enc(Image.open(io.BytesIO(exif_rotated_jpeg())).transpose(Image.ROTATE_270))),
+        Case(
+            "1-bit png", files=_file(_enc(rgb.convert("1"))), status=200, same_as=_enc(rgb.convert("1").convert("RGB"))
+        ),
+        Case(
+            "exif-rotated jpeg",
+            files=_file(exif_rotated_jpeg(), "r.jpg", "image/jpeg"),
+            status=200,
+            same_as=_enc(Image.open(io.BytesIO(exif_rotated_jpeg())).transpose(Image.ROTATE_270)),
+        ),
         Case("json body", json={"image": "aGVsbG8="}, status=415, needle="multipart/form-data"),
-        Case("rle of the wrong type", files=_file(png), params={"rle": "maybe"}, route="/stats", needle="not a boolean"),
+        Case(
+            "rle of the wrong type", files=_file(png), params={"rle": "maybe"}, route="/stats", needle="not a boolean"
+        ),
         Case("tile of the wrong type", files=_file(png), params={"tile": "sometimes"}, needle="not a boolean"),
-        Case("two images", files=[("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))], needle="one image per request"),
-        Case("svg named .png", files=_file(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'), status=415, needle="not an image"),
+        Case(
+            "two images",
+            files=[("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))],
+            needle="one image per request",
+        ),
+        Case(
+            "svg named .png",
+            files=_file(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'),
+            status=415,
+            needle="not an image",
+        ),
     ]
     return cases

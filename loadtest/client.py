@@ -5,6 +5,7 @@ loadtest/locustfile.py). All traffic goes to the URL given, 127.0.0.1 in every s
     results, wall = run(url, payloads, concurrency=64, n=900, rate=150)  # open loop: arrivals at 150 req/s
     summary(results, wall) -> {"requests", "rps", "p50", "p95", "p99", "errors", "statuses"}
 """
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,9 @@ class Result:
     body: bytes | None = None  # kept only with keep_bodies
 
 
-def photos(sizes=(256,), fmt: str = "PNG", square: bool = True, names=("astronaut", "chelsea", "coffee", "rocket")) -> list[bytes]:
+def photos(
+    sizes=(256,), fmt: str = "PNG", square: bool = True, names=("astronaut", "chelsea", "coffee", "rocket")
+) -> list[bytes]:
     """Real photos from skimage.data at each size (square, or keeping their aspect with that width), as
     PNG (zlib level 1) or JPEG (quality 90) bytes."""
     import skimage.data
@@ -46,15 +49,34 @@ def photos(sizes=(256,), fmt: str = "PNG", square: bool = True, names=("astronau
     return out
 
 
-def post(session: requests.Session, url: str, data: bytes, *, route: str = "/segment", params: dict | None = None,
-         filename: str = "upload", timeout: float = 60) -> requests.Response:
+def post(
+    session: requests.Session,
+    url: str,
+    data: bytes,
+    *,
+    route: str = "/segment",
+    params: dict | None = None,
+    filename: str = "upload",
+    timeout: float = 60,
+) -> requests.Response:
     """One upload: `data` in the multipart field `image`."""
     return session.post(url + route, params=params, files={"image": (filename, data)}, timeout=timeout)
 
 
-def run(url: str, payloads: list[bytes], *, concurrency: int, n: int, route: str = "/segment", params: dict | None = None,
-        rate: float | None = None, check: Callable[[int, requests.Response], bool] | None = None, timeout: float = 60,
-        warmup: int = 0, keep_bodies: bool = False) -> tuple[list[Result], float]:
+def run(
+    url: str,
+    payloads: list[bytes],
+    *,
+    concurrency: int,
+    n: int,
+    route: str = "/segment",
+    params: dict | None = None,
+    rate: float | None = None,
+    check: Callable[[int, requests.Response], bool] | None = None,
+    timeout: float = 60,
+    warmup: int = 0,
+    keep_bodies: bool = False,
+) -> tuple[list[Result], float]:
     """n requests (payload i % len(payloads)) with `concurrency` threads, each with its own keep-alive
     session; back to back, or started at `rate` per second (open loop). `check(i, response)` judges a
     200. Returns the results in order of index and the wall time; `warmup` requests go first, untimed."""
@@ -73,8 +95,14 @@ def run(url: str, payloads: list[bytes], *, concurrency: int, n: int, route: str
         t = time.perf_counter()
         try:
             r = post(session(), url, payloads[i % len(payloads)], route=route, params=params, timeout=timeout)
-            res = Result(i, r.status_code, time.perf_counter() - t, r.headers.get("retry-after"),
-                         r.status_code == 200 and (check is None or check(i, r)), r.content if keep_bodies else None)
+            res = Result(
+                i,
+                r.status_code,
+                time.perf_counter() - t,
+                r.headers.get("retry-after"),
+                r.status_code == 200 and (check is None or check(i, r)),
+                r.content if keep_bodies else None,
+            )
         except requests.RequestException as exc:
             res = Result(i, exc.__class__.__name__, time.perf_counter() - t)
         if record:
@@ -92,6 +120,12 @@ def run(url: str, payloads: list[bytes], *, concurrency: int, n: int, route: str
 def summary(results: list[Result], wall: float) -> dict:
     """Throughput, latency percentiles (ms) and outcome counts of a run."""
     ms = np.array([r.seconds for r in results]) * 1000 if results else np.zeros(1)
-    return {"requests": len(results), "rps": len(results) / wall if wall else 0.0,
-            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)),
-            "errors": sum(1 for r in results if not r.ok), "statuses": dict(Counter(str(r.status) for r in results))}
+    return {
+        "requests": len(results),
+        "rps": len(results) / wall if wall else 0.0,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": sum(1 for r in results if not r.ok),
+        "statuses": dict(Counter(str(r.status) for r in results)),
+    }

@@ -8,6 +8,7 @@ Posts real photos (skimage.data) and synthetic scenes at 128, 256 and 512 px to 
 "req/s" is throughput; the 50%/95%/99% columns are latency percentiles in ms. `LOCUST_MAX_REQUESTS`
 (default 5000) stops every user after that many requests in total, on top of `-t`.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,7 +27,10 @@ def _payloads() -> list[tuple[str, bytes, tuple[int, int]]]:
     import skimage.data
 
     out = []
-    images = [Image.fromarray(np.asarray(getattr(skimage.data, n)())[..., :3]) for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    images = [
+        Image.fromarray(np.asarray(getattr(skimage.data, n)())[..., :3])
+        for n in ("astronaut", "chelsea", "coffee", "rocket")
+    ]
     try:
         from training.synth import make_scene
 
@@ -60,7 +64,9 @@ class SegmentationUser(HttpUser):
             self.environment.runner.quit()
             return
         name, data, size = random.choice(PAYLOADS)
-        with self.client.post(route, params=params, files={"image": (name, data, "image/jpeg")}, name=route, catch_response=True) as r:
+        with self.client.post(
+            route, params=params, files={"image": (name, data, "image/jpeg")}, name=route, catch_response=True
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:120]}")
             elif route == "/stats":

@@ -8,6 +8,7 @@ seconds with a short SEG_MAX_LATENCY_MS so the excess is refused. Reports: accep
 server RSS before/after, and that service is normal afterwards. Prints the report and writes
 loadtest/results/overload-*.json; a server that does not come up is one line on stderr (exit 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from contract import DEFAULT_MODEL_DIR, ContractError
 from loadtest import client
 from loadtest.client import photos
 from loadtest.server import ServerError, served
-from serving.runtime import ContractError
 from loadtest.verify_batching import offline_masks
 
 CLIENT_TIMEOUT = 30.0
@@ -48,7 +49,9 @@ def run(model: Path, factor: float, seconds: float, max_latency_ms: int) -> dict
         capacity = len(warm) / wall
         rss0 = rss_mb(proc.pid)
         rate = capacity * factor
-        results, _ = client.run(proc.url, payloads, concurrency=256, n=int(rate * seconds), rate=rate, check=same, timeout=CLIENT_TIMEOUT)
+        results, _ = client.run(
+            proc.url, payloads, concurrency=256, n=int(rate * seconds), rate=rate, check=same, timeout=CLIENT_TIMEOUT
+        )
         rss1 = rss_mb(proc.pid)
         time.sleep(2)
         after, _ = client.run(proc.url, payloads, concurrency=1, n=8, check=same, timeout=CLIENT_TIMEOUT)
@@ -56,19 +59,30 @@ def run(model: Path, factor: float, seconds: float, max_latency_ms: int) -> dict
     refused = [r for r in results if r.status in (429, 503)]
     other = [r for r in results if r.status not in (200, 429, 503)]
     return {
-        "capacity_rps": capacity, "burst_rps": rate, "burst_requests": len(results), "accepted": len(ok), "accepted_correct": sum(r.ok for r in ok),
-        "refused_429": sum(1 for r in refused if r.status == 429), "refused_503": sum(1 for r in refused if r.status == 503),
-        "refused_with_retry_after": sum(1 for r in refused if r.retry_after), "other": len(other), "other_samples": [str(r.status) for r in other[:5]],
+        "capacity_rps": capacity,
+        "burst_rps": rate,
+        "burst_requests": len(results),
+        "accepted": len(ok),
+        "accepted_correct": sum(r.ok for r in ok),
+        "refused_429": sum(1 for r in refused if r.status == 429),
+        "refused_503": sum(1 for r in refused if r.status == 503),
+        "refused_with_retry_after": sum(1 for r in refused if r.retry_after),
+        "other": len(other),
+        "other_samples": [str(r.status) for r in other[:5]],
         "refusal_p50_ms": float(np.median([r.seconds for r in refused]) * 1000) if refused else None,
-        "refusal_max_ms": float(max(r.seconds for r in refused) * 1000) if refused else None, "client_timeout_s": CLIENT_TIMEOUT,
+        "refusal_max_ms": float(max(r.seconds for r in refused) * 1000) if refused else None,
+        "client_timeout_s": CLIENT_TIMEOUT,
         "accepted_p99_ms": float(np.percentile([r.seconds for r in ok], 99) * 1000) if ok else None,
-        "rss_before_mb": rss0, "rss_after_mb": rss1, "normal_afterwards": all(r.ok for r in after), "max_latency_ms": max_latency_ms,
+        "rss_before_mb": rss0,
+        "rss_after_mb": rss1,
+        "normal_afterwards": all(r.ok for r in after),
+        "max_latency_ms": max_latency_ms,
     }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=Path("exported_models/default"))
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--factor", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--max-latency-ms", type=int, default=1000)
@@ -84,8 +98,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / time.strftime("overload-%Y%m%d-%H%M%S.json")).write_text(json.dumps(report, indent=2))
     refused = report["refused_429"] + report["refused_503"]
-    good = not report["other"] and report["accepted_correct"] == report["accepted"] and report["normal_afterwards"] \
+    good = (
+        not report["other"]
+        and report["accepted_correct"] == report["accepted"]
+        and report["normal_afterwards"]
         and report["refused_with_retry_after"] == refused
+    )
     return 0 if good else 1
 
 

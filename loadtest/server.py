@@ -1,4 +1,5 @@
 """Run `bentoml serve` in a subprocess on 127.0.0.1 for tests, benchmarks and load scripts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, what: str = "bentoml serve") -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, what: str = "bentoml serve"
+) -> None:
     """Poll `url`/readyz until it answers 200. The port accepts connections before the workers have
     warmed up, so slow or refused answers both mean "not yet"; a dead process or the deadline raise
     ServerError."""
@@ -44,13 +47,27 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], what: str, timeout: float = 120.0, *, cwd: Path = ROOT, env: dict | None = None, log=subprocess.DEVNULL,
-            stop_timeout: float = 20.0):
+def process(
+    cmd: list[str],
+    what: str,
+    timeout: float = 120.0,
+    *,
+    cwd: Path = ROOT,
+    env: dict | None = None,
+    log=subprocess.DEVNULL,
+    stop_timeout: float = 20.0,
+):
     """Run an HTTP server command listening on a free port (its `{port}` placeholder) in its own process
     group; yield (process, URL) once /readyz answers; stop the whole group afterwards."""
     port = free_port()
-    proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=cwd, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in cmd],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, timeout, what=what)
@@ -69,12 +86,23 @@ def process(cmd: list[str], what: str, timeout: float = 120.0, *, cwd: Path = RO
 def served(model_dir: Path, timeout: float = 120.0, log_path: Path | None = None, cwd: Path = ROOT, **env):
     """Yield the `bentoml serve` process of `model_dir` (its `.url` is the base URL); stops it afterwards.
     `cwd` is the checkout whose `serving` package runs (another worktree for before/after runs)."""
-    full_env = {**os.environ, "SEG_MODEL_DIR": str(model_dir), "BENTOML_DO_NOT_TRACK": "true", **{k: str(v) for k, v in env.items()}}
+    full_env = {
+        **os.environ,
+        "SEG_MODEL_DIR": str(model_dir),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **{k: str(v) for k, v in env.items()},
+    }
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     cmd = [BENTOML, "serve", "serving.service:SegmentationService", "--host", "127.0.0.1", "--port", "{port}"]
     try:
-        with process(cmd, f"bentoml serve of {model_dir}" + (f" (log: {log_path})" if log_path else ""), timeout,
-                     cwd=cwd, env=full_env, log=log) as (proc, url):
+        with process(
+            cmd,
+            f"bentoml serve of {model_dir}" + (f" (log: {log_path})" if log_path else ""),
+            timeout,
+            cwd=cwd,
+            env=full_env,
+            log=log,
+        ) as (proc, url):
             proc.url = url
             yield proc
     finally:

@@ -5,6 +5,7 @@
 Goal: 0 errors and RSS growth <= 5 % (first minute vs last minute). Writes loadtest/results/soak-*.json
 and a PNG of RSS and throughput over time. All traffic to 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import DEFAULT_MODEL_DIR, ContractError
 from loadtest import client
 from loadtest.client import photos
 from loadtest.overload import rss_mb
 from loadtest.server import ServerError, served
-from serving.runtime import ContractError
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=Path("exported_models/default"))
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--load", type=float, default=0.7, help="fraction of measured capacity")
     a = ap.parse_args(argv)
@@ -58,9 +59,18 @@ def main(argv=None) -> int:
     t, rss = map(np.array, zip(*samples))
     n = np.searchsorted(finished, t)
     first, last = rss[t <= 60].mean(), rss[t >= t.max() - 60].mean()
-    report = {"minutes": a.minutes, "capacity_rps": capacity, "target_rps": rate, "requests": total, "errors": len(errors),
-              "error_samples": [str(e) for e in errors[:5]], "rss_first_min_mb": float(first), "rss_last_min_mb": float(last),
-              "rss_growth": float(last / first - 1), "rss_max_mb": float(rss.max())}
+    report = {
+        "minutes": a.minutes,
+        "capacity_rps": capacity,
+        "target_rps": rate,
+        "requests": total,
+        "errors": len(errors),
+        "error_samples": [str(e) for e in errors[:5]],
+        "rss_first_min_mb": float(first),
+        "rss_last_min_mb": float(last),
+        "rss_growth": float(last / first - 1),
+        "rss_max_mb": float(rss.max()),
+    }
     for k, v in report.items():
         print(f"{k:>18}: {v}")
     out = Path("loadtest/results")

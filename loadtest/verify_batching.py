@@ -5,6 +5,7 @@ the offline ONNX Runtime result, batch sizes read from the service's own Prometh
 
 Prints a table and writes loadtest/results/verify_batching-<date>.json. All traffic goes to 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ import numpy as np
 import requests
 from PIL import Image
 
+from contract import DEFAULT_MODEL_DIR, ContractError
 from loadtest import client
 from loadtest.client import photos
 from loadtest.server import ServerError, served
-from serving.runtime import ContractError
 from serving.segmenter import Segmenter
 
 
@@ -40,7 +41,9 @@ def batch_histogram(url: str) -> dict[str, float]:
     for le, v in re.findall(r'^seg_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)$', text, re.M):
         hist[le] = hist.get(le, 0.0) + float(v)
     for key in ("sum", "count"):
-        hist[key] = sum(float(v) for v in re.findall(rf"^seg_batch_size_{key}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M))
+        hist[key] = sum(
+            float(v) for v in re.findall(rf"^seg_batch_size_{key}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M)
+        )
     return hist
 
 
@@ -57,7 +60,9 @@ def run(model: Path, n: int, concurrency: int, env: dict | None = None) -> dict:
         after = batch_histogram(proc.url)
     sizes = {}
     prev = 0.0
-    for le in sorted((k for k in after if k not in ("sum", "count")), key=lambda x: float("inf") if x == "+Inf" else float(x)):
+    for le in sorted(
+        (k for k in after if k not in ("sum", "count")), key=lambda x: float("inf") if x == "+Inf" else float(x)
+    ):
         cum = after[le] - before.get(le, 0.0)
         if cum - prev:
             sizes[le] = int(cum - prev)
@@ -66,17 +71,28 @@ def run(model: Path, n: int, concurrency: int, env: dict | None = None) -> dict:
     s = client.summary(results, wall)
     failed = [r for r in results if r.status != 200]
     return {
-        "requests": n, "concurrency": concurrency, "errors": len(failed), "error_samples": [str(r.status) for r in failed[:5]],
+        "requests": n,
+        "concurrency": concurrency,
+        "errors": len(failed),
+        "error_samples": [str(r.status) for r in failed[:5]],
         "wrong_masks": sum(1 for r in results if r.status == 200 and not r.ok),
-        "throughput_rps": s["rps"], "p50_ms": s["p50"], "p95_ms": s["p95"], "p99_ms": s["p99"], "batches": int(batches),
-        "images_batched": int(after["sum"] - before["sum"]), "mean_batch": float((after["sum"] - before["sum"]) / max(batches, 1)),
-        "batch_size_histogram": sizes, "wall_s": wall, "model": str(model), "env": env or {},
+        "throughput_rps": s["rps"],
+        "p50_ms": s["p50"],
+        "p95_ms": s["p95"],
+        "p99_ms": s["p99"],
+        "batches": int(batches),
+        "images_batched": int(after["sum"] - before["sum"]),
+        "mean_batch": float((after["sum"] - before["sum"]) / max(batches, 1)),
+        "batch_size_histogram": sizes,
+        "wall_s": wall,
+        "model": str(model),
+        "env": env or {},
     }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=Path("exported_models/default"))
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=8)
@@ -87,8 +103,12 @@ def main(argv=None) -> int:
     except (ServerError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{'requests':>10} {'conc':>5} {'errors':>6} {'wrong':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'batches':>7} {'mean batch':>10}")
-    print(f"{res['requests']:>10} {res['concurrency']:>5} {res['errors']:>6} {res['wrong_masks']:>6} {res['throughput_rps']:>7.1f} {res['p50_ms']:>7.1f} {res['p95_ms']:>7.1f} {res['p99_ms']:>7.1f} {res['batches']:>7} {res['mean_batch']:>10.2f}")
+    print(
+        f"{'requests':>10} {'conc':>5} {'errors':>6} {'wrong':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'batches':>7} {'mean batch':>10}"
+    )
+    print(
+        f"{res['requests']:>10} {res['concurrency']:>5} {res['errors']:>6} {res['wrong_masks']:>6} {res['throughput_rps']:>7.1f} {res['p50_ms']:>7.1f} {res['p95_ms']:>7.1f} {res['p99_ms']:>7.1f} {res['batches']:>7} {res['mean_batch']:>10.2f}"
+    )
     print("batch sizes seen (upper bucket bound: batches):", res["batch_size_histogram"])
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / time.strftime("verify_batching-%Y%m%d-%H%M%S.json")

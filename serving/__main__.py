@@ -1,13 +1,16 @@
 """`python -m serving predict INPUT_DIR OUTPUT_DIR ...`: segment a folder without a server."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR
+from contract.metadata import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR, ContractError
+
 from .predict import PredictConfig, PredictError, predict_folder
-from .runtime import DEVICES, VARIANTS, ContractError
+from .ray_predict import RayError
+from .runtime import DEVICES, VARIANTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--overlays", action="store_true", help="also write <stem>.overlay.png")
     q.add_argument("--csv", action="store_true", help="also write classes.csv with class fractions per image")
     q.add_argument("--tile", action="store_true", help="segment by overlapping tiles at full resolution")
-    q.add_argument("--ray", metavar="ADDRESS", help="run the batches on a Ray cluster: local, auto or HOST:PORT / ray://HOST:10001")
+    q.add_argument(
+        "--ray", metavar="ADDRESS", help="run the batches on a Ray cluster: local, auto or HOST:PORT / ray://HOST:10001"
+    )
     q.add_argument("--ray-actors", type=int, default=2, help="model replicas on the cluster (default 2)")
     q.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per replica (e.g. 1, or 0.5 to share one)")
     a = p.parse_args(argv)
     try:
-        counts = predict_folder(PredictConfig(a.input_dir, a.output_dir, a.model, a.device, a.variant, a.batch_size, a.overlays, a.csv, a.tile,
-                                              ray=a.ray, ray_actors=a.ray_actors, ray_gpus=a.ray_gpus))
-    except (PredictError, ContractError) as exc:
+        counts = predict_folder(
+            PredictConfig(
+                a.input_dir,
+                a.output_dir,
+                a.model,
+                a.device,
+                a.variant,
+                a.batch_size,
+                a.overlays,
+                a.csv,
+                a.tile,
+                ray=a.ray,
+                ray_actors=a.ray_actors,
+                ray_gpus=a.ray_gpus,
+            )
+        )
+    except (PredictError, RayError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{counts['done']} segmented, {counts['skipped']} already done, {counts['failed']} failed -> {a.output_dir}")

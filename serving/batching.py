@@ -17,6 +17,7 @@ its own deadline is that budget plus its own work, and nothing sheds a request o
 admitted request always finishes. A tiled request keeps at most two batches of its tiles in the
 queue at a time, so small requests arriving meanwhile wait for those, not for the whole image.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,9 +45,16 @@ class Batcher:
     `on_batch(size, seconds)` is called after each call (metrics). `seconds_per_unit` is a moving
     average over real batches, seeded by `seed_seconds_per_unit` (a warm-up measurement)."""
 
-    def __init__(self, run: Callable[[np.ndarray], Sequence[Any]], *, max_batch_size: int, unit_pixels: int,
-                 seed_seconds_per_unit: float, on_batch: Callable[[int, float], None] | None = None,
-                 share_cap: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], Sequence[Any]],
+        *,
+        max_batch_size: int,
+        unit_pixels: int,
+        seed_seconds_per_unit: float,
+        on_batch: Callable[[int, float], None] | None = None,
+        share_cap: Callable[[], int] | None = None,
+    ):
         self._run, self.max_batch_size, self.unit_pixels = run, max_batch_size, unit_pixels
         self._share_cap = share_cap  # how many submits (requests or tile chunks) one batch may draw from
         self.seconds_per_unit = seed_seconds_per_unit
@@ -112,7 +120,9 @@ class Batcher:
                 units = sum(it.units for it in batch)
                 t = time.perf_counter()
                 try:
-                    outputs = await loop.run_in_executor(self._executor, self._run, np.stack([it.array for it in batch]))
+                    outputs = await loop.run_in_executor(
+                        self._executor, self._run, np.stack([it.array for it in batch])
+                    )
                 except Exception as exc:  # an ONNX Runtime failure fails this batch's requests, not the loop
                     for it in batch:
                         if not it.future.done():

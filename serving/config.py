@@ -5,6 +5,7 @@ these (tests/serving/test_config.py checks both ways). The service reads the env
 `serving.service` is imported; a bad value never raises there: it is kept as `error` and stops
 `bentoml serve` at start-up in one line (see `SegmentationService.check_deployment`).
 """
+
 from __future__ import annotations
 
 import glob
@@ -14,10 +15,10 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from contract.metadata import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR
+
 from .runtime import DEVICES, VARIANTS
 
-DEFAULT_MODEL_DIR = Path("exported_models/default")  # what `make serve`, predict, the demo and the image use
-DEFAULT_BATCH_SIZE = 8  # model inputs per ONNX Runtime call: the service, predict, the Python API
 # each worker on a GPU host holds a CUDA context and its own memory arena (hundreds of MB of device memory)
 GPU_WORKERS_MAX = 8
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
 
 
 def parse_bool(name: str, raw: str) -> bool:
-    """"true/1/yes/on" or "false/0/no/off" (any case) -> bool; anything else raises ConfigError naming `name`."""
+    """ "true/1/yes/on" or "false/0/no/off" (any case) -> bool; anything else raises ConfigError naming `name`."""
     value = str(raw).strip().lower()
     if value in _TRUE:
         return True
@@ -60,7 +61,9 @@ class ServeConfig:
     device: str = "auto"  # auto | cuda | cpu
     variant: str = "auto"  # auto (int8 on CPU when exported, fp16 on CUDA, else fp32) | fp32 | int8 | fp16
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
-    workers: int = 0  # worker processes; 0 = one per core (a GPU host: at most GPU_WORKERS_MAX, each its own CUDA session)
+    workers: int = (
+        0  # worker processes; 0 = one per core (a GPU host: at most GPU_WORKERS_MAX, each its own CUDA session)
+    )
     ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (its own default is on)
     max_batch_size: int = DEFAULT_BATCH_SIZE  # largest batch per ONNX Runtime call (1 = no batching)
     max_latency_ms: int = 10_000  # admission: the model work queued ahead of a request must fit this
@@ -86,14 +89,26 @@ class ServeConfig:
         for name in ("threads", "workers", "tile_above", "tile_overlap", "offload_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be >= 0")
-        for name in ("max_batch_size", "max_latency_ms", "max_concurrency", "max_tiles", "max_bytes", "max_pixels", "timeout_s"):
+        for name in (
+            "max_batch_size",
+            "max_latency_ms",
+            "max_concurrency",
+            "max_tiles",
+            "max_bytes",
+            "max_pixels",
+            "timeout_s",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SEG_{name.upper()}={getattr(self, name)}: must be a positive integer")
         if self.timeout_s * 1000 <= self.max_latency_ms:
-            raise ConfigError(f"SEG_TIMEOUT_S={self.timeout_s} must exceed SEG_MAX_LATENCY_MS={self.max_latency_ms} (in seconds), "
-                              "or admitted requests could time out")
+            raise ConfigError(
+                f"SEG_TIMEOUT_S={self.timeout_s} must exceed SEG_MAX_LATENCY_MS={self.max_latency_ms} (in seconds), "
+                "or admitted requests could time out"
+            )
         if self.threads * self.resolved_workers > cores():
-            raise ConfigError(f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {cores()} cores; lower one of them")
+            raise ConfigError(
+                f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {cores()} cores; lower one of them"
+            )
 
     @property
     def resolved_workers(self) -> int:
@@ -162,4 +177,4 @@ class ServeConfig:
             return cls(), exc
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MODEL_DIR", "ConfigError", "ServeConfig", "cores", "has_gpu", "parse_bool"]
+__all__ = ["ConfigError", "ServeConfig", "cores", "has_gpu", "parse_bool"]

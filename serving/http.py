@@ -11,6 +11,7 @@
 - `Gate`: an ASGI middleware on the inference routes that checks the bearer token and the
   per-process concurrency cap before any body is read.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
-
 
 MULTIPART_HINT = "e.g. curl -F image=@photo.jpg"
 _PREAMBLE_MAX = 65536  # bytes searched for the first boundary
@@ -44,8 +44,18 @@ class Problem(Exception):
 
 def problem_doc(description: str, retry_after: str = "") -> dict:
     """An OpenAPI response object for a Problem: the {"error"} body, and Retry-After where it is sent."""
-    out = {"description": description, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "what to fix"}}}}}}
+    out = {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string", "description": "what to fix"}},
+                }
+            }
+        },
+    }
     if retry_after:
         out["headers"] = {"Retry-After": {"description": retry_after, "schema": {"type": "integer", "minimum": 1}}}
     return out
@@ -53,12 +63,17 @@ def problem_doc(description: str, retry_after: str = "") -> dict:
 
 # Every refusal the inference routes send, as OpenAPI responses (the service puts them in /docs.json; schemathesis checks them)
 ERROR_RESPONSES = {
-    400: problem_doc("malformed multipart body, no `image` field, an unknown field, an option that is not true/false, an empty, truncated or corrupt image"),
+    400: problem_doc(
+        "malformed multipart body, no `image` field, an unknown field, an option that is not true/false, an empty, truncated or corrupt image"
+    ),
     401: problem_doc("SEG_API_TOKEN is set and the bearer token is missing or wrong (header WWW-Authenticate: Bearer)"),
     413: problem_doc("body over SEG_MAX_BYTES, image over SEG_MAX_PIXELS, or more tiles than SEG_MAX_TILES"),
     415: problem_doc("not multipart/form-data, or the file is not an image (PNG, JPEG, WebP, BMP, TIFF, GIF)"),
     429: problem_doc("more than SEG_MAX_CONCURRENCY requests in flight on this worker", "seconds to wait: 1"),
-    503: problem_doc("the model work already queued on this worker is over SEG_MAX_LATENCY_MS", "seconds the queue is over its budget"),
+    503: problem_doc(
+        "the model work already queued on this worker is over SEG_MAX_LATENCY_MS",
+        "seconds the queue is over its budget",
+    ),
 }
 
 
@@ -97,7 +112,7 @@ class _Body:
                 start = self._first_boundary(head)
                 if start is None and len(head) < _PREAMBLE_MAX:
                     continue
-                started, chunk, head = True, head[start or 0:], b""
+                started, chunk, head = True, head[start or 0 :], b""
             self._watch(chunk)
             yield chunk
         if not started and head:
@@ -114,7 +129,7 @@ class _Body:
     def _watch(self, chunk: bytes) -> None:
         window = self._tail + chunk
         self.closed = self.closed or self.close in window
-        self._tail = window[-(len(self.close) - 1):]
+        self._tail = window[-(len(self.close) - 1) :]
 
 
 async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: int) -> Upload:
@@ -122,40 +137,65 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
     `options` as form fields or query parameters. Raises Problem (400, 413, 415) saying what to fix."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
-        raise Problem(415, f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), {MULTIPART_HINT}")
+        raise Problem(
+            415,
+            f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), {MULTIPART_HINT}",
+        )
     from python_multipart.multipart import parse_options_header
 
     boundary = parse_options_header(ctype)[1].get(b"boundary", b"")
     if not boundary:
-        raise Problem(415, f"the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, {MULTIPART_HINT}")
+        raise Problem(
+            415,
+            f"the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, {MULTIPART_HINT}",
+        )
     limit = max_bytes + 65536  # the file plus its part headers and the option fields
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise Problem(413, f"request body is {int(length)} bytes, over the {limit}-byte limit: send a smaller image")
     body = _Body(request.stream(), boundary, limit)
-    parser = _Parser(Headers(raw=[(b"content-type", ctype.encode("latin-1"))]), body.chunks(),
-                     max_files=4, max_fields=len(options) + 4, max_part_size=1024)
+    parser = _Parser(
+        Headers(raw=[(b"content-type", ctype.encode("latin-1"))]),
+        body.chunks(),
+        max_files=4,
+        max_fields=len(options) + 4,
+        max_part_size=1024,
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise Problem(400, f"malformed multipart body ({exc.message.splitlines()[0]}): send the image with a multipart client, {MULTIPART_HINT}") from None
+        raise Problem(
+            400,
+            f"malformed multipart body ({exc.message.splitlines()[0]}): send the image with a multipart client, {MULTIPART_HINT}",
+        ) from None
     except ClientDisconnect:
         raise Problem(400, "the upload was cut off (the client disconnected): send the whole body") from None
     try:
         if not body.closed:
-            raise Problem(400, f"malformed multipart body (cut off before its closing boundary, after {body.size} bytes): "
-                               f"send the complete body, {MULTIPART_HINT}")
+            raise Problem(
+                400,
+                f"malformed multipart body (cut off before its closing boundary, after {body.size} bytes): "
+                f"send the complete body, {MULTIPART_HINT}",
+            )
         names = list(form.keys())
         unknown = sorted(set(names) - {"image", *options})
         if unknown:
-            raise Problem(400, f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field `image`"
-                               + (f" (optional fields: {', '.join(options)})" if options else ""))
+            raise Problem(
+                400,
+                f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field `image`"
+                + (f" (optional fields: {', '.join(options)})" if options else ""),
+            )
         files = form.getlist("image")
         if not files:
-            raise Problem(400, f"no form field `image`: send the image file in the multipart field `image`, {MULTIPART_HINT}")
+            raise Problem(
+                400, f"no form field `image`: send the image file in the multipart field `image`, {MULTIPART_HINT}"
+            )
         if len(files) > 1:
-            raise Problem(400, f"{len(files)} files in the field `image`: send one image per request "
-                               "(a folder: python -m serving predict INPUT_DIR OUTPUT_DIR)")
+            raise Problem(
+                400,
+                f"{len(files)} files in the field `image`: send one image per request "
+                "(a folder: python -m serving predict INPUT_DIR OUTPUT_DIR)",
+            )
         image = files[0]
         if not isinstance(image, UploadFile):
             raise Problem(400, "the field `image` holds text, not a file: send the file itself, " + MULTIPART_HINT)
@@ -179,9 +219,12 @@ def check_token(config, authorization: str) -> None:
 
 def busy(admission, retry_after: int) -> Problem:
     """The refusal when the model work queued on this worker is over its latency budget."""
-    return Problem(503, f"server is busy: {admission.ahead_s():.1f} s of model work queued, over the "
-                        f"{admission.budget_s * 1000:.0f} ms budget (SEG_MAX_LATENCY_MS); retry after the Retry-After delay",
-                   retry_after=retry_after)
+    return Problem(
+        503,
+        f"server is busy: {admission.ahead_s():.1f} s of model work queued, over the "
+        f"{admission.budget_s * 1000:.0f} ms budget (SEG_MAX_LATENCY_MS); retry after the Retry-After delay",
+        retry_after=retry_after,
+    )
 
 
 class Gate:
@@ -204,8 +247,12 @@ class Gate:
             return await problem.response()(scope, receive, send)
         problem = None
         if svc.admission.in_flight >= svc.config.max_concurrency:
-            problem = Problem(429, f"too many requests in flight on this worker (SEG_MAX_CONCURRENCY={svc.config.max_concurrency}): "
-                                   "retry after the Retry-After delay", retry_after=1)
+            problem = Problem(
+                429,
+                f"too many requests in flight on this worker (SEG_MAX_CONCURRENCY={svc.config.max_concurrency}): "
+                "retry after the Retry-After delay",
+                retry_after=1,
+            )
         elif (retry := svc.admission.over_budget()) is not None:  # whatever this request needs, the queue is too long
             problem = busy(svc.admission, retry)
         if problem is not None:

@@ -5,6 +5,7 @@ original size (scores upsampled bilinearly along class boundaries, or class ids 
 PNG / overlay / JSON / RLE. The geometry between the two (training scale, padding, tiles) is
 serving/pipeline.py's. Each error is an ImageError whose message says what to fix and whose `status` is the HTTP code.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,10 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # file names of those formats (folders, training)
-NO_LIMIT = {"max_bytes": 10**12, "max_pixels": 10**10}  # offline use (predict, the Python API): files are trusted, not uploads
+NO_LIMIT = {
+    "max_bytes": 10**12,
+    "max_pixels": 10**10,
+}  # offline use (predict, the Python API): files are trusted, not uploads
 _DIRECT_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV", "La"}
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
@@ -46,11 +49,17 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError("empty upload: send the image file in the multipart field `image`")
     if len(data) > max_bytes:
-        raise ImageError(f"upload is {len(data)} bytes, over the {max_bytes}-byte limit: send a smaller or more compressed image", 413)
+        raise ImageError(
+            f"upload is {len(data)} bytes, over the {max_bytes}-byte limit: send a smaller or more compressed image",
+            413,
+        )
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageError(f"not an image Pillow can read: send PNG, JPEG, WebP, BMP, TIFF or GIF (got {len(data)} bytes starting {data[:8]!r})", 415) from None
+        raise ImageError(
+            f"not an image Pillow can read: send PNG, JPEG, WebP, BMP, TIFF or GIF (got {len(data)} bytes starting {data[:8]!r})",
+            415,
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image header is corrupt ({exc}): re-save the image and upload it again") from None
     if im.format not in FORMATS:
@@ -59,12 +68,16 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     if w < 1 or h < 1:
         raise ImageError(f"image is {w}x{h} pixels: it must be at least 1x1")
     if w * h > max_pixels:
-        raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit: downscale it first", 413)
+        raise ImageError(
+            f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit: downscale it first", 413
+        )
     if im.format == "PNG":  # Pillow skips chunk CRCs when decoding; verify() checks them without decoding
         try:
             Image.open(io.BytesIO(data)).verify()
         except Exception as exc:
-            raise ImageError(f"PNG data is truncated or corrupt ({str(exc)[:80]}): upload the complete, intact file") from None
+            raise ImageError(
+                f"PNG data is truncated or corrupt ({str(exc)[:80]}): upload the complete, intact file"
+            ) from None
     return im
 
 
@@ -81,7 +94,9 @@ def load_rgb(im: Image.Image, data: bytes, at_least: tuple[int, int] | None = No
         try:
             arr = _spng.load(data)
         except RuntimeError as exc:
-            raise ImageError(f"image data is truncated or corrupt ({str(exc)[:80]}): upload the complete file") from None
+            raise ImageError(
+                f"image data is truncated or corrupt ({str(exc)[:80]}): upload the complete file"
+            ) from None
         return Image.fromarray(np.ascontiguousarray(arr[..., :3]) if arr.shape[-1] == 4 else arr, "RGB")
     try:
         if getattr(im, "n_frames", 1) > 1:

@@ -14,6 +14,7 @@ inputs and assembles the outputs.
   upsampled the same way; tile=true cuts overlapping model-size tiles at full resolution.
 A model without a `probs` output gets its class ids resized with nearest neighbour instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,14 +23,12 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from contract.geometry import ceil32, pad_reflect, scaled_hw
+from contract.metadata import ModelMeta
+
 from . import imaging, tiling
-from .runtime import ModelMeta
 
 AUTO_TILE_AREA = 2.0  # any-size models: tile when the image at training scale exceeds this many training areas
-
-
-def ceil32(n: int) -> int:
-    return max(32, -(-n // 32) * 32)
 
 
 @dataclass(frozen=True)
@@ -48,21 +47,15 @@ class Plan:
         return self.layout is not None
 
 
-def scaled_hw(training_hw: tuple[int, int], size_wh: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of an image of `size_wh` at the training scale of an any-size model: the aspect kept, the
-    short side made the training size's short side (up or down)."""
-    W, H = size_wh
-    s = min(training_hw) / min(W, H)
-    return max(1, round(H * s)), max(1, round(W * s))
-
-
 def scaled_size(meta: ModelMeta, size_wh: tuple[int, int]) -> tuple[int, int]:
     """(h, w) of an image of `size_wh` at the model's scale: any-size models keep the aspect
     (`scaled_hw`); fixed-size models squish to their input size."""
     return scaled_hw(meta.input_size, size_wh) if meta.dynamic_hw else meta.input_size
 
 
-def plan(meta: ModelMeta, size_wh: tuple[int, int], *, tile: bool = False, tile_above: int = 0, overlap: int = 0) -> Plan:
+def plan(
+    meta: ModelMeta, size_wh: tuple[int, int], *, tile: bool = False, tile_above: int = 0, overlap: int = 0
+) -> Plan:
     """The work for an image of `size_wh` (as displayed). `tile_above` (pixels of the upload) forces
     tiles for fixed-size models; `overlap` 0 means a quarter of a tile."""
     W, H = size_wh
@@ -140,15 +133,6 @@ class Job:
         if probs is None:
             return imaging.resize_mask(np.ascontiguousarray(ids), self.size_wh)
         return imaging.upsample_scores(probs, self.size_wh, np.ascontiguousarray(ids))
-
-
-def pad_reflect(image: np.ndarray, ph: int, pw: int) -> np.ndarray:
-    """(h, w, 3) -> (ph, pw, 3): bottom and right filled by reflection (edge replication when too small)."""
-    h, w = image.shape[:2]
-    if (h, w) == (ph, pw):
-        return np.ascontiguousarray(image)
-    mode = "reflect" if (ph - h < h and pw - w < w) else "edge"
-    return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
 
 
 def warmup_shapes(meta: ModelMeta) -> list[tuple[int, int]]:

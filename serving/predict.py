@@ -9,22 +9,17 @@ never overwritten: OUTPUT_DIR may not be INPUT_DIR. An unreadable image is repor
 skipped; the exit code is non-zero if any failed. With --ray the batches run on a Ray cluster
 (serving/ray_predict.py); the driver still decides what to skip and writes every output.
 """
+
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.metadata import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
 
-from . import imaging
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR
-from .segmenter import Segmenter
-
-
-
-MAX_PIXELS = 400_000_000  # per image (a 20000 x 20000 photo); a larger one is reported and skipped, the run goes on
+from .segmenter import MAX_PIXELS, Segmenter, read_items, segment_items
 
 
 class PredictError(Exception):
@@ -48,22 +43,13 @@ class PredictConfig:
     ray_gpus: float = 0.0
 
 
-@dataclass
-class Result:
-    """What one input becomes; `error` set means it was skipped."""
-    name: str
-    mask_png: bytes = b""
-    overlay_png: bytes = b""
-    row: dict | None = None
-    error: str = ""
-
-
 def _progress(total: int):
     try:
         from tqdm import tqdm
 
         return tqdm(total=total, unit="img", file=sys.stderr)
     except ImportError:  # the serving image may not have tqdm: a line every 10 %
+
         class Lines:
             n = 0
 
@@ -78,53 +64,20 @@ def _progress(total: int):
         return Lines()
 
 
-def segment_items(seg: Segmenter, items: list[tuple[str, bytes]], *, tile: bool = False, overlays: bool = False,
-                  stats: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = MAX_PIXELS) -> list[Result]:
-    """Decode, segment and encode a batch of (name, file bytes): one Result per item, in order.
-
-    The images that decode go through the service's data path (serving.pipeline) in batches of equal
-    model input shape; masks come back at each image's own size."""
-    results = [Result(name) for name, _ in items]
-    decoded = []
-    for res, (_, data) in zip(results, items):
-        try:
-            decoded.append((res, imaging.decode_image(data, max_bytes=imaging.NO_LIMIT["max_bytes"], max_pixels=max_pixels)))
-        except imaging.ImageError as exc:
-            res.error = str(exc)
-    masks = seg.predict_many([img for _, img in decoded], tile=tile, batch_size=batch_size)
-    for (res, img), mask in zip(decoded, masks):
-        res.mask_png = seg.mask_png(mask)
-        if overlays:
-            res.overlay_png = imaging.overlay_png(img, mask, seg.meta.colours)
-        if stats:
-            s = imaging.class_stats(mask, seg.meta.classes)
-            res.row = {"width": s["width"], "height": s["height"], **{c["name"]: round(c["fraction"], 6) for c in s["classes"]}}
-    return results
-
-
-def read_items(paths) -> tuple[list[tuple[str, bytes]], list[Result]]:
-    """(name, bytes) of each readable file, and a failed Result for each one that cannot be read."""
-    items, unread = [], []
-    for p in map(Path, paths):
-        try:
-            items.append((p.name, p.read_bytes()))
-        except OSError as exc:
-            unread.append(Result(p.name, error=f"cannot read on {os.uname().nodename}: {exc.strerror}"))
-    return items, unread
-
-
 def _check_folders(cfg: PredictConfig) -> tuple[Path, list[Path], int]:
     """Check the arguments; returns the output folder, the images still to do and how many are done."""
     src, dst = Path(cfg.input_dir).resolve(), Path(cfg.output_dir).resolve()
     if not src.is_dir():
         raise PredictError(f"{cfg.input_dir}: input folder not found")
     if dst == src:
-        raise PredictError(f"{cfg.output_dir}: output folder is the input folder; pass another one so no input is overwritten")
+        raise PredictError(
+            f"{cfg.output_dir}: output folder is the input folder; pass another one so no input is overwritten"
+        )
     if cfg.batch_size < 1:
         raise PredictError(f"--batch-size {cfg.batch_size}: must be >= 1")
-    images = sorted(p for p in src.iterdir() if p.suffix.lower() in imaging.EXTENSIONS and p.is_file())
+    images = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not images:
-        raise PredictError(f"{cfg.input_dir}: no images ({', '.join(imaging.EXTENSIONS)})")
+        raise PredictError(f"{cfg.input_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     todo = [p for p in images if not (dst / f"{p.stem}.png").exists()]
     return dst, todo, len(images) - len(todo)
 
@@ -134,9 +87,16 @@ def _local_batches(cfg: PredictConfig, todo: list[Path]):
 
     def batches():
         for i in range(0, len(todo), cfg.batch_size):
-            items, unread = read_items(todo[i:i + cfg.batch_size])
-            yield unread + segment_items(seg, items, tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv,
-                                         batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
+            items, unread = read_items(todo[i : i + cfg.batch_size])
+            yield unread + segment_items(
+                seg,
+                items,
+                tile=cfg.tile,
+                overlays=cfg.overlays,
+                stats=cfg.csv,
+                batch_size=cfg.batch_size,
+                max_pixels=cfg.max_pixels,
+            )
 
     return batches()
 

@@ -14,6 +14,7 @@ local path, so masks are identical. What has to be where:
 ADDRESS is "local" (start a Ray instance inside this process), "auto" (the cluster `ray start` runs
 on this machine) or a cluster address such as 10.0.0.5:6379 or ray://head:10001.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict import PredictConfig, PredictError, Result, read_items, segment_items
-from .runtime import VARIANT_FILES, check_model_dir
-from .segmenter import Segmenter
+from contract.metadata import VARIANT_FILES, check_model_dir
+
+from .segmenter import Result, Segmenter, read_items, segment_items
 
 PACKAGE = Path(__file__).resolve().parent
+
+
+class RayError(Exception):
+    """The cluster cannot be reached or the job failed: printed as one line, exit code 2."""
 
 
 class SegmentActor:
@@ -64,7 +69,11 @@ def _model_files(model_dir: Path, variant: str) -> dict[str, bytes]:
     """The files an actor needs: the metadata and the variants it may choose (all of them for "auto")."""
     check_model_dir(model_dir)
     wanted = set(VARIANT_FILES.values()) if variant == "auto" else {"model.onnx", VARIANT_FILES[variant]}
-    return {p.name: p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file() and (p.name in wanted or p.suffix == ".json")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(model_dir.iterdir())
+        if p.is_file() and (p.name in wanted or p.suffix == ".json")
+    }
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
@@ -74,12 +83,14 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise PredictError(f"--ray {address}: use local, auto, HOST:PORT or ray://HOST:PORT")
+        raise RayError(f"--ray {address}: use local, auto, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise PredictError(f"--ray {address}: nothing answers there ({exc.strerror or exc.__class__.__name__}); "
-                           "start a cluster with `ray start --head` or use --ray local") from None
+        raise RayError(
+            f"--ray {address}: nothing answers there ({exc.strerror or exc.__class__.__name__}); "
+            "start a cluster with `ray start --head` or use --ray local"
+        ) from None
 
 
 def connect(address: str) -> None:
@@ -87,7 +98,7 @@ def connect(address: str) -> None:
     try:
         import ray
     except ImportError:
-        raise PredictError("--ray needs Ray: pip install 'ray[data]' (or the project's [ray] extra)") from None
+        raise RayError("--ray needs Ray: pip install 'ray[data]' (or the project's [ray] extra)") from None
     if address not in ("local", "auto"):
         _reachable(address)
     env = {"py_modules": [str(PACKAGE)]}
@@ -101,39 +112,53 @@ def connect(address: str) -> None:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         hint = "start one with `ray start --head` or use --ray local"
         if address != "local" and os.environ.get("RAY_AUTH_MODE") is None:
-            hint = ("if the cluster uses token authentication (Ray's default when ~/.ray/auth_token exists), "
-                    "set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN if the token file is elsewhere)")
-        raise PredictError(f"--ray {address}: cannot join the Ray cluster ({first}); {hint}") from None
+            hint = (
+                "if the cluster uses token authentication (Ray's default when ~/.ray/auth_token exists), "
+                "set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN if the token file is elsewhere)"
+            )
+        raise RayError(f"--ray {address}: cannot join the Ray cluster ({first}); {hint}") from None
 
 
-def ray_batches(cfg: PredictConfig, todo: list[Path]):
+def ray_batches(cfg, todo: list[Path]):
     """Connect, then yield lists of Results as the cluster finishes batches."""
     if cfg.ray_actors < 1:
-        raise PredictError(f"--ray-actors {cfg.ray_actors}: must be >= 1")
+        raise RayError(f"--ray-actors {cfg.ray_actors}: must be >= 1")
     files = _model_files(Path(cfg.model_dir), cfg.variant)
     connect(cfg.ray)
     import ray
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar: the driver's, per image written
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx.print_on_execution_start = False
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.ray_actors)
-    opts = dict(tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
+    opts = dict(
+        tile=cfg.tile, overlays=cfg.overlays, stats=cfg.csv, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels
+    )
     ds = ray.data.from_items([{"path": str(p)} for p in todo]).map_batches(
-        SegmentActor, batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
-        num_cpus=cpus, num_gpus=cfg.ray_gpus or None,
+        SegmentActor,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
+        num_cpus=cpus,
+        num_gpus=cfg.ray_gpus or None,
         ray_remote_args_fn=lambda: {"max_restarts": 0},  # a dead replica fails the run in one line; rerunning resumes
-        fn_constructor_kwargs=dict(model=[ray.put(files)], device=cfg.device, variant=cfg.variant, threads=cpus, opts=opts))
+        fn_constructor_kwargs=dict(
+            model=[ray.put(files)], device=cfg.device, variant=cfg.variant, threads=cpus, opts=opts
+        ),
+    )
 
     def batches():
         try:
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                yield [Result(str(n), bytes(m), bytes(o), json.loads(r), str(e))
-                       for n, m, o, r, e in zip(b["name"], b["mask_png"], b["overlay_png"], b["row"], b["error"])]
+                yield [
+                    Result(str(n), bytes(m), bytes(o), json.loads(r), str(e))
+                    for n, m, o, r, e in zip(b["name"], b["mask_png"], b["overlay_png"], b["row"], b["error"])
+                ]
         except ray.exceptions.RayError as exc:  # an actor failed to start or crashed: say which, in one line
             cause = getattr(exc, "cause", None) or exc
             first = (str(cause).strip().splitlines() or [cause.__class__.__name__])[-1][:300]
-            raise PredictError(f"Ray job failed ({first}); outputs written so far are kept, rerun to resume") from None
+            raise RayError(f"Ray job failed ({first}); outputs written so far are kept, rerun to resume") from None
         finally:
             ray.shutdown()
 

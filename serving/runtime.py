@@ -4,110 +4,42 @@ ONNX Runtime lists CUDAExecutionProvider as available even without a GPU, and fa
 silently when it cannot load it; only `session.get_providers()` tells what is really in use, so that
 is what we check and log.
 """
+
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from contract.metadata import VARIANT_FILES, ContractError, ModelMeta, check_model_dir
+from contract.session import session_options
+
 log = logging.getLogger("serving.runtime")
 
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 DEVICES = ("auto", "cuda", "cpu")
 VARIANTS = ("auto", *VARIANT_FILES)
-REQUIRED_KEYS = ("classes", "colours", "input_size")
-
-
-class ContractError(RuntimeError):
-    """The model (or the device asked for) cannot be served; the message is one line saying what to fix."""
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """What the exported model says about itself (ONNX metadata_props)."""
-
-    classes: tuple[str, ...]
-    colours: tuple[tuple[int, int, int], ...]
-    input_size: tuple[int, int]  # (H, W)
-    dynamic_hw: bool = False
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    resize: str = "squish-bilinear"
-    encoder: str = ""
-    exporter: str = ""
-    variant: str = "fp32"
-    versions: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_props(cls, props: dict, source: str = "model") -> "ModelMeta":
-        missing = [k for k in REQUIRED_KEYS if k not in props]
-        if missing:
-            raise ContractError(f"{source}: metadata lacks {', '.join(missing)}; export it with `python -m training export` or add them (see exported_models/README.md)")
-
-        def j(key, default=None):
-            if key not in props:
-                return default
-            try:
-                return json.loads(props[key])
-            except json.JSONDecodeError:
-                raise ContractError(f"{source}: metadata {key!r} is not JSON ({props[key][:40]!r})") from None
-
-        classes, colours, size = j("classes"), j("colours"), j("input_size")
-        if not isinstance(classes, list) or not classes:
-            raise ContractError(f"{source}: metadata 'classes' must be a non-empty JSON list of names")
-        if not isinstance(colours, list) or len(colours) != len(classes) or not all(len(c) == 3 for c in colours):
-            raise ContractError(f"{source}: metadata 'colours' must hold one [r, g, b] per class ({len(classes)})")
-        dynamic = props.get("dynamic_hw", "false").lower() == "true"
-        if not isinstance(size, list) or len(size) != 2 or any(int(s) < 1 for s in size) or (not dynamic and any(int(s) % 32 for s in size)):
-            raise ContractError(f"{source}: metadata 'input_size' must be [H, W] (multiples of 32 unless dynamic_hw is true)")
-        return cls(
-            classes=tuple(str(c) for c in classes),
-            colours=tuple(tuple(int(v) for v in c) for c in colours),
-            input_size=(int(size[0]), int(size[1])),
-            dynamic_hw=dynamic,
-            mean=tuple(j("mean", [])), std=tuple(j("std", [])),
-            resize=props.get("resize", "squish-bilinear"),
-            encoder=props.get("encoder", ""), exporter=props.get("exporter", ""),
-            variant=props.get("variant", "fp32"),
-            versions=j("versions", {}) or {}, metrics=j("metrics", {}) or {},
-            raw=dict(props),
-        )
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes)
-
-    def describe(self) -> dict:
-        """JSON-friendly view for /model."""
-        d = {k: v for k, v in self.raw.items()}
-        for key in ("classes", "colours", "input_size", "mean", "std", "versions", "metrics", "parity", "int8"):
-            if key in d:
-                try:
-                    d[key] = json.loads(d[key])
-                except (json.JSONDecodeError, TypeError):
-                    pass
-        return d
 
 
 def choose_providers(device: str, available: list[str], device_id: int = 0) -> list:
     """Providers to ask ONNX Runtime for, in order. `cuda` missing from `available` raises ContractError."""
-    cuda = ("CUDAExecutionProvider", {
-        "device_id": device_id,
-        # EXHAUSTIVE (the default) re-tunes for every new input shape, and every batch size is one.
-        "cudnn_conv_algo_search": "HEURISTIC",
-        "arena_extend_strategy": "kSameAsRequested",
-        "do_copy_in_default_stream": True,
-    })
+    cuda = (
+        "CUDAExecutionProvider",
+        {
+            "device_id": device_id,
+            # EXHAUSTIVE (the default) re-tunes for every new input shape, and every batch size is one.
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "arena_extend_strategy": "kSameAsRequested",
+            "do_copy_in_default_stream": True,
+        },
+    )
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
-            raise ContractError("SEG_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu or use SEG_DEVICE=auto")
+            raise ContractError(
+                "SEG_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu or use SEG_DEVICE=auto"
+            )
         return [cuda, "CPUExecutionProvider"]
     if device == "auto":
         return ([cuda] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
@@ -120,7 +52,9 @@ def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str
     checks it again on this CPU), fp32 otherwise."""
     if variant != "auto":
         if not (model_dir / VARIANT_FILES[variant]).is_file():
-            raise ContractError(f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it (--{variant}) or use SEG_VARIANT=auto")
+            raise ContractError(
+                f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it (--{variant}) or use SEG_VARIANT=auto"
+            )
         return variant, f"SEG_VARIANT={variant}"
     if on_cuda:
         if (model_dir / VARIANT_FILES["fp16"]).is_file():
@@ -131,37 +65,18 @@ def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str
     return "fp32", "auto: CPU, and the export kept no model.int8.onnx"
 
 
-def check_model_dir(model_dir: Path | str) -> Path:
-    """The folder exists and holds model.onnx, or a one-line ContractError says what to do."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ContractError(f"{model_dir}: model folder not found; set SEG_MODEL_DIR or build one with `python -m training demo`")
-    if not (model_dir / "model.onnx").is_file():
-        raise ContractError(f"{model_dir}: no model.onnx inside; set SEG_MODEL_DIR to a folder written by `python -m training export`")
-    return model_dir
-
-
-def session_options(threads: int | None = None, spin: bool = False):
-    """The serving session options: every graph optimisation, `threads` intra-op threads, no spin-waiting
-    unless `spin`."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    # ORT's idle worker threads spin-wait by default: in a server they burn the cores that decode,
-    # encode and the event loop need between batches. SEG_ORT_SPIN=true restores spinning.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return so
-
-
 class SegmentationRuntime:
     """One ONNX Runtime session over an exported model; `run` maps (N, H, W, 3) uint8 -> (N, H, W) uint8."""
 
-    def __init__(self, session, meta: ModelMeta, variant: str, path: Path, variant_reason: str = "", int8_check: dict | None = None):
+    def __init__(
+        self,
+        session,
+        meta: ModelMeta,
+        variant: str,
+        path: Path,
+        variant_reason: str = "",
+        int8_check: dict | None = None,
+    ):
         self.session, self.meta, self.variant, self.path = session, meta, variant, path
         self.variant_reason = variant_reason
         self.int8_check = int8_check  # the accuracy rule re-run on this CPU (None: not run)
@@ -170,8 +85,17 @@ class SegmentationRuntime:
         self._io_binding = self.provider == "CUDAExecutionProvider"  # inputs/outputs cross to the GPU once per batch
 
     @classmethod
-    def load(cls, model_dir: Path | str, device: str = "auto", variant: str = "auto", threads: int | None = None,
-             spin: bool = False, available: list[str] | None = None, _session_factory=None, recheck: bool = True) -> "SegmentationRuntime":
+    def load(
+        cls,
+        model_dir: Path | str,
+        device: str = "auto",
+        variant: str = "auto",
+        threads: int | None = None,
+        spin: bool = False,
+        available: list[str] | None = None,
+        _session_factory=None,
+        recheck: bool = True,
+    ) -> "SegmentationRuntime":
         """Open the model in `model_dir` on `device` ("auto" | "cuda" | "cpu"), checking its contract. Where `auto`
         picks int8, its accuracy rule is run again on this CPU first (`recheck`); if int8 fails it here, fp32 is served.
 
@@ -200,7 +124,9 @@ class SegmentationRuntime:
         in_use = session.get_providers()
         if wants_cuda and in_use[0] != "CUDAExecutionProvider":
             if device == "cuda":
-                raise ContractError("SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu")
+                raise ContractError(
+                    "SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu"
+                )
             log.warning("CUDA execution provider listed but not usable here; running on CPU")
             # the variant was chosen for CUDA: load the CPU choice instead (auto: the int8 export)
             return cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory, recheck)
@@ -211,13 +137,25 @@ class SegmentationRuntime:
             if not int8_check["kept"]:
                 why = f"auto: int8 failed the accuracy rule on this CPU ({int8_check['why']}); serving fp32"
                 log.warning("model %s: %s", model_dir, why)
-                chosen, path, session = "fp32", model_dir / VARIANT_FILES["fp32"], fp32_session  # the check's session: CPU, same options
+                chosen, path, session = (
+                    "fp32",
+                    model_dir / VARIANT_FILES["fp32"],
+                    fp32_session,
+                )  # the check's session: CPU, same options
                 _check_io(session, path)
             else:
                 why += f"; re-checked on this CPU: {int8_check['why']}"
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         rt = cls(session, meta, chosen, path, why, int8_check)
-        log.warning("model %s: provider %s, variant %s (%s), input %s, classes %s", path, rt.provider, chosen, why, meta.input_size, ", ".join(meta.classes))
+        log.warning(
+            "model %s: provider %s, variant %s (%s), input %s, classes %s",
+            path,
+            rt.provider,
+            chosen,
+            why,
+            meta.input_size,
+            ", ".join(meta.classes),
+        )
         return rt
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -255,21 +193,31 @@ class SegmentationRuntime:
 
 
 def _recheck_int8(model_dir: Path, int8_session, so, factory) -> tuple[dict, object]:
-    """The int8 accuracy rule (serving.accuracy) on the held-out images bundled in `model_dir`/check, scored
+    """The int8 accuracy rule (contract.metrics) on the held-out images bundled in `model_dir`/check, scored
     here, on this CPU, for int8 and fp32: ({"kept", "why", and the rule's figures}, the fp32 session it opened,
     or None). A folder without a check (exported before it was bundled) keeps int8 and says so."""
     import time
 
-    from . import accuracy
+    from contract import metrics as accuracy
 
     bundled = accuracy.read_check(model_dir)
     if bundled is None:
-        return {"kept": True, "why": f"not re-checked: {model_dir} has no {accuracy.CHECK_DIR}/ (re-export to bundle held-out images)"}, None
+        return {
+            "kept": True,
+            "why": f"not re-checked: {model_dir} has no {accuracy.CHECK_DIR}/ (re-export to bundle held-out images)",
+        }, None
     images, truths, info = bundled
     t = time.perf_counter()
     fp32 = factory(str(model_dir / VARIANT_FILES["fp32"]), so, providers=["CPUExecutionProvider"])
-    result = accuracy.judge(lambda x: fp32.run(["mask"], {"image": x})[0], lambda x: int8_session.run(["mask"], {"image": x})[0],
-                            images, truths, info["codes"], info.get("void"), info.get("metric", "dice_fg"))
+    result = accuracy.judge(
+        lambda x: fp32.run(["mask"], {"image": x})[0],
+        lambda x: int8_session.run(["mask"], {"image": x})[0],
+        images,
+        truths,
+        info["codes"],
+        info.get("void"),
+        info.get("metric", "dice_fg"),
+    )
     result["seconds"] = time.perf_counter() - t
     result["why"] = accuracy.explain(result) + f" on {result['images']} held-out images"
     return result, fp32
@@ -279,9 +227,13 @@ def _check_io(session, path: Path) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
         got = ", ".join(f"{i.name} {i.type} rank {len(i.shape)}" for i in inputs)
-        raise ContractError(f"{path}: input must be `image` uint8 (N, H, W, 3), got {got}; export with `python -m training export`")
+        raise ContractError(
+            f"{path}: input must be `image` uint8 (N, H, W, 3), got {got}; export with `python -m training export`"
+        )
     if inputs[0].shape[3] != 3:
         raise ContractError(f"{path}: input `image` must end with 3 channels (RGB), got shape {inputs[0].shape}")
     mask = [o for o in outputs if o.name == "mask"]
     if not mask or mask[0].type != "tensor(uint8)" or len(mask[0].shape) != 3:
-        raise ContractError(f"{path}: output `mask` uint8 (N, H, W) is missing; export with `python -m training export`")
+        raise ContractError(
+            f"{path}: output `mask` uint8 (N, H, W) is missing; export with `python -m training export`"
+        )

@@ -10,19 +10,26 @@ The same data path as the service (serving.pipeline), with ONNX Runtime called d
 `python -m serving predict` and its Ray runner. Images may be a path, bytes, a PIL image or an
 (H, W, 3) uint8 array.
 """
+
 from __future__ import annotations
 
 import io
+import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from contract.metadata import DEFAULT_BATCH_SIZE
+
 from . import imaging, pipeline
-from .config import DEFAULT_BATCH_SIZE
 from .runtime import SegmentationRuntime
 
+MAX_PIXELS = (
+    400_000_000  # per file offline (a 20000 x 20000 photo); a larger one is reported and skipped, the run goes on
+)
 
 
 def to_image(image, max_pixels: int = imaging.NO_LIMIT["max_pixels"]) -> Image.Image:
@@ -43,10 +50,12 @@ class Segmenter:
         self.runtime, self.meta = runtime, runtime.meta
 
     @classmethod
-    def load(cls, model: str | Path, device: str = "auto", variant: str = "auto", threads: int | None = None) -> "Segmenter":
+    def load(
+        cls, model: str | Path, device: str = "auto", variant: str = "auto", threads: int | None = None
+    ) -> "Segmenter":
         """Open an exported model, a folder (model.onnx + variants) or a BentoML model tag such as
         "segmentation:latest", on `device` ("auto", "cuda", "cpu")."""
-        from .store import resolve
+        from contract.store import resolve
 
         return cls(SegmentationRuntime.load(resolve(model), device, variant, threads=threads))
 
@@ -58,7 +67,9 @@ class Segmenter:
         """One image -> (H, W) uint8 class ids at its own size."""
         return self.predict_many([to_image(image)], tile=tile)[0]
 
-    def predict_many(self, images: list[Image.Image], tile: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> list[np.ndarray]:
+    def predict_many(
+        self, images: list[Image.Image], tile: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[np.ndarray]:
         """RGB images -> their masks, in order. Untiled images of the same model input shape share batches."""
         jobs = [pipeline.Job(self.meta, img, pipeline.plan(self.meta, img.size, tile=tile)) for img in images]
         by_shape = defaultdict(list)
@@ -82,7 +93,9 @@ class Segmenter:
     def overlay(self, image, tile: bool = False) -> Image.Image:
         """The image with the class colours blended over it (background left as is), same size."""
         img = to_image(image)
-        return Image.open(io.BytesIO(imaging.overlay_png(img, self.predict_many([img], tile=tile)[0], self.meta.colours)))
+        return Image.open(
+            io.BytesIO(imaging.overlay_png(img, self.predict_many([img], tile=tile)[0], self.meta.colours))
+        )
 
     def stats(self, image, tile: bool = False, rle: bool = False) -> dict:
         """Per-class pixel counts and fractions of the mask (and COCO RLE with rle=True)."""
@@ -91,3 +104,63 @@ class Segmenter:
     def mask_png(self, mask: np.ndarray) -> bytes:
         """A mask as a palette PNG: pixel values are class ids, the palette the class colours."""
         return imaging.palette_png(mask, self.meta.colours)
+
+
+@dataclass
+class Result:
+    """What one input becomes; `error` set means it was skipped."""
+
+    name: str
+    mask_png: bytes = b""
+    overlay_png: bytes = b""
+    row: dict | None = None
+    error: str = ""
+
+
+def segment_items(
+    seg: Segmenter,
+    items: list[tuple[str, bytes]],
+    *,
+    tile: bool = False,
+    overlays: bool = False,
+    stats: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_pixels: int = MAX_PIXELS,
+) -> list[Result]:
+    """Decode, segment and encode a batch of (name, file bytes): one Result per item, in order.
+
+    The images that decode go through the service's data path (serving.pipeline) in batches of equal
+    model input shape; masks come back at each image's own size."""
+    results = [Result(name) for name, _ in items]
+    decoded = []
+    for res, (_, data) in zip(results, items):
+        try:
+            decoded.append(
+                (res, imaging.decode_image(data, max_bytes=imaging.NO_LIMIT["max_bytes"], max_pixels=max_pixels))
+            )
+        except imaging.ImageError as exc:
+            res.error = str(exc)
+    masks = seg.predict_many([img for _, img in decoded], tile=tile, batch_size=batch_size)
+    for (res, img), mask in zip(decoded, masks):
+        res.mask_png = seg.mask_png(mask)
+        if overlays:
+            res.overlay_png = imaging.overlay_png(img, mask, seg.meta.colours)
+        if stats:
+            s = imaging.class_stats(mask, seg.meta.classes)
+            res.row = {
+                "width": s["width"],
+                "height": s["height"],
+                **{c["name"]: round(c["fraction"], 6) for c in s["classes"]},
+            }
+    return results
+
+
+def read_items(paths) -> tuple[list[tuple[str, bytes]], list[Result]]:
+    """(name, bytes) of each readable file, and a failed Result for each one that cannot be read."""
+    items, unread = [], []
+    for p in map(Path, paths):
+        try:
+            items.append((p.name, p.read_bytes()))
+        except OSError as exc:
+            unread.append(Result(p.name, error=f"cannot read on {os.uname().nodename}: {exc.strerror}"))
+    return items, unread

@@ -11,6 +11,7 @@
 
 Nothing is shed after step 4: an admitted request always gets its answer. Configuration: serving/config.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +34,9 @@ from fastapi import Path as FastAPIPath
 from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, HTMLResponse, Response
 
-from . import imaging, pipeline, store
+from contract import store
+
+from . import imaging, pipeline
 from .batching import QUEUED_BATCHES, Admission, Batcher
 from .config import ServeConfig
 from .http import ERROR_RESPONSES, Gate, Problem, Upload, busy, check_token, problem_doc, read_upload
@@ -57,8 +60,12 @@ def _metrics() -> SimpleNamespace:
     import prometheus_client as prom
 
     return SimpleNamespace(
-        batch_size=prom.Histogram("seg_batch_size", "Model inputs per ONNX Runtime call", buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]),
-        batch_seconds=prom.Histogram("seg_batch_seconds", "Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]),
+        batch_size=prom.Histogram(
+            "seg_batch_size", "Model inputs per ONNX Runtime call", buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
+        ),
+        batch_seconds=prom.Histogram(
+            "seg_batch_seconds", "Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]
+        ),
         refused=prom.Counter("seg_refused", "Requests refused before any model work, by status", ["status"]),
     )
 
@@ -67,9 +74,15 @@ class ImageInput(bentoml.IODescriptor):
     """multipart/form-data: the image file in the field `image`; options as form fields or query parameters."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = ("tile",)
-    image: Path = Field(description="the photo: JPEG, PNG, WebP, BMP, TIFF or GIF (first frame); EXIF orientation is applied; "
-                                    "other bytes are answered 415", json_schema_extra={"minLength": 1})
-    tile: bool = Field(False, description="segment at full resolution by overlapping tiles at the model size (also automatic above SEG_TILE_ABOVE pixels)")
+    image: Path = Field(
+        description="the photo: JPEG, PNG, WebP, BMP, TIFF or GIF (first frame); EXIF orientation is applied; "
+        "other bytes are answered 415",
+        json_schema_extra={"minLength": 1},
+    )
+    tile: bool = Field(
+        False,
+        description="segment at full resolution by overlapping tiles at the model size (also automatic above SEG_TILE_ABOVE pixels)",
+    )
 
     @classmethod
     async def from_http_request(cls, request, serde):
@@ -129,6 +142,7 @@ def _token(authorization: str = Header("")) -> None:
     """The routes of info_app that need the bearer token depend on this (the inference routes: the Gate)."""
     check_token(CONFIG, authorization)
 
+
 DESCRIPTION = """Semantic segmentation with a fastai U-Net exported to ONNX, served with BentoML over ONNX Runtime
 (CUDA when a GPU is there, CPU otherwise). POST an image to /segment (palette PNG mask), /overlay or /stats: the
 answer has the image's own size. Try it in the browser at /ui; GET /model describes the model."""
@@ -182,7 +196,9 @@ class SegmentationService:
         if CONFIG_ERROR is not None:
             raise StartupError(str(CONFIG_ERROR))
         try:
-            SegmentationRuntime.load(store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant, threads=1, recheck=False)
+            SegmentationRuntime.load(
+                store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant, threads=1, recheck=False
+            )
         except ContractError as exc:
             raise StartupError(str(exc)) from None
 
@@ -191,20 +207,33 @@ class SegmentationService:
             raise CONFIG_ERROR
         self.config = CONFIG
         self.metrics = _metrics()
-        self.runtime = SegmentationRuntime.load(store.resolve(CONFIG.model_source), CONFIG.device, CONFIG.variant,
-                                                threads=CONFIG.intra_op_threads, spin=CONFIG.ort_spin)
+        self.runtime = SegmentationRuntime.load(
+            store.resolve(CONFIG.model_source),
+            CONFIG.device,
+            CONFIG.variant,
+            threads=CONFIG.intra_op_threads,
+            spin=CONFIG.ort_spin,
+        )
         self.meta = self.runtime.meta
         shapes = pipeline.warmup_shapes(self.meta)
         t = time.perf_counter()
         self.runtime.warmup(range(1, CONFIG.max_batch_size + 1), shapes)
-        log.warning("warm-up of batch sizes 1..%d at %s took %.2f s", CONFIG.max_batch_size, shapes, time.perf_counter() - t)
+        log.warning(
+            "warm-up of batch sizes 1..%d at %s took %.2f s", CONFIG.max_batch_size, shapes, time.perf_counter() - t
+        )
         h, w = shapes[0]
         t = time.perf_counter()
         self._run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
         seed = (time.perf_counter() - t) / CONFIG.max_batch_size
         self.admission = Admission(CONFIG.max_latency_ms / 1000, CONFIG.max_batch_size)
-        self.batcher = Batcher(self._run, max_batch_size=CONFIG.max_batch_size, unit_pixels=h * w, seed_seconds_per_unit=seed,
-                               on_batch=self._observe_batch, share_cap=self.admission.batch_share_cap)
+        self.batcher = Batcher(
+            self._run,
+            max_batch_size=CONFIG.max_batch_size,
+            unit_pixels=h * w,
+            seed_seconds_per_unit=seed,
+            on_batch=self._observe_batch,
+            share_cap=self.admission.batch_share_cap,
+        )
         self.admission.watch(self.batcher)
         folder = self.runtime.path.parent / "samples"
         self.samples = {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
@@ -241,26 +270,50 @@ class SegmentationService:
         Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
         return await self._answer("/stats", image, tile=tile, rle=rle)
 
-    @info_app.get("/ui", summary="A page to try the model: pick or drop an image, see its overlay, legend and mask", response_class=HTMLResponse)
+    @info_app.get(
+        "/ui",
+        summary="A page to try the model: pick or drop an image, see its overlay, legend and mask",
+        response_class=HTMLResponse,
+    )
     def ui(self) -> HTMLResponse:
         return HTMLResponse(UI_PAGE)
 
-    @info_app.get("/ui/samples", summary="Names of the held-out images the export kept beside the model (for the page)",
-                  responses={401: ERROR_RESPONSES[401]}, dependencies=[Depends(_token)])
+    @info_app.get(
+        "/ui/samples",
+        summary="Names of the held-out images the export kept beside the model (for the page)",
+        responses={401: ERROR_RESPONSES[401]},
+        dependencies=[Depends(_token)],
+    )
     def ui_samples(self) -> list[str]:
         return sorted(self.samples)
 
-    @info_app.get("/ui/samples/{name}", summary="One of those images (PNG)", response_class=FileResponse,
-                  responses={200: {"content": {"image/png": {}}}, 401: ERROR_RESPONSES[401], 404: problem_doc("no sample of that name: GET /ui/samples lists them")},
-                  dependencies=[Depends(_token)])
+    @info_app.get(
+        "/ui/samples/{name}",
+        summary="One of those images (PNG)",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"image/png": {}}},
+            401: ERROR_RESPONSES[401],
+            404: problem_doc("no sample of that name: GET /ui/samples lists them"),
+        },
+        dependencies=[Depends(_token)],
+    )
     def ui_sample(self, name: Annotated[str, FastAPIPath(pattern=r"^[A-Za-z0-9_.-]+$")]):
         if name not in self.samples:
             return Problem(404, f"no sample {name!r}: GET /ui/samples lists them").response()
         return FileResponse(self.samples[name], media_type="image/png")
 
-    @info_app.get("/model", summary="The model served, how, and the limits",
-                  responses={200: {"description": "metadata (classes, colours, input size, metrics...), provider, variant and why, batching, admission, limits"},
-                             401: ERROR_RESPONSES[401]}, dependencies=[Depends(_token)])
+    @info_app.get(
+        "/model",
+        summary="The model served, how, and the limits",
+        responses={
+            200: {
+                "description": "metadata (classes, colours, input size, metrics...), provider, variant and why, batching, admission, limits"
+            },
+            401: ERROR_RESPONSES[401],
+        },
+        dependencies=[Depends(_token)],
+    )
     def model_info(self) -> dict:
         return self.describe()
 
@@ -282,19 +335,28 @@ class SegmentationService:
         cfg = self.config
         im = imaging.open_image(data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels)
         size = imaging.displayed_size(im, data)
-        plan = pipeline.plan(self.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap)
+        plan = pipeline.plan(
+            self.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap
+        )
         if plan.inputs > cfg.max_tiles:
-            raise Problem(413, f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {plan.input_hw[1]}x{plan.input_hw[0]}, "
-                               f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
-                               "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`")
+            raise Problem(
+                413,
+                f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {plan.input_hw[1]}x{plan.input_hw[0]}, "
+                f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
+                "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`",
+            )
         share = self.admission.share(self.batcher.units(plan.input_hw), plan.inputs)
         retry = self.admission.try_admit(share)
         if retry is not None:
             raise busy(self.admission, retry)
         try:
-            heavy = size[0] * size[1] > cfg.offload_pixels  # big images: Pillow and numpy work in a thread, the event loop stays free
+            heavy = (
+                size[0] * size[1] > cfg.offload_pixels
+            )  # big images: Pillow and numpy work in a thread, the event loop stays free
             # the overlay draws on the photo itself; the other answers only need the model's scale
-            img = await self._call(heavy, imaging.load_rgb, im, data, None if route == "/overlay" else pipeline.decode_size(plan))
+            img = await self._call(
+                heavy, imaging.load_rgb, im, data, None if route == "/overlay" else pipeline.decode_size(plan)
+            )
             job = await self._call(heavy, pipeline.Job, self.meta, img, plan)
             await self._infer(job)
             mask = await self._call(heavy, job.mask)
@@ -340,13 +402,26 @@ class SegmentationService:
             "int8_check": self.runtime.int8_check,
             "model_file": str(self.runtime.path),
             "model_source": cfg.model_source,
-            "batching": {"max_batch_size": cfg.max_batch_size, "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",
-                         "seconds_per_input": self.batcher.seconds_per_unit},
-            "admission": {"max_latency_ms": cfg.max_latency_ms, "max_concurrency_per_worker": cfg.max_concurrency, "max_tiles": cfg.max_tiles,
-                          "queued_seconds": self.admission.ahead_s(), "in_flight": self.admission.in_flight},
-            "geometry": {"dynamic_hw": self.meta.dynamic_hw, "training_size": list(self.meta.input_size),
-                         "resize": "keep aspect, short side to the training size, pad to 32, scores upsampled" if self.meta.dynamic_hw
-                         else "squish to the model size, scores upsampled", "warmed_up_shapes": [list(x) for x in pipeline.warmup_shapes(self.meta)]},
+            "batching": {
+                "max_batch_size": cfg.max_batch_size,
+                "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",
+                "seconds_per_input": self.batcher.seconds_per_unit,
+            },
+            "admission": {
+                "max_latency_ms": cfg.max_latency_ms,
+                "max_concurrency_per_worker": cfg.max_concurrency,
+                "max_tiles": cfg.max_tiles,
+                "queued_seconds": self.admission.ahead_s(),
+                "in_flight": self.admission.in_flight,
+            },
+            "geometry": {
+                "dynamic_hw": self.meta.dynamic_hw,
+                "training_size": list(self.meta.input_size),
+                "resize": "keep aspect, short side to the training size, pad to 32, scores upsampled"
+                if self.meta.dynamic_hw
+                else "squish to the model size, scores upsampled",
+                "warmed_up_shapes": [list(x) for x in pipeline.warmup_shapes(self.meta)],
+            },
             "tiling": {"tile_above_pixels": cfg.tile_above, "overlap": cfg.tile_overlap or "a quarter of a tile"},
             "threads": cfg.intra_op_threads,
             "workers": cfg.resolved_workers,

@@ -5,6 +5,7 @@ Each tile's contribution is weighted by a window that is 1 in the middle and ram
 tile's edges inside the overlap, so pixels near a tile border are decided by the neighbouring tile
 that sees them in its middle: no visible seams.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ def tiles_of(padded: np.ndarray, layout: TileLayout, start: int, stop: int) -> n
 
 def _window(tile_hw: tuple[int, int], overlap: int) -> np.ndarray:
     """(th, tw) float32 weights: 1 inside, a raised-cosine ramp over `overlap` pixels at each edge, never 0."""
+
     def ramp(n):
         r = np.ones(n, np.float32)
         if overlap:
@@ -96,7 +98,7 @@ class Blender:
             return
         self.mask[self._top : self._top + k] = self._band[:, :k].argmax(axis=0)
         self._band[:, :-k] = self._band[:, k:].copy() if k < self._band.shape[1] else 0
-        self._band[:, max(self._band.shape[1] - k, 0):] = 0
+        self._band[:, max(self._band.shape[1] - k, 0) :] = 0
         self._top += k
 
     def add(self, outputs: np.ndarray) -> None:

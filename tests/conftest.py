@@ -1,5 +1,6 @@
 """Session fixtures shared by every test folder: a tiny synthetic data set, a one-epoch fastai run, its export,
 and a rule-based contract model (no training) for fast serving tests."""
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_dataset) -> Path:
     """A one-epoch fit (frozen) + one unfrozen epoch on the tiny data set, at 64 px."""
-    from training.train import TrainConfig, fit
+    from training.config import TrainConfig
+    from training.fit import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    fit(TrainConfig(data=tiny_dataset, out=out, size=64, bs=4, frozen_epochs=1, unfrozen_epochs=1, valid_pct=0.25, n_show=2))
+    fit(
+        TrainConfig(
+            data=tiny_dataset, out=out, size=64, bs=4, frozen_epochs=1, unfrozen_epochs=1, valid_pct=0.25, n_show=2
+        )
+    )
     return out
 
 

@@ -3,6 +3,7 @@
 Per pixel, logits = (0.5, R, G) with R, G in 0..1: class 0 where both R and G are below half, otherwise
 class 1 (red wins ties) or 2. `expected_mask` computes the same in numpy, so tests know every pixel.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ def expected_mask(images: np.ndarray) -> np.ndarray:
     return logits.argmax(axis=1).astype(np.uint8)
 
 
-def make_contract_model(path: Path, size: int = 32, *, metadata: dict | None = None, input_type: int | None = None,
-                        probs: bool = True, drop_keys: tuple[str, ...] = (), background: float = 0.5) -> Path:
+def make_contract_model(
+    path: Path,
+    size: int = 32,
+    *,
+    metadata: dict | None = None,
+    input_type: int | None = None,
+    probs: bool = True,
+    drop_keys: tuple[str, ...] = (),
+    background: float = 0.5,
+) -> Path:
     """Write the model to `path` (a .onnx file); `metadata`, `input_type`, `drop_keys` let tests break the contract;
     `background` other than 0.5 makes a model that disagrees with `expected_mask` (a worse "variant")."""
     import onnx
@@ -45,19 +54,33 @@ def make_contract_model(path: Path, size: int = 32, *, metadata: dict | None = N
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
         outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3, size, size]))
     graph = helper.make_graph(
-        nodes, "contract_model",
+        nodes,
+        "contract_model",
         [helper.make_tensor_value_info("image", in_type, ["N", size, size, 3])],
         outputs,
-        initializer=[helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
-                     onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(b, "B")],
+        initializer=[
+            helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
+            onnx.numpy_helper.from_array(w, "W"),
+            onnx.numpy_helper.from_array(b, "B"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     meta = {
-        "contract": "seg-onnx/1", "classes": json.dumps(CLASSES), "colours": json.dumps(COLOURS),
-        "input_size": json.dumps([size, size]), "dynamic_hw": "false", "mean": json.dumps([0, 0, 0]),
-        "std": json.dumps([1, 1, 1]), "resize": "squish-bilinear", "encoder": "rule", "exporter": "onnx.helper",
-        "variant": "fp32", "versions": "{}", "metrics": "{}", "created": "2026-01-01T00:00:00+00:00",
+        "contract": "seg-onnx/1",
+        "classes": json.dumps(CLASSES),
+        "colours": json.dumps(COLOURS),
+        "input_size": json.dumps([size, size]),
+        "dynamic_hw": "false",
+        "mean": json.dumps([0, 0, 0]),
+        "std": json.dumps([1, 1, 1]),
+        "resize": "squish-bilinear",
+        "encoder": "rule",
+        "exporter": "onnx.helper",
+        "variant": "fp32",
+        "versions": "{}",
+        "metrics": "{}",
+        "created": "2026-01-01T00:00:00+00:00",
     }
     meta.update(metadata or {})
     for k in drop_keys:
@@ -73,8 +96,8 @@ def make_contract_model(path: Path, size: int = 32, *, metadata: dict | None = N
 def make_int8_folder(folder: Path, background: float) -> Path:
     """A model folder with fp32 = the rule model, int8 = the rule model with its background bias at `background`
     (0.5: the same masks; higher: fewer foreground pixels, a worse "int8"), and a bundled held-out check whose
-    truth is the rule itself (serving.accuracy)."""
-    from serving.accuracy import write_check
+    truth is the rule itself (contract.metrics)."""
+    from contract.metrics import write_check
 
     folder = Path(folder)
     make_contract_model(folder / "model.onnx")

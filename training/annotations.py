@@ -11,6 +11,7 @@ one-line DataError naming the file (a missing image, an unknown category, a poly
 a malformed file), and nothing is written unless every image converted: the data set is assembled in a
 temporary folder beside `out` and moved into place at the end.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,7 +33,9 @@ def _load_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read it ({exc.__class__.__name__}); pass an annotation file exported as JSON") from None
+        raise DataError(
+            f"{path}: cannot read it ({exc.__class__.__name__}); pass an annotation file exported as JSON"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); re-export the annotations") from None
     if not isinstance(data, dict):
@@ -42,10 +45,16 @@ def _load_json(path: Path) -> dict:
 
 def _check_inside(points: np.ndarray, w: int, h: int, where: str) -> None:
     """Vertices (N, 2) as (x, y) must lie inside the image (within _TOLERANCE)."""
-    if points.size and (points[:, 0].min() < -_TOLERANCE or points[:, 1].min() < -_TOLERANCE
-                        or points[:, 0].max() > w + _TOLERANCE or points[:, 1].max() > h + _TOLERANCE):
+    if points.size and (
+        points[:, 0].min() < -_TOLERANCE
+        or points[:, 1].min() < -_TOLERANCE
+        or points[:, 0].max() > w + _TOLERANCE
+        or points[:, 1].max() > h + _TOLERANCE
+    ):
         x, y = points[np.argmax(np.maximum(np.abs(points[:, 0] - w / 2) - w / 2, np.abs(points[:, 1] - h / 2) - h / 2))]
-        raise DataError(f"{where}: a polygon vertex ({x:g}, {y:g}) lies outside the {w}x{h} image; fix the annotation or its image size")
+        raise DataError(
+            f"{where}: a polygon vertex ({x:g}, {y:g}) lies outside the {w}x{h} image; fix the annotation or its image size"
+        )
 
 
 class _Writer:
@@ -83,14 +92,18 @@ def coco_to_masks(annotations: Path, images: Path, out: Path) -> tuple[int, list
     data = _load_json(annotations)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise DataError(f"{annotations}: no `{key}` list; expected a COCO instances file (images, annotations, categories)")
+            raise DataError(
+                f"{annotations}: no `{key}` list; expected a COCO instances file (images, annotations, categories)"
+            )
     try:
         cats = sorted(data["categories"], key=lambda c: c["id"])
         ids = {c["id"]: i + 1 for i, c in enumerate(cats)}
         codes = ["background"] + [str(c["name"]) for c in cats]
         files = {im["id"]: (str(im["file_name"]), int(im["width"]), int(im["height"])) for im in data["images"]}
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{annotations}: a category or image entry lacks {exc}; expected id/name and id/file_name/width/height") from None
+        raise DataError(
+            f"{annotations}: a category or image entry lacks {exc}; expected id/name and id/file_name/width/height"
+        ) from None
     per_image: dict = {k: [] for k in files}
     for n, ann in enumerate(data["annotations"]):
         where = f"{annotations}: annotation {ann.get('id', n)}"
@@ -105,10 +118,14 @@ def coco_to_masks(annotations: Path, images: Path, out: Path) -> tuple[int, list
         for image_id, (name, w, h) in files.items():
             path = images / name
             if not path.is_file():
-                raise DataError(f"{path}: image of {annotations} (image id {image_id}) not found; pass --images the folder holding it")
+                raise DataError(
+                    f"{path}: image of {annotations} (image id {image_id}) not found; pass --images the folder holding it"
+                )
             with Image.open(path) as im:
                 if im.size != (w, h):
-                    raise DataError(f"{path}: is {im.size[0]}x{im.size[1]} but {annotations} says {w}x{h}; re-export the annotations")
+                    raise DataError(
+                        f"{path}: is {im.size[0]}x{im.size[1]} but {annotations} says {w}x{h}; re-export the annotations"
+                    )
             mask = np.zeros((h, w), np.uint8)
             for ann in per_image[image_id]:
                 where = f"{annotations}: annotation {ann.get('id')} of {name}"
@@ -156,7 +173,9 @@ def _labelme_shape(shape: dict, w: int, h: int, where: str) -> Image.Image:
     elif kind == "point" and len(flat) == 1:
         draw.point(flat, fill=255)
     else:
-        raise DataError(f"{where}: shape {kind!r} with {len(flat)} point(s) cannot be drawn (polygon: >= 3, rectangle/circle: 2)")
+        raise DataError(
+            f"{where}: shape {kind!r} with {len(flat)} point(s) cannot be drawn (polygon: >= 3, rectangle/circle: 2)"
+        )
     return canvas
 
 
@@ -167,7 +186,9 @@ def labelme_to_masks(folder: Path, out: Path) -> tuple[int, list[str]]:
     if not files:
         raise DataError(f"{folder}: no LabelMe .json files")
     docs = [(f, _load_json(f)) for f in files]
-    labels = sorted({str(s.get("label", "")) for f, d in docs for s in (d.get("shapes") or [])} - {"_background_", "background", ""})
+    labels = sorted(
+        {str(s.get("label", "")) for f, d in docs for s in (d.get("shapes") or [])} - {"_background_", "background", ""}
+    )
     codes = ["background"] + labels
     ids = {c: i for i, c in enumerate(codes)} | {"_background_": 0}
     writer = _Writer(out)

@@ -6,6 +6,7 @@ Three layouts are detected from the folder's contents:
 3. CamVid:          images/<stem>.png + labels/<stem>_P.png + codes.txt
 Everything is validated before training starts, so a bad file fails in one line that names it.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from serving.imaging import EXTENSIONS as IMAGE_EXTS  # the formats serving reads
+from contract.metadata import IMAGE_EXTENSIONS
 
 from .errors import DataError
 
@@ -47,7 +48,7 @@ class Dataset:
 
 def list_images(folder: Path) -> list[Path]:
     """The image files of `folder` (by extension, hidden files left out), sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
 def _read_codes(path: Path) -> tuple[str, ...]:
@@ -62,16 +63,22 @@ def detect_layout(root: Path) -> str:
     """Name the layout of `root` ("generic", "leeds" or "camvid") or raise DataError saying what is expected."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder; pass --data a folder holding images/ and masks/ (or segmentations/, labels/)")
+        raise DataError(
+            f"{root}: no such folder; pass --data a folder holding images/ and masks/ (or segmentations/, labels/)"
+        )
     if not (root / "images").is_dir():
-        raise DataError(f"{root}: no images/ folder; expected images/ with masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ (CamVid)")
+        raise DataError(
+            f"{root}: no images/ folder; expected images/ with masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ (CamVid)"
+        )
     if (root / "masks").is_dir():
         return "generic"
     if (root / "segmentations").is_dir():
         return "leeds"
     if (root / "labels").is_dir():
         return "camvid"
-    raise DataError(f"{root}: images/ has no partner folder; add masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ (CamVid)")
+    raise DataError(
+        f"{root}: images/ has no partner folder; add masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ (CamVid)"
+    )
 
 
 def _mask_for(layout: str, root: Path, image: Path) -> Path:
@@ -86,7 +93,9 @@ def read_mask(path: Path, binary_255: bool = False) -> np.ndarray:
     """Read a mask PNG as (H, W) uint8 class ids; 0/255 binary masks become 0/1 when `binary_255`."""
     with Image.open(path) as im:
         if im.mode not in ("L", "P", "1", "I", "I;16"):
-            raise DataError(f"{path}: mask has mode {im.mode}; masks must be single-channel index PNGs (convert colour masks with `python -m training masks`)")
+            raise DataError(
+                f"{path}: mask has mode {im.mode}; masks must be single-channel index PNGs (convert colour masks with `python -m training masks`)"
+            )
         arr = np.asarray(im)
     if binary_255:
         arr = (arr > 127).astype(np.uint8)
@@ -103,7 +112,9 @@ def load_dataset(root: Path, codes: tuple[str, ...] | None = None, check: bool =
     layout = detect_layout(root)
     images = list_images(root / "images")
     if not images:
-        raise DataError(f"{root / 'images'}: folder is empty; add images ({', '.join(IMAGE_EXTS)}) with a mask each")
+        raise DataError(
+            f"{root / 'images'}: folder is empty; add images ({', '.join(IMAGE_EXTENSIONS)}) with a mask each"
+        )
     binary = layout == "leeds"
     if codes is None:
         if (root / "codes.txt").is_file():
@@ -127,10 +138,14 @@ def load_dataset(root: Path, codes: tuple[str, ...] | None = None, check: bool =
             isize = im.size
         m = read_mask(mask, binary)
         if (m.shape[1], m.shape[0]) != isize:
-            raise DataError(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {image.name} is {isize[0]}x{isize[1]}; masks must match their image's size")
+            raise DataError(
+                f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {image.name} is {isize[0]}x{isize[1]}; masks must match their image's size"
+            )
         top = int(m.max(initial=0))
         if codes is not None and top >= len(codes):
-            raise DataError(f"{mask}: mask value {top} but only {len(codes)} classes ({', '.join(codes)}); fix the mask or add classes to codes.txt")
+            raise DataError(
+                f"{mask}: mask value {top} but only {len(codes)} classes ({', '.join(codes)}); fix the mask or add classes to codes.txt"
+            )
         max_id = max(max_id, top)
     if codes is None:
         codes = ("background",) + tuple(f"class_{i}" for i in range(1, max(max_id, 1) + 1))
@@ -189,8 +204,20 @@ def class_centred_corner(mask: np.ndarray, crop_hw: tuple[int, int], void: int |
     return fastuple(left, top)
 
 
-def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int] | None = None, bs: int, mean, std, valid_pct: float,
-                     seed: int, augment: str = "affine", num_workers: int = 0, class_crops: float = 0.0):
+def make_dataloaders(
+    ds: Dataset,
+    *,
+    size: tuple[int, int],
+    crop: tuple[int, int] | None = None,
+    bs: int,
+    mean,
+    std,
+    valid_pct: float,
+    seed: int,
+    augment: str = "affine",
+    num_workers: int = 0,
+    class_crops: float = 0.0,
+):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
     scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
     `augment` ("affine": flips, rotation, zoom, warp and lighting; "flip": flips only; "none"), explicit Normalize.
@@ -201,11 +228,10 @@ def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int
     Normalisation is set here from the encoder's own stats, never as a side effect of `pretrained=`.
     """
     from fastai.data.block import DataBlock
-    from fastai.data.transforms import IndexSplitter
+    from fastai.data.transforms import IndexSplitter, Normalize
     from fastai.vision.augment import Flip, RandomCrop, Resize, ResizeMethod, aug_transforms
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
-    from fastai.data.transforms import Normalize
 
     _, valid_idx = split_pairs(ds, valid_pct, seed)
     mask_of = dict(ds.pairs)
@@ -223,8 +249,11 @@ def make_dataloaders(ds: Dataset, *, size: tuple[int, int], crop: tuple[int, int
             if class_crops and split_idx == 0 and len(b) > 1 and random.random() < class_crops:
                 self.tl = class_centred_corner(np.asarray(b[1]), (self.size[1], self.size[0]), ds.void) or self.tl
 
-    batch_tfms = {"affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
-                  "flip": lambda: [Flip()], "none": list}[augment]()
+    batch_tfms = {
+        "affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
+        "flip": lambda: [Flip()],
+        "none": list,
+    }[augment]()
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
     item_tfms = [Resize(tuple(size), method=ResizeMethod.Squish)] + ([TrainCrop(tuple(crop))] if crop else [])
     block = DataBlock(

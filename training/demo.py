@@ -1,12 +1,13 @@
 """`python -m training demo`: synth -> fit -> export. What `make serve` runs when exported_models/ is empty."""
+
 from __future__ import annotations
 
 import dataclasses
 import time
 from pathlib import Path
 
+from .config import TrainConfig
 from .errors import TrainingError
-from .train import TrainConfig
 
 
 def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, exporter: str = "auto") -> Path:
@@ -14,8 +15,8 @@ def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, e
 
     `base` holds the training settings (its `data` and `out` are replaced here); defaults otherwise."""
     from .export import export_run
+    from .fit import fit
     from .synth import SynthConfig, synth
-    from .train import fit
 
     out, work = Path(out), Path(work)
     if out.exists():
@@ -35,5 +36,8 @@ def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, e
     print(f"== demo 3/3: exporting to {out}", flush=True)
     # the demo always makes both variants: int8 for CPUs, fp16 for GPUs
     export_run(run, out, int8=True, fp16=True, probs=True, exporter=exporter)
-    print(f"== demo done in {(time.perf_counter() - t0) / 60:.1f} min: foreground Dice {report['metrics']['dice_fg']:.3f}; serve it with `make serve`", flush=True)
+    print(
+        f"== demo done in {(time.perf_counter() - t0) / 60:.1f} min: foreground Dice {report['metrics']['dice_fg']:.3f}; serve it with `make serve`",
+        flush=True,
+    )
     return out

@@ -4,6 +4,7 @@
 - RGB colour masks plus a palette file (`name r g b` per line) become index masks, and codes.txt is written.
 A colour that is not in the palette is an error naming the file, the colour and its pixel count.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,9 @@ def binary_to_index(mask: np.ndarray, path: Path | str = "mask") -> np.ndarray:
     values = np.unique(mask)
     bad = values[(values != 0) & (values != 255)]
     if bad.size:
-        raise DataError(f"{path}: binary mask holds value {int(bad[0])} ({int((mask == bad[0]).sum())} pixels); binary masks must hold only 0 and 255")
+        raise DataError(
+            f"{path}: binary mask holds value {int(bad[0])} ({int((mask == bad[0]).sum())} pixels); binary masks must hold only 0 and 255"
+        )
     return (mask == 255).astype(np.uint8)
 
 
@@ -50,7 +53,9 @@ def colour_to_index(rgb: np.ndarray, colours: np.ndarray, path: Path | str = "ma
         missing, counts = np.unique(key[~found], return_counts=True)
         c = int(missing[np.argmax(counts)])
         r, g, b = c >> 16, (c >> 8) & 255, c & 255
-        raise DataError(f"{path}: colour ({r}, {g}, {b}) is not in the palette ({int(counts.max())} pixels); add it to the palette file or fix the mask")
+        raise DataError(
+            f"{path}: colour ({r}, {g}, {b}) is not in the palette ({int(counts.max())} pixels); add it to the palette file or fix the mask"
+        )
     return order[pos].astype(np.uint8)
 
 

@@ -8,6 +8,7 @@
 - `resnet18`, `resnet34`: torchvision; pretrained only when the weights load from `TORCH_HOME`
   (no download here), otherwise a one-line message and, only if asked, random init.
 """
+
 from __future__ import annotations
 
 import functools
@@ -76,7 +77,9 @@ def _torchvision_weights_cached(name: str) -> bool:
     return hub.is_file()
 
 
-def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = None, allow_random: bool = False) -> nn.Sequential:
+def build_encoder(
+    name: str, *, pretrained: bool = True, weights: Path | None = None, allow_random: bool = False
+) -> nn.Sequential:
     """The encoder body as a flat nn.Sequential, ready for fastai's DynamicUnet.
 
     `weights` (a state_dict file for the whole encoder) overrides `pretrained`. When pretrained weights
@@ -89,17 +92,25 @@ def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = 
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as exc:
-            raise TrainingError(f"{weights}: cannot read encoder weights ({exc.__class__.__name__}); pass a state_dict saved with torch.save") from None
+            raise TrainingError(
+                f"{weights}: cannot read encoder weights ({exc.__class__.__name__}); pass a state_dict saved with torch.save"
+            ) from None
         missing, unexpected = body.load_state_dict(state, strict=False)
         if len(missing) == len(body.state_dict()):
-            raise TrainingError(f"{weights}: none of its keys match the {name} encoder; pass weights saved from this encoder")
+            raise TrainingError(
+                f"{weights}: none of its keys match the {name} encoder; pass weights saved from this encoder"
+            )
         return body
     if name.startswith("efficientnet_lite"):
         return _efficientnet_lite(name, pretrained)
     if pretrained and not _torchvision_weights_cached(name):
         if not allow_random:
-            raise TrainingError(f"{name}: ImageNet weights are not in {torch.hub.get_dir()}/checkpoints and cannot be downloaded here; pass --weights PATH, --no-pretrained, or --allow-random")
-        print(f"warning: {name} ImageNet weights not cached in {torch.hub.get_dir()}; using random init (--allow-random)")
+            raise TrainingError(
+                f"{name}: ImageNet weights are not in {torch.hub.get_dir()}/checkpoints and cannot be downloaded here; pass --weights PATH, --no-pretrained, or --allow-random"
+            )
+        print(
+            f"warning: {name} ImageNet weights not cached in {torch.hub.get_dir()}; using random init (--allow-random)"
+        )
         pretrained = False
     return _resnet(name, pretrained)
 
@@ -107,8 +118,20 @@ def build_encoder(name: str, *, pretrained: bool = True, weights: Path | None = 
 DECODER_NORMS = ("batch", "batch-all", "none")
 
 
-def build_learner(dls, *, n_out: int, encoder: str, pretrained: bool, weights: Path | None = None, allow_random: bool = False,
-                  metrics=(), last_cross: bool = True, loss_func=None, opt: str = "adam", decoder_norm: str = "none"):
+def build_learner(
+    dls,
+    *,
+    n_out: int,
+    encoder: str,
+    pretrained: bool,
+    weights: Path | None = None,
+    allow_random: bool = False,
+    metrics=(),
+    last_cross: bool = True,
+    loss_func=None,
+    opt: str = "adam",
+    decoder_norm: str = "none",
+):
     """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly.
     `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1). `opt`: fastai's Adam or ranger.
     `decoder_norm`: "none" is fastai's U-Net (no normalisation in the decoder's convolutions, only on the skip

@@ -5,6 +5,7 @@ Measured on a 2-core Xeon with AMX and AVX-512 BF16 (one step of the EfficientNe
 0.77 s. Without native bf16 (AVX2-only CPUs) PyTorch emulates it and it is slower than fp32, so `auto`
 asks for it only where the CPU says it has it (or a GPU that supports it).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,7 @@ def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
 
 
 def resolve_precision(mode: str, device: torch.device, flags: set[str] | None = None) -> str:
-    """"fp32" or "bf16" for `mode` ("auto", "fp32", "bf16") on `device`: auto picks bf16 only where it is native."""
+    """ "fp32" or "bf16" for `mode` ("auto", "fp32", "bf16") on `device`: auto picks bf16 only where it is native."""
     if mode == "auto":
         return "bf16" if native_bf16(device, flags) else "fp32"
     return mode

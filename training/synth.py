@@ -13,6 +13,7 @@ so a model has to learn texture and shape, not a flat colour:
 Everything is drawn from one `numpy.random.Generator` seeded per image, so a seed gives the same data
 set on every machine.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,9 @@ class SynthConfig:
     seed: int = 0
     min_objects: int = 2
     max_objects: int = 5
-    layout: str = "generic"  # "generic" (butterflies and leaves), "camvid" (street scenes) or "leeds" (hard butterflies)
+    layout: str = (
+        "generic"  # "generic" (butterflies and leaves), "camvid" (street scenes) or "leeds" (hard butterflies)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,7 +102,9 @@ def _leaf(rng: np.random.Generator, size: int) -> Image.Image:
     return canvas
 
 
-def make_scene(rng: np.random.Generator, size: int, min_objects: int = 2, max_objects: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(
+    rng: np.random.Generator, size: int, min_objects: int = 2, max_objects: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
     """One scene: image (size, size, 3) uint8 and mask (size, size) uint8 with ids into CLASSES."""
     bg_tint = rng.uniform(0.7, 1.2, size=3).astype(np.float32)
     image = _crop(rng, str(rng.choice(_BACKGROUNDS)), size, bg_tint)
@@ -115,9 +120,16 @@ def make_scene(rng: np.random.Generator, size: int, min_objects: int = 2, max_ob
         alpha = Image.new("L", (size, size), 0)
         alpha.paste(shape, (ox, oy))
         if cls == 1:
-            fill = _crop(rng, str(rng.choice(_BUTTERFLY_FILLS)), size, np.array([1.3, 0.9, 0.5], np.float32) * rng.uniform(0.8, 1.2))
+            fill = _crop(
+                rng,
+                str(rng.choice(_BUTTERFLY_FILLS)),
+                size,
+                np.array([1.3, 0.9, 0.5], np.float32) * rng.uniform(0.8, 1.2),
+            )
         else:
-            fill = _crop(rng, str(rng.choice(_LEAF_FILLS)), size, np.array([0.5, 1.25, 0.45], np.float32) * rng.uniform(0.8, 1.2))
+            fill = _crop(
+                rng, str(rng.choice(_LEAF_FILLS)), size, np.array([0.5, 1.25, 0.45], np.float32) * rng.uniform(0.8, 1.2)
+            )
         image.paste(fill, (0, 0), alpha)
         mask.paste(cls, (0, 0), alpha)
     return np.asarray(image), np.asarray(mask)
@@ -140,7 +152,12 @@ def make_hard_butterfly(rng: np.random.Generator, size: int) -> tuple[np.ndarray
         alpha = Image.new("L", (size, size), 0)
         alpha.paste(shape, (int(cx - shape.width / 2), int(cy - shape.height / 2)))
         same = rng.random() < 0.5
-        fill = _crop(rng, bg_name if same else str(rng.choice(photos)), size, bg_tint * rng.uniform(0.85, 1.15, size=3).astype(np.float32))
+        fill = _crop(
+            rng,
+            bg_name if same else str(rng.choice(photos)),
+            size,
+            bg_tint * rng.uniform(0.85, 1.15, size=3).astype(np.float32),
+        )
         image.paste(fill, (0, 0), alpha)
         mask.paste(1, (0, 0), alpha)
     return np.asarray(image), np.asarray(mask)
@@ -167,7 +184,9 @@ class Part:
     alpha: np.ndarray
 
 
-def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480, parts: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_street_scene(
+    rng: np.random.Generator, h: int = 360, w: int = 480, parts: list | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One street scene: image (h, w, 3) uint8 and mask (h, w) uint8 with ids into STREET_CLASSES.
 
     Sky above a horizon; a row of buildings on it; a road below narrowing to a vanishing point; trees
@@ -186,7 +205,9 @@ def make_street_scene(rng: np.random.Generator, h: int = 360, w: int = 480, part
     return np.asarray(image), np.asarray(mask)
 
 
-def _paste(rng, image: Image.Image, mask: Image.Image, alpha: Image.Image, names, tint, cls: int, parts: list | None) -> None:
+def _paste(
+    rng, image: Image.Image, mask: Image.Image, alpha: Image.Image, names, tint, cls: int, parts: list | None
+) -> None:
     """A textured shape: `alpha` (L) cut from a fill of `names` pasted on the image, `cls` on the mask."""
     h, w = image.height, image.width
     name = str(rng.choice(names))
@@ -202,14 +223,25 @@ def _street_sky_and_buildings(rng, image, mask, horizon: int, k: float, parts: l
     top, bottom = rng.uniform([90, 140, 190], [150, 190, 240]), rng.uniform([170, 190, 210], [230, 235, 250])
     ramp = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     sky = (top * (1 - ramp) + bottom * ramp) * np.ones((1, w, 1), np.float32)
-    sky += (np.asarray(_fill(rng, ("moon", "gravel"), h, w, (1, 1, 1)).convert("L"), np.float32)[..., None] - 128) * 0.08
+    sky += (
+        np.asarray(_fill(rng, ("moon", "gravel"), h, w, (1, 1, 1)).convert("L"), np.float32)[..., None] - 128
+    ) * 0.08
     image.paste(Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8)))
     x = int(rng.integers(-40, 0))
     while x < w:
         bw, bh = int(rng.uniform(50, 150) * k), int(h * rng.uniform(0.15, 0.4))
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).rectangle((x, horizon - bh, x + bw, horizon + 2), fill=255)
-        _paste(rng, image, mask, alpha, ("brick", "camera", "text", "page"), rng.uniform(0.6, 1.2, 3), STREET_CLASSES.index("Building"), parts)
+        _paste(
+            rng,
+            image,
+            mask,
+            alpha,
+            ("brick", "camera", "text", "page"),
+            rng.uniform(0.6, 1.2, 3),
+            STREET_CLASSES.index("Building"),
+            parts,
+        )
         x += bw + int(rng.integers(0, 25 * k))
 
 
@@ -217,12 +249,22 @@ def _street_ground(rng, image, mask, horizon: int, k: float, parts: list | None)
     """Everything below the horizon, then the road's trapezoid narrowing to a vanishing point; returns its x."""
     h, w = image.height, image.width
     vx = w * rng.uniform(0.35, 0.65)
-    road = [(vx - 6 * k, horizon), (vx + 6 * k, horizon), (w * rng.uniform(1.0, 1.3), h), (w * rng.uniform(-0.3, 0.0), h)]
+    road = [
+        (vx - 6 * k, horizon),
+        (vx + 6 * k, horizon),
+        (w * rng.uniform(1.0, 1.3), h),
+        (w * rng.uniform(-0.3, 0.0), h),
+    ]
     ground = [(0, horizon), (w, horizon), (w, h), (0, h)]
-    for poly, names, tint, cls in ((ground, ("grass",), (0.6, 0.9, 0.5), "Tree"), (road, ("gravel", "coffee"), (0.45, 0.45, 0.45), "Road")):
+    for poly, names, tint, cls in (
+        (ground, ("grass",), (0.6, 0.9, 0.5), "Tree"),
+        (road, ("gravel", "coffee"), (0.45, 0.45, 0.45), "Road"),
+    ):
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).polygon(poly, fill=255)
-        _paste(rng, image, mask, alpha, names, np.asarray(tint) * rng.uniform(0.8, 1.2), STREET_CLASSES.index(cls), parts)
+        _paste(
+            rng, image, mask, alpha, names, np.asarray(tint) * rng.uniform(0.8, 1.2), STREET_CLASSES.index(cls), parts
+        )
     return vx
 
 
@@ -243,7 +285,9 @@ def _street_trees_and_cars(rng, image, mask, horizon: int, vx: float, k: float, 
         alpha = Image.new("L", (w, h), 0)
         d = ImageDraw.Draw(alpha)
         d.rounded_rectangle((cx - cw / 2, y - ch, cx + cw / 2, y), radius=max(1, ch * 0.25), fill=255)
-        d.rounded_rectangle((cx - cw * 0.3, y - ch * 1.5, cx + cw * 0.3, y - ch * 0.8), radius=max(1, ch * 0.2), fill=255)
+        d.rounded_rectangle(
+            (cx - cw * 0.3, y - ch * 1.5, cx + cw * 0.3, y - ch * 0.8), radius=max(1, ch * 0.2), fill=255
+        )
         tint = rng.choice([(1.3, 0.5, 0.5), (0.5, 0.6, 1.3), (1.1, 1.1, 1.1), (0.4, 0.4, 0.4)])
         _paste(rng, image, mask, alpha, ("coffee", "rocket", "chelsea"), tint, STREET_CLASSES.index("Car"), parts)
 
@@ -260,10 +304,22 @@ def _street_poles_and_void(rng, image, mask, horizon: int, k: float, parts: list
         _paste(rng, image, mask, alpha, ("camera", "moon"), (0.55, 0.55, 0.6), STREET_CLASSES.index("Pole"), parts)
     for _ in range(int(rng.integers(1, 4))):
         cx, cy, r = w * rng.uniform(0, 1), horizon + (h - horizon) * rng.uniform(0, 0.5), rng.uniform(4, 14) * k
-        pts = [(cx + r * rng.uniform(0.5, 1.2) * math.cos(a), cy + r * rng.uniform(0.5, 1.2) * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]]
+        pts = [
+            (cx + r * rng.uniform(0.5, 1.2) * math.cos(a), cy + r * rng.uniform(0.5, 1.2) * math.sin(a))
+            for a in np.linspace(0, 2 * math.pi, 7)[:-1]
+        ]
         alpha = Image.new("L", (w, h), 0)
         ImageDraw.Draw(alpha).polygon(pts, fill=255)
-        _paste(rng, image, mask, alpha, ("astronaut", "coins", "colorwheel"), rng.uniform(0.6, 1.3, 3), STREET_CLASSES.index("Void"), parts)
+        _paste(
+            rng,
+            image,
+            mask,
+            alpha,
+            ("astronaut", "coins", "colorwheel"),
+            rng.uniform(0.6, 1.3, 3),
+            STREET_CLASSES.index("Void"),
+            parts,
+        )
 
 
 def _hw(size) -> tuple[int, int]:
@@ -275,7 +331,9 @@ def synth(config: SynthConfig) -> Path:
     layout="camvid" the CamVid layout (images/, labels/<stem>_P.png, codes.txt); with layout="leeds" the
     Leeds Butterfly layout (images/<id>.png, segmentations/<id>_seg0.png holding 0/255) of hard scenes."""
     out = Path(config.out)
-    labels, mask_name = {"camvid": ("labels", "{}_P.png"), "leeds": ("segmentations", "{}_seg0.png")}.get(config.layout, ("masks", "{}.png"))
+    labels, mask_name = {"camvid": ("labels", "{}_P.png"), "leeds": ("segmentations", "{}_seg0.png")}.get(
+        config.layout, ("masks", "{}.png")
+    )
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / labels).mkdir(parents=True, exist_ok=True)
     h, w = _hw(config.size)

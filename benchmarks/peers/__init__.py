@@ -4,8 +4,10 @@ Ray Serve as their documentation shows. Each is started as `python -m benchmarks
 
 from __future__ import annotations
 
-PEERS = (("LitServe (2 workers, batch 8)", "benchmarks.peers.litserve_server", "litserve"),
-         ("Ray Serve (2 replicas, @serve.batch 8)", "benchmarks.peers.rayserve_server", "ray.serve"))
+PEERS = (
+    ("LitServe (2 workers, batch 8)", "benchmarks.peers.litserve_server", "litserve"),
+    ("Ray Serve (2 replicas, @serve.batch 8)", "benchmarks.peers.rayserve_server", "ray.serve"),
+)
 
 
 def available() -> list[tuple[str, str]]:

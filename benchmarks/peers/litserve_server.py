@@ -1,7 +1,8 @@
 """LitServe peer: `LitAPI` with its own batching (max_batch_size 8), 2 workers, as its docs show.
 
-    python -m benchmarks.peers.litserve_server --model DIR --variant int8 --port 8001
+python -m benchmarks.peers.litserve_server --model DIR --variant int8 --port 8001
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ import litserve as ls
 from fastapi import Response
 
 from benchmarks.peers import work
+from contract import DEFAULT_BATCH_SIZE
 
 
 class SegmentationAPI(ls.LitAPI):
@@ -44,7 +46,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
-    api = SegmentationAPI(a.model, a.variant, max_batch_size=8, batch_timeout=0.01, api_path="/segment")
+    api = SegmentationAPI(a.model, a.variant, max_batch_size=DEFAULT_BATCH_SIZE, batch_timeout=0.01, api_path="/segment")
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=a.workers, timeout=60, healthcheck_path="/readyz")
     server.run(host="127.0.0.1", port=a.port, generate_client_file=False)
 

@@ -1,7 +1,8 @@
 """Ray Serve peer: a deployment with `@serve.batch` (max_batch_size 8), 2 replicas, as its docs show.
 
-    python -m benchmarks.peers.rayserve_server --model DIR --variant int8 --port 8002
+python -m benchmarks.peers.rayserve_server --model DIR --variant int8 --port 8002
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from benchmarks.peers import work
+from contract import DEFAULT_BATCH_SIZE
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -20,7 +22,7 @@ class Segmentation:
     def __init__(self, model: str, variant: str):
         self.rt = work.load(model, variant)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=0.01)
     async def infer(self, images: list[np.ndarray]) -> list:
         return work.run(self.rt, images)
 

@@ -1,14 +1,16 @@
 """The per-request work every server in the comparison does, with the same functions as our service
 (serving.pipeline): decode and validate the upload, resize it to the model's scale; after the model,
 the class scores upsampled to the upload's size, argmax, a palette PNG."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from serving import imaging, pipeline
+from serving.config import ServeConfig
 from serving.runtime import SegmentationRuntime
 
-LIMITS = {"max_bytes": 20_000_000, "max_pixels": 40_000_000}
+LIMITS = {"max_bytes": ServeConfig().max_bytes, "max_pixels": ServeConfig().max_pixels}  # the service's own upload limits
 
 
 def load(model: str, variant: str) -> SegmentationRuntime:

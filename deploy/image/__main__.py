@@ -9,6 +9,7 @@
 wheel the flavour needs (`pip wheel`), so nothing is downloaded inside the build (where no registry may be
 reachable) and the image is reproducible. `Containerfile` beside this file is the recipe.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,10 @@ def _quiet(cmd: list[str], **kw) -> int:
 
 
 def image_exists(eng: str, ref: str) -> bool:
-    return _quiet(_cmd(eng, "inspect", "--type", "image", ref) if eng == "buildah" else [eng, "image", "inspect", ref]) == 0
+    return (
+        _quiet(_cmd(eng, "inspect", "--type", "image", ref) if eng == "buildah" else [eng, "image", "inspect", ref])
+        == 0
+    )
 
 
 def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
@@ -77,8 +81,17 @@ def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
     with tempfile.TemporaryDirectory(prefix="seg-base-") as tmp:
         root = Path(tmp) / "rootfs"
         print(f"==> debootstrap bookworm into {root} (about 80 s)", flush=True)
-        _run(["debootstrap", "--variant=minbase", "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates", "bookworm", str(root)],
-             "debootstrap", timeout=1800)
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates",
+                "bookworm",
+                str(root),
+            ],
+            "debootstrap",
+            timeout=1800,
+        )
         shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         shutil.rmtree(root / "var" / "lib" / "apt" / "lists", ignore_errors=True)
         tar = Path(tmp) / "rootfs.tar"
@@ -92,7 +105,7 @@ def make_base(eng: str, tag: str = LOCAL_BASE) -> str:
             finally:
                 _quiet(_cmd(eng, "rm", ctr))
         else:
-            _run([eng, "import", "--change", "CMD [\"python3.11\"]", str(tar), tag], f"{eng} import")
+            _run([eng, "import", "--change", 'CMD ["python3.11"]', str(tar), tag], f"{eng} import")
     return tag
 
 
@@ -101,8 +114,8 @@ def build_bento() -> tuple[str, Path]:
     store first (a new version when it exists), else the store's latest; returns (bento tag, bento folder)."""
     import bentoml
 
-    from serving.config import DEFAULT_MODEL_DIR
-    from serving.store import register
+    from contract import DEFAULT_MODEL_DIR
+    from contract.store import register
 
     model_dir = ROOT / DEFAULT_MODEL_DIR
     if (model_dir / "model.onnx").is_file():
@@ -111,7 +124,9 @@ def build_bento() -> tuple[str, Path]:
         try:
             bentoml.models.get(f"{NAME}:latest")
         except bentoml.exceptions.NotFound:
-            raise ImageError(f"{model_dir}: no model to pack; run `make model` (or `python -m training demo`) first") from None
+            raise ImageError(
+                f"{model_dir}: no model to pack; run `make model` (or `python -m training demo`) first"
+            ) from None
     bento = bentoml.bentos.build_bentofile(str(ROOT / "bentofile.yaml"), build_ctx=str(ROOT))
     return str(bento.tag), Path(bento.path)
 
@@ -148,14 +163,45 @@ def build(flavour: str = "cpu", base: str | None = None) -> str:
         reqs = requirements(bento, flavour)
         (wheels / "requirements.txt").write_text("\n".join(reqs) + "\n")
         print(f"==> wheelhouse for {flavour}: {', '.join(reqs)}", flush=True)
-        _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "-w", str(wheels), "-r", str(wheels / "requirements.txt")],
-             "pip wheel", timeout=3600)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--disable-pip-version-check",
+                "-q",
+                "-w",
+                str(wheels),
+                "-r",
+                str(wheels / "requirements.txt"),
+            ],
+            "pip wheel",
+            timeout=3600,
+        )
         print(f"==> {eng} build of {versioned} from {base}", flush=True)
-        args = ["--build-arg", f"BASE={base}", "--build-arg", f"FLAVOUR={flavour}", "-f", str(HERE / "Containerfile"), "-t", versioned, str(ctx)]
-        cmd = _cmd(eng, "bud", "--isolation", "chroot", "--layers=false", *args) if eng == "buildah" else [eng, "build", *args]
+        args = [
+            "--build-arg",
+            f"BASE={base}",
+            "--build-arg",
+            f"FLAVOUR={flavour}",
+            "-f",
+            str(HERE / "Containerfile"),
+            "-t",
+            versioned,
+            str(ctx),
+        ]
+        cmd = (
+            _cmd(eng, "bud", "--isolation", "chroot", "--layers=false", *args)
+            if eng == "buildah"
+            else [eng, "build", *args]
+        )
         _run(cmd, f"{eng} build", timeout=3600)
     _run(_cmd(eng, "tag", versioned, moving) if eng == "buildah" else [eng, "tag", versioned, moving], "tag")
-    print(f"==> built {versioned} (also {moving}) in {time.perf_counter() - t0:.0f} s, {image_size(eng, versioned) / 1e6:.0f} MB", flush=True)
+    print(
+        f"==> built {versioned} (also {moving}) in {time.perf_counter() - t0:.0f} s, {image_size(eng, versioned) / 1e6:.0f} MB",
+        flush=True,
+    )
     return versioned
 
 
@@ -224,25 +270,35 @@ def check(flavour: str = "cpu", timeout: float = 180) -> str:
         photo = Image.fromarray(skimage.data.chelsea())
         buf = io.BytesIO()
         photo.save(buf, "PNG")
-        r = requests.post(f"http://127.0.0.1:{port}/segment", files={"image": ("chelsea.png", buf.getvalue())}, timeout=60)
+        r = requests.post(
+            f"http://127.0.0.1:{port}/segment", files={"image": ("chelsea.png", buf.getvalue())}, timeout=60
+        )
     if r.status_code != 200:
         raise ImageError(f"image {ref}: POST /segment answered {r.status_code}: {r.text[:200]}")
     mask = Image.open(io.BytesIO(r.content))
     if mask.size != photo.size:
-        raise ImageError(f"image {ref}: the mask is {mask.size[0]}x{mask.size[1]}, the photo {photo.size[0]}x{photo.size[1]}")
+        raise ImageError(
+            f"image {ref}: the mask is {mask.size[0]}x{mask.size[1]}, the photo {photo.size[0]}x{photo.size[1]}"
+        )
     classes = ", ".join(str(c) for c in np.unique(np.asarray(mask)))
-    return (f"image {ref} ({eng}): {size_mb:.0f} MB, ready in {ready:.1f} s, POST /segment {r.status_code} "
-            f"({mask.size[0]}x{mask.size[1]} mask for the {photo.size[0]}x{photo.size[1]} photo, classes {classes})")
+    return (
+        f"image {ref} ({eng}): {size_mb:.0f} MB, ready in {ready:.1f} s, POST /segment {r.status_code} "
+        f"({mask.size[0]}x{mask.size[1]} mask for the {photo.size[0]}x{photo.size[1]} photo, classes {classes})"
+    )
 
 
 def _in_container(eng: str, ref: str, cmd: list[str]) -> str:
     if eng == "buildah":
         ctr = _run(_cmd(eng, "from", ref), "buildah from").stdout.strip()
         try:
-            return _run(_cmd(eng, "run", "--isolation", "chroot", ctr, "--", *cmd), "the check inside the image", timeout=300).stdout
+            return _run(
+                _cmd(eng, "run", "--isolation", "chroot", ctr, "--", *cmd), "the check inside the image", timeout=300
+            ).stdout
         finally:
             _quiet(_cmd(eng, "rm", ctr))
-    return _run([eng, "run", "--rm", "--entrypoint", cmd[0], ref, *cmd[1:]], "the check inside the image", timeout=300).stdout
+    return _run(
+        [eng, "run", "--rm", "--entrypoint", cmd[0], ref, *cmd[1:]], "the check inside the image", timeout=300
+    ).stdout
 
 
 class _started:

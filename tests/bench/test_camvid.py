@@ -1,4 +1,5 @@
 """benchmarks.camvid's bookkeeping: seeds per row, run folders, averages over seeds and the table."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,11 @@ def test_rows_run_every_seed_unless_they_carry_their_own():
 
 
 def test_aggregate_averages_classes_and_keeps_the_spread():
-    runs = [{"Car": 0.5, "Pole": 0.4, "mean": 0.7}, {"Car": 0.7, "Pole": 0.6, "mean": 0.8}, {"Car": 0.6, "Pole": 0.2, "mean": 0.9}]
+    runs = [
+        {"Car": 0.5, "Pole": 0.4, "mean": 0.7},
+        {"Car": 0.7, "Pole": 0.6, "mean": 0.8},
+        {"Car": 0.6, "Pole": 0.2, "mean": 0.9},
+    ]
     agg = camvid.aggregate(runs)
     assert agg["Car"] == pytest.approx(0.6) and agg["Pole"] == pytest.approx(0.4)
     assert (agg["mean"], agg["min"], agg["max"], agg["n"]) == (pytest.approx(0.8), 0.7, 0.9, 3)
@@ -25,8 +30,10 @@ def test_aggregate_averages_classes_and_keeps_the_spread():
 def test_table_has_a_line_per_row_and_variant_with_seeds_and_spread():
     one = camvid.aggregate([{"Car": 0.5, "mean": 0.7}])
     three = camvid.aggregate([{"Car": 0.5, "mean": 0.7}, {"Car": 0.7, "mean": 0.8}, {"Car": 0.6, "mean": 0.9}])
-    rows = {"P": ({"label": "plain", "train_min": 7.0, "fp32": one}, []),
-            "G": ({"label": "fit", "train_min": 3.0, "fp32": three, "int8": three}, [])}
+    rows = {
+        "P": ({"label": "plain", "train_min": 7.0, "fp32": one}, []),
+        "G": ({"label": "fit", "train_min": 3.0, "fp32": three, "int8": three}, []),
+    }
     lines = camvid.table_lines(rows)
     assert lines[0] == "| row | change | seeds | Car | mean IoU | min-max over seeds | train min |"
     assert lines[2] == "| P | plain | 1 | 0.500 | **0.700** |  | 7.0 |"
@@ -44,4 +51,8 @@ def test_row_a_is_the_row_fit_resolves_its_defaults_to(tmp_path):
     assert same is not None and same != "A"
     assert _resolved(RECIPES[same][0]) == _resolved(RECIPES["A"][0])
     assert _resolved(RECIPES["G"][0])["bs"] == 8 and _resolved(RECIPES["A"][0])["bs"] == 4
-    assert same == "DB" and _resolved(RECIPES["Q"][0])["decoder_norm"] == "none" and _resolved(RECIPES["A"][0])["decoder_norm"] == "batch"
+    assert (
+        same == "DB"
+        and _resolved(RECIPES["Q"][0])["decoder_norm"] == "none"
+        and _resolved(RECIPES["A"][0])["decoder_norm"] == "batch"
+    )

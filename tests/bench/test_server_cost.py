@@ -1,5 +1,6 @@
 """The server-cost benchmark's pieces: the near-zero-cost model keeps the export's contract, the report's
 goal lines, and the GPU check's answer on a host without CUDA."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ import pytest
 from contract_model import make_contract_model
 
 from benchmarks.free_model import build
-from benchmarks.gpu import mean_batch, to_markdown as gpu_markdown
+from benchmarks.gpu import mean_batch
+from benchmarks.gpu import to_markdown as gpu_markdown
 from benchmarks.server_cost import goal_lines, to_markdown
 from loadtest.server import ROOT
 from serving.runtime import SegmentationRuntime
@@ -20,12 +22,20 @@ from serving.runtime import SegmentationRuntime
 
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_free_model_keeps_the_exports_contract_and_metadata(tmp_path, dynamic):
-    meta = {"dynamic_hw": str(dynamic).lower(), "classes": json.dumps(["a", "b", "c", "d"]),
-            "colours": json.dumps([[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3]]), "metrics": json.dumps({"dice_fg": 0.9})}
+    meta = {
+        "dynamic_hw": str(dynamic).lower(),
+        "classes": json.dumps(["a", "b", "c", "d"]),
+        "colours": json.dumps([[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3]]),
+        "metrics": json.dumps({"dice_fg": 0.9}),
+    }
     make_contract_model(tmp_path / "src" / "model.onnx", 64, metadata=meta)
     free = build(tmp_path / "src", tmp_path / "free")
     rt = SegmentationRuntime.load(free, "cpu", "auto", threads=1)  # the service's own contract checks
-    assert rt.meta.classes == ("a", "b", "c", "d") and rt.meta.dynamic_hw is dynamic and rt.meta.metrics == {"dice_fg": 0.9}
+    assert (
+        rt.meta.classes == ("a", "b", "c", "d")
+        and rt.meta.dynamic_hw is dynamic
+        and rt.meta.metrics == {"dice_fg": 0.9}
+    )
     shape = (3, 96, 160, 3) if dynamic else (3, 64, 64, 3)
     x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     masks, probs = rt.run_scores(x)
@@ -37,34 +47,84 @@ def test_free_model_keeps_the_exports_contract_and_metadata(tmp_path, dynamic):
 
 
 def _cells(rps, p99):
-    return [{"concurrency": c, "rps": r, "p50": p / 2, "p95": p, "p99": p, "errors": 0, "cpu_ms_per_request": 2.0, "rounds_rps": [r, r]}
-            for c, r, p in zip((1, 16, 32), rps, p99)]
+    return [
+        {
+            "concurrency": c,
+            "rps": r,
+            "p50": p / 2,
+            "p95": p,
+            "p99": p,
+            "errors": 0,
+            "cpu_ms_per_request": 2.0,
+            "rounds_rps": [r, r],
+        }
+        for c, r, p in zip((1, 16, 32), rps, p99)
+    ]
 
 
 def test_report_states_each_goal_met_or_missed_by_how_much():
-    table = {"this service": {"256 px PNG": _cells([100, 390, 400], [20, 60, 150])},
-             "LitServe (2 workers, batch 8)": {"256 px PNG": _cells([50, 300, 400], [30, 68, 110])}}
+    table = {
+        "this service": {"256 px PNG": _cells([100, 390, 400], [20, 60, 150])},
+        "LitServe (2 workers, batch 8)": {"256 px PNG": _cells([50, 300, 400], [30, 68, 110])},
+    }
     lines = goal_lines(table, "256 px PNG")
     assert lines[0] == "- c=1: 2.00x LitServe (the lead at c=1 is to be kept)"
     assert lines[1].startswith("- c=16: 1.30x LitServe's req/s (goal >= 1.3x: met); p99 60 vs 68 ms (met)")
-    assert lines[2].startswith("- c=32: 1.00x LitServe's req/s (goal >= 1.3x: missed by 0.30); p99 150 vs 110 ms (higher: missed)")
-    md = to_markdown({"date": "d", "machine": "m", "source": "s", "rounds": 2, "command": "c", "sets": ["256 px PNG"], "table": table})
+    assert lines[2].startswith(
+        "- c=32: 1.00x LitServe's req/s (goal >= 1.3x: missed by 0.30); p99 150 vs 110 ms (higher: missed)"
+    )
+    md = to_markdown(
+        {
+            "date": "d",
+            "machine": "m",
+            "source": "s",
+            "rounds": 2,
+            "command": "c",
+            "sets": ["256 px PNG"],
+            "table": table,
+        }
+    )
     assert "| this service | 100 (10 / 20) | 390 (30 / 60) | 400 (75 / 150) | 2.00 | 0 |" in md
 
 
 def test_gpu_check_reads_mean_batch_from_metrics_and_reports_na_without_nvidia_smi():
-    text = ('# HELP seg_batch_size x\nseg_batch_size_bucket{le="1.0"} 3.0\nseg_batch_size_sum 40.0\nseg_batch_size_count 5.0\n'
-            'seg_batch_size_sum{worker="2"} 8.0\nseg_batch_size_count{worker="2"} 3.0\n')
+    text = (
+        '# HELP seg_batch_size x\nseg_batch_size_bucket{le="1.0"} 3.0\nseg_batch_size_sum 40.0\nseg_batch_size_count 5.0\n'
+        'seg_batch_size_sum{worker="2"} 8.0\nseg_batch_size_count{worker="2"} 3.0\n'
+    )
     assert mean_batch(text) == (48.0, 8.0)
-    md = gpu_markdown([{"variant": "fp16", "size": 128, "concurrency": 16, "rps": 900.0, "p50": 10.0, "p99": 30.0, "errors": 0,
-                        "mean_batch": 6.5, "gpu_util": None}], ROOT)
+    md = gpu_markdown(
+        [
+            {
+                "variant": "fp16",
+                "size": 128,
+                "concurrency": 16,
+                "rps": 900.0,
+                "p50": 10.0,
+                "p99": 30.0,
+                "errors": 0,
+                "mean_batch": 6.5,
+                "gpu_util": None,
+            }
+        ],
+        ROOT,
+    )
     assert "| fp16 | 128 px PNG | 16 | 900 | 10 | 30 | 6.5 | n/a | 0 |" in md
 
 
 def test_gpu_check_on_a_host_without_cuda_ends_in_one_line_and_exit_2(rule_model_dir):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--model", str(rule_model_dir)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--model", str(rule_model_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if r.returncode == 0:  # pragma: no cover - a CUDA host
         pytest.skip("this host has CUDA: the check ran")
     lines = (r.stdout + r.stderr).strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("benchmarks.gpu: no CUDA here, nothing measured: ")
+    assert (
+        r.returncode == 2
+        and len(lines) == 1
+        and lines[0].startswith("benchmarks.gpu: no CUDA here, nothing measured: ")
+    )

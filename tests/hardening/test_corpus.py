@@ -1,5 +1,6 @@
 """The bad-input corpus against a real `bentoml serve`: every entry gets its expected status and advice,
 no 5xx anywhere, and the service is still ready and right straight after each one."""
+
 from __future__ import annotations
 
 import io
@@ -7,9 +8,9 @@ import io
 import numpy as np
 import pytest
 import requests
+from contract_model import png_bytes, served_mask
 from PIL import Image
 
-from contract_model import png_bytes, served_mask
 from loadtest.badinputs import PHOTO, corpus
 from loadtest.server import served
 
@@ -33,8 +34,15 @@ def test_corpus_has_at_least_25_kinds():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(server, case):
-    r = requests.post(server.url + case.route, files=case.files, data=case.data, json=case.json, params=case.params,
-                      headers=case.headers, timeout=30)
+    r = requests.post(
+        server.url + case.route,
+        files=case.files,
+        data=case.data,
+        json=case.json,
+        params=case.params,
+        headers=case.headers,
+        timeout=30,
+    )
     assert r.status_code < 500, (r.status_code, r.text[:300])
     assert r.status_code == case.status, (r.status_code, r.text[:300])
     if case.status >= 400:
@@ -44,4 +52,6 @@ def test_bad_input(server, case):
     # still ready, and right
     assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
     ok = requests.post(server.url + "/segment", files={"image": ("p.png", png_bytes(PHOTO))}, timeout=30)
-    assert ok.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(ok.content))), truth(png_bytes(PHOTO)))
+    assert ok.status_code == 200 and np.array_equal(
+        np.asarray(Image.open(io.BytesIO(ok.content))), truth(png_bytes(PHOTO))
+    )

@@ -2,6 +2,7 @@
 route sends is documented with its body and headers, options accept what they declare, no 5xx. The one
 finding left is by design: bytes that the schema calls a file but that are not an image get the
 documented 415 (no schema can say "an image")."""
+
 from __future__ import annotations
 
 import re
@@ -38,9 +39,25 @@ def test_api_document_declares_every_status_and_retry_after(fuzz_server):
 
 def test_schemathesis_all_checks_find_only_the_documented_415(fuzz_server, tmp_path):
     junit = tmp_path / "schemathesis.xml"
-    cmd = [str(Path(sys.executable).with_name("schemathesis")), "run", fuzz_server.url + "/docs.json", "--checks", "all",
-           "--max-examples", "25", "--seed", "7", "--report", "junit", "--report-junit-path", str(junit), "--no-color"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache stays out of the tree
+    cmd = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        fuzz_server.url + "/docs.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        "25",
+        "--seed",
+        "7",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(junit),
+        "--no-color",
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )  # its cache stays out of the tree
     assert junit.is_file(), r.stdout[-2000:] + r.stderr[-2000:]
     tested, unexpected = set(), []
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -49,7 +66,9 @@ def test_schemathesis_all_checks_find_only_the_documented_415(fuzz_server, tmp_p
             text = failure.text or ""
             codes = set(re.findall(r"- (ST\d+)", text))
             statuses = set(re.findall(r"^\[(\d{3})\]", text, re.M))
-            documented_415 = case.get("name") in ROUTES and codes == {"ST202"} and statuses == {"415"} and "not an image" in text
+            documented_415 = (
+                case.get("name") in ROUTES and codes == {"ST202"} and statuses == {"415"} and "not an image" in text
+            )
             if not documented_415:
                 unexpected.append(f"{case.get('name')}: {' '.join(text.split())[:400]}")
     assert ROUTES <= tested, tested

@@ -1,4 +1,5 @@
 """The load tooling: the shared client, the readiness wait, and the peer servers of the benchmark."""
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,12 @@ def test_wait_ready_survives_a_port_that_accepts_but_does_not_answer_then_fails_
 
 def test_documented_scripts_end_in_one_line_when_the_server_cannot_start(tmp_path):
     for module in ("loadtest.verify_batching", "loadtest.overload", "loadtest.bigimages"):
-        r = subprocess.run([sys.executable, "-m", module, "--model", str(tmp_path / "no-model")], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", module, "--model", str(tmp_path / "no-model")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (module, r.stderr[-800:])
 
@@ -68,8 +74,14 @@ def test_peer_servers_do_the_same_work(module, tiny_export):
     payloads = client.photos((128,), square=False)[:2]
     expected = offline_masks(tiny_export, payloads, variant="fp32")
     with peer_server(module, "--model", str(tiny_export), "--variant", "fp32") as url:
-        results, _ = client.run(url, payloads, concurrency=2, n=4, keep_bodies=True,
-                                check=lambda i, r: np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[i % 2]))
+        results, _ = client.run(
+            url,
+            payloads,
+            concurrency=2,
+            n=4,
+            keep_bodies=True,
+            check=lambda i, r: np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[i % 2]),
+        )
     assert all(r.ok for r in results), [r.status for r in results]
 
 

@@ -1,5 +1,6 @@
 """The image recipe kept honest without building it (`make image-check` builds and runs it: minutes, not CI):
 the Containerfile, the flavours' requirements, the local base, and the Kubernetes manifests that use the image."""
+
 from __future__ import annotations
 
 import re
@@ -23,7 +24,7 @@ def test_containerfile_serves_the_bento_as_a_non_root_user_on_the_probed_port():
     assert _directive("USER") == ["1034"] and _directive("EXPOSE") == ["3000"]
     assert _directive("ENTRYPOINT") == ['["/opt/venv/bin/bentoml", "serve", "segmentation:latest"]']
     assert "bentoml import /tmp/segmentation.bento" in RECIPE  # the bento, with its model, in the image's own store
-    env = dict(re.findall(r"(\w+)=(\S+)", RECIPE[RECIPE.index("ENV "):RECIPE.index("COPY ")]))
+    env = dict(re.findall(r"(\w+)=(\S+)", RECIPE[RECIPE.index("ENV ") : RECIPE.index("COPY ")]))
     assert env["BENTOML_PORT"] == "3000" and env["BENTOML_HOST"] == "0.0.0.0"
     bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     assert env["SEG_MODEL"] == bento["models"][0]  # the model packed in the bento, by tag
@@ -35,7 +36,11 @@ def test_flavours_take_their_onnxruntime_and_keep_the_bentos_other_requirements(
     req.parent.mkdir(parents=True)
     req.write_text("bentoml==1.4.40\nonnxruntime-gpu==1.31.1\nnumpy>=1.26,<3\n# a comment\n")
     assert image.requirements(tmp_path, "cpu") == ["bentoml==1.4.40", "numpy>=1.26,<3", "onnxruntime==1.31.1"]
-    assert image.requirements(tmp_path, "cuda") == ["bentoml==1.4.40", "numpy>=1.26,<3", "onnxruntime-gpu[cuda,cudnn]==1.31.1"]
+    assert image.requirements(tmp_path, "cuda") == [
+        "bentoml==1.4.40",
+        "numpy>=1.26,<3",
+        "onnxruntime-gpu[cuda,cudnn]==1.31.1",
+    ]
     assert image.image_ref("segmentation:abc123", "cuda") == ("segmentation:abc123-cuda", "segmentation:cuda")
 
 
@@ -51,7 +56,11 @@ def test_local_base_is_debian_12_with_python_3_11(monkeypatch):
     monkeypatch.setattr(image.subprocess, "run", lambda *a, **kw: (_ for _ in ()).throw(FileNotFoundError(a[0][0])))
     assert image.make_base("buildah") == image.LOCAL_BASE  # the clean-up of the working container never fails the build
     (boot,) = [c for c in calls if c[0] == "debootstrap"]
-    assert "bookworm" in boot and "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates" in boot
+    assert (
+        "bookworm" in boot
+        and "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates"
+        in boot
+    )
     assert calls[-1][-2:] == ["ctr", image.LOCAL_BASE] and "vfs" in calls[-1]  # committed as the default base
 
 

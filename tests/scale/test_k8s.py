@@ -1,4 +1,5 @@
 """The Kubernetes recipe matches the bento: image name, port, probes on BentoML's health endpoints."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """`python -m serving predict`: a folder in, masks (+ overlays, CSV) out, resumable, inputs untouched."""
+
 from __future__ import annotations
 
 import csv
@@ -6,13 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
-
 from contract_model import expected_mask
+from PIL import Image
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "serving", "predict", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "serving", "predict", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_predict_folder_writes_masks_overlays_csv_and_resumes(tmp_path, rule_model_dir):

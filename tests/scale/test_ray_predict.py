@@ -1,5 +1,6 @@
 """`python -m serving predict --ray`: the folder runner on a Ray cluster, in-process ("local") and a real
 `ray start --head` cluster joined by address with token authentication. Tiled, so a per-pixel rule model gives exact masks."""
+
 from __future__ import annotations
 
 import csv
@@ -12,17 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from contract_model import expected_mask
 from PIL import Image
 
-from contract_model import expected_mask
 from loadtest.server import free_port
 
 RAY = Path(sys.executable).with_name("ray")
 
 
 def _cli(*args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "serving", "predict", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "serving", "predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -52,7 +58,22 @@ def test_ray_local_matches_the_rule_skips_bad_files_and_resumes(folder, tmp_path
     src, arrays = folder
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     out = tmp_path / "out"
-    r = _cli(src, out, "--model", rule_model_dir, "--csv", "--tile", "--batch-size", "3", "--device", "cpu", "--ray", "local", "--ray-actors", "2")
+    r = _cli(
+        src,
+        out,
+        "--model",
+        rule_model_dir,
+        "--csv",
+        "--tile",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--ray",
+        "local",
+        "--ray-actors",
+        "2",
+    )
     assert r.returncode == 1, r.stderr[-2000:]  # the broken file
     assert "skipped broken.jpg" in r.stderr and "7 segmented, 0 already done, 1 failed" in r.stdout
     _check(out, arrays)
@@ -68,13 +89,38 @@ def test_ray_cluster_by_address_with_token_auth(folder, tmp_path, rule_model_dir
     src, arrays = folder
     port = free_port()
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                           "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    head = subprocess.run(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert head.returncode == 0, head.stderr[-2000:]
     try:
         out = tmp_path / "out"
         t = time.monotonic()
-        r = _cli(src, out, "--model", rule_model_dir, "--csv", "--tile", "--device", "cpu", "--ray", f"127.0.0.1:{port}", env=env)
+        r = _cli(
+            src,
+            out,
+            "--model",
+            rule_model_dir,
+            "--csv",
+            "--tile",
+            "--device",
+            "cpu",
+            "--ray",
+            f"127.0.0.1:{port}",
+            env=env,
+        )
         assert r.returncode == 1 and "7 segmented" in r.stdout, r.stderr[-2000:]
         _check(out, arrays)
         print(f"ray cluster run: {time.monotonic() - t:.1f} s")
@@ -84,7 +130,10 @@ def test_ray_cluster_by_address_with_token_auth(folder, tmp_path, rule_model_dir
 
 def test_ray_bad_addresses_fail_in_one_line(folder, tmp_path, rule_model_dir):
     src, _ = folder
-    for address, message in ((f"127.0.0.1:{free_port()}", "nothing answers there"), ("not-an-address", "use local, auto, HOST:PORT")):
+    for address, message in (
+        (f"127.0.0.1:{free_port()}", "nothing answers there"),
+        ("not-an-address", "use local, auto, HOST:PORT"),
+    ):
         t = time.monotonic()
         r = _cli(src, tmp_path / "out", "--model", rule_model_dir, "--ray", address, timeout=60)
         assert r.returncode == 2 and message in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr

@@ -1,15 +1,17 @@
 """Tiled inference: shapes, coverage, seams, and better masks than squishing on a large scene."""
+
 from __future__ import annotations
 
 import io
 
 import numpy as np
 import pytest
+from contract_model import expected_mask, png_bytes
 from PIL import Image
 
-from contract_model import expected_mask, png_bytes
 from serving import tiling
 from serving.runtime import SegmentationRuntime
+
 
 # Whole-image helpers over the public pieces (plan_tiles, pad_for_tiles, tiles_of, Blender): the service
 # itself feeds tiles batch by batch (serving.pipeline.Job).
@@ -22,7 +24,6 @@ def blend(outputs, layout, n_classes):
     b = tiling.Blender(layout, n_classes)
     b.add(outputs)
     return b.result()
-
 
 
 def dice(a, b, n):
@@ -92,8 +93,9 @@ def test_no_seams_with_a_real_unet(tiny_export):
 
 
 def test_service_tile_option(rule_model_dir):
-    from loadtest.server import served
     import requests
+
+    from loadtest.server import served
 
     img = scene(96, 128)
     with served(rule_model_dir, SEG_MAX_BATCH_SIZE=8) as proc:

@@ -1,4 +1,5 @@
 """The asyncio batcher (same-shape batches whenever the model is free) and admission by work."""
+
 from __future__ import annotations
 
 import asyncio
@@ -105,7 +106,9 @@ def test_admission_counts_work_ahead_against_the_budget():
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
     a = Admission(budget_s=1.0, max_batch_size=8)
     a.watch(b)
-    assert a.share(1.0, 1) == 1.0 and a.share(1.0, 100) == 16.0 and a.share(2.0, 3) == 6.0  # tiles: two batches queued at most
+    assert (
+        a.share(1.0, 1) == 1.0 and a.share(1.0, 100) == 16.0 and a.share(2.0, 3) == 6.0
+    )  # tiles: two batches queued at most
     for _ in range(100):  # 100 images of 10 ms each: 1.0 s ahead is still within the budget
         assert a.try_admit(1.0) is None
     assert a.try_admit(16.0) is None  # a tiled request reserves its two batches; the queue ahead (1.0 s) fit

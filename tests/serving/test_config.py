@@ -1,4 +1,5 @@
 """Serving configuration from environment variables: defaults, overrides, one-line errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,17 @@ def test_defaults_and_overrides():
     c = ServeConfig.from_env({})
     assert c.model_dir == Path("exported_models/default") and c.device == "auto" and c.max_batch_size == 8
     assert c.access_log is False and c.tracing is False and c.ort_spin is False and c.api_token == ""
-    c = ServeConfig.from_env({"SEG_MODEL_DIR": "m", "SEG_MAX_BATCH_SIZE": "3", "SEG_DEVICE": "cpu", "SEG_THREADS": "1",
-                              "SEG_TRACING": "True", "SEG_ORT_SPIN": "1", "SEG_ACCESS_LOG": "yes"})
+    c = ServeConfig.from_env(
+        {
+            "SEG_MODEL_DIR": "m",
+            "SEG_MAX_BATCH_SIZE": "3",
+            "SEG_DEVICE": "cpu",
+            "SEG_THREADS": "1",
+            "SEG_TRACING": "True",
+            "SEG_ORT_SPIN": "1",
+            "SEG_ACCESS_LOG": "yes",
+        }
+    )
     assert c.model_dir == Path("m") and c.max_batch_size == 3 and c.device == "cpu" and c.intra_op_threads == 1
     assert c.tracing is True and c.ort_spin is True and c.access_log is True
 
@@ -32,11 +42,13 @@ def test_configuration_reference_lists_exactly_the_settings():
     from loadtest.server import ROOT
 
     doc = (ROOT / "docs" / "serving.md").read_text()
-    table = doc[doc.index("## Configuration"):]
+    table = doc[doc.index("## Configuration") :]
     table = table[: table.index("\n\n", table.index("|"))]
     documented = re.findall(r"^\| `(SEG_[A-Z0-9_]+)` \|", table, re.M)  # one variable per row
     assert sorted(documented) == sorted(ServeConfig.env_names())
-    used = subprocess.run(["git", "grep", "-h", "-o", "-E", "SEG_[A-Z0-9_]+", "--", "serving/"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    used = subprocess.run(
+        ["git", "grep", "-h", "-o", "-E", "SEG_[A-Z0-9_]+", "--", "serving/"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
     assert set(used) <= set(ServeConfig.env_names()) | {"SEG_"}, set(used) - set(ServeConfig.env_names())
 
 
@@ -47,13 +59,19 @@ def test_readme_short_table_states_the_real_defaults():
     from loadtest.server import ROOT
 
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Configuration in short"):]
-    table = table[table.index("| variable"): table.index("\n\n", table.index("| variable"))]
+    table = readme[readme.index("## Configuration in short") :]
+    table = table[table.index("| variable") : table.index("\n\n", table.index("| variable"))]
     rows = re.findall(r"^\| (`SEG_[^|]+) \| ([^|]+) \|", table, re.M)
     c = ServeConfig()
-    expected = {"SEG_MODEL_DIR": f"`{c.model_dir}`", "SEG_DEVICE": f"`{c.device}`", "SEG_VARIANT": f"`{c.variant}`",
-                "SEG_MAX_BATCH_SIZE": str(c.max_batch_size), "SEG_MAX_LATENCY_MS": str(c.max_latency_ms),
-                "SEG_API_TOKEN": "unset", "SEG_WORKERS": "one per core"}
+    expected = {
+        "SEG_MODEL_DIR": f"`{c.model_dir}`",
+        "SEG_DEVICE": f"`{c.device}`",
+        "SEG_VARIANT": f"`{c.variant}`",
+        "SEG_MAX_BATCH_SIZE": str(c.max_batch_size),
+        "SEG_MAX_LATENCY_MS": str(c.max_latency_ms),
+        "SEG_API_TOKEN": "unset",
+        "SEG_WORKERS": "one per core",
+    }
     assert len(rows) == 7
     for names, default in rows:
         for name in re.findall(r"SEG_[A-Z_]+", names):
@@ -63,17 +81,20 @@ def test_readme_short_table_states_the_real_defaults():
     assert c.api_token == "" and c.workers == 0 and c.model == ""
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"SEG_MAX_BATCH_SIZE": "abc"}, "SEG_MAX_BATCH_SIZE='abc': must be an integer"),
-    ({"SEG_MAX_BATCH_SIZE": "0"}, "must be a positive integer"),
-    ({"SEG_DEVICE": "tpu"}, "use auto, cuda or cpu"),
-    ({"SEG_VARIANT": "int4"}, "use auto, fp32, int8 or fp16"),
-    ({"SEG_THREADS": "64", "SEG_WORKERS": "2"}, "exceeds the"),
-    ({"SEG_TRACING": "sometimes"}, "SEG_TRACING='sometimes': use true or false"),
-    ({"SEG_ORT_SPIN": "2"}, "SEG_ORT_SPIN='2': use true or false"),
-    ({"SEG_MAX_TILES": "0"}, "SEG_MAX_TILES=0: must be a positive integer"),
-    ({"SEG_TIMEOUT_S": "5"}, "SEG_TIMEOUT_S=5 must exceed SEG_MAX_LATENCY_MS=10000"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"SEG_MAX_BATCH_SIZE": "abc"}, "SEG_MAX_BATCH_SIZE='abc': must be an integer"),
+        ({"SEG_MAX_BATCH_SIZE": "0"}, "must be a positive integer"),
+        ({"SEG_DEVICE": "tpu"}, "use auto, cuda or cpu"),
+        ({"SEG_VARIANT": "int4"}, "use auto, fp32, int8 or fp16"),
+        ({"SEG_THREADS": "64", "SEG_WORKERS": "2"}, "exceeds the"),
+        ({"SEG_TRACING": "sometimes"}, "SEG_TRACING='sometimes': use true or false"),
+        ({"SEG_ORT_SPIN": "2"}, "SEG_ORT_SPIN='2': use true or false"),
+        ({"SEG_MAX_TILES": "0"}, "SEG_MAX_TILES=0: must be a positive integer"),
+        ({"SEG_TIMEOUT_S": "5"}, "SEG_TIMEOUT_S=5 must exceed SEG_MAX_LATENCY_MS=10000"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(ConfigError, match="SEG_") as e:
         ServeConfig.from_env(env)
@@ -86,11 +107,18 @@ def test_token_check():
     assert c.token_ok("Bearer s3cret") and not c.token_ok("Bearer s3cre") and not c.token_ok("")
 
 
-@pytest.mark.parametrize("env,excluded,access", [
-    ({}, ["/segment", "/overlay", "/stats"], False),  # the defaults: no spans, no access line on the inference routes
-    ({"SEG_TRACING": "false", "SEG_ACCESS_LOG": "false"}, ["/segment", "/overlay", "/stats"], False),
-    ({"SEG_TRACING": "true", "SEG_ACCESS_LOG": "true"}, [], True),
-])
+@pytest.mark.parametrize(
+    "env,excluded,access",
+    [
+        (
+            {},
+            ["/segment", "/overlay", "/stats"],
+            False,
+        ),  # the defaults: no spans, no access line on the inference routes
+        ({"SEG_TRACING": "false", "SEG_ACCESS_LOG": "false"}, ["/segment", "/overlay", "/stats"], False),
+        ({"SEG_TRACING": "true", "SEG_ACCESS_LOG": "true"}, [], True),
+    ],
+)
 def test_tracing_and_access_log_switches_reach_bentoml_service_config(env, excluded, access):
     import os
     import subprocess
@@ -110,8 +138,14 @@ def test_workers_default_to_one_per_core_on_cpu_and_on_gpu_capped(monkeypatch):
     monkeypatch.setattr(config, "has_gpu", lambda: False)
     c = ServeConfig.from_env({})
     assert (c.resolved_workers, c.intra_op_threads) == (4, 1)
-    assert (ServeConfig.from_env({"SEG_THREADS": "2"}).resolved_workers, ServeConfig.from_env({"SEG_THREADS": "2"}).intra_op_threads) == (2, 2)
-    assert (ServeConfig.from_env({"SEG_WORKERS": "1"}).resolved_workers, ServeConfig.from_env({"SEG_WORKERS": "1"}).intra_op_threads) == (1, 4)
+    assert (
+        ServeConfig.from_env({"SEG_THREADS": "2"}).resolved_workers,
+        ServeConfig.from_env({"SEG_THREADS": "2"}).intra_op_threads,
+    ) == (2, 2)
+    assert (
+        ServeConfig.from_env({"SEG_WORKERS": "1"}).resolved_workers,
+        ServeConfig.from_env({"SEG_WORKERS": "1"}).intra_op_threads,
+    ) == (1, 4)
     assert ServeConfig.from_env({"SEG_DEVICE": "cuda"}).resolved_workers == 4  # every core feeds the GPU
     monkeypatch.setattr(config, "has_gpu", lambda: True)
     assert (ServeConfig.from_env({}).resolved_workers, ServeConfig.from_env({}).intra_op_threads) == (4, 1)
@@ -124,20 +158,32 @@ def test_workers_default_to_one_per_core_on_cpu_and_on_gpu_capped(monkeypatch):
 
 
 def test_defaults_have_one_home_each():
-    """The model folder, batch size, devices, variants and image extensions are defined once and read everywhere."""
+    """The model folder, the batch size, the upload limits, devices, variants and image extensions are defined
+    once (contract.metadata, serving.config) and read everywhere else."""
     import re
     import subprocess
 
+    import contract
     from loadtest.server import ROOT
-    from serving import config, imaging, predict, runtime
+    from serving import predict, runtime
+    from training import data
 
-    assert config.DEFAULT_MODEL_DIR == ServeConfig().model_dir == predict.PredictConfig(None, None).model_dir
-    assert config.DEFAULT_BATCH_SIZE == ServeConfig().max_batch_size == predict.PredictConfig(None, None).batch_size
-    assert re.search(r"^MODEL_DIR \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1) == str(config.DEFAULT_MODEL_DIR)
+    assert contract.DEFAULT_MODEL_DIR == ServeConfig().model_dir == predict.PredictConfig(None, None).model_dir
+    assert contract.DEFAULT_BATCH_SIZE == ServeConfig().max_batch_size == predict.PredictConfig(None, None).batch_size
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^MODEL_DIR \?= (.+)$", makefile, re.M).group(1) == str(contract.DEFAULT_MODEL_DIR)
     assert runtime.VARIANTS == ("auto", "fp32", "int8", "fp16") and runtime.DEVICES == ("auto", "cuda", "cpu")
-    from training.data import IMAGE_EXTS
+    assert data.IMAGE_EXTENSIONS is contract.IMAGE_EXTENSIONS
 
-    assert IMAGE_EXTS is imaging.EXTENSIONS
-    found = subprocess.run(["git", "grep", "-n", "-E", r'Path\("exported_models/default"\)|"\.jpeg", |batch_size: int = 8\b',
-                            "--", "serving/*.py", "training/*.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip().splitlines()
-    assert len(found) == 2 and all("DEFAULT_MODEL_DIR =" in ln or "EXTENSIONS =" in ln for ln in found), found  # the definitions only
+    def grep(pattern: str) -> list[str]:
+        out = subprocess.run(["git", "grep", "-n", "-E", pattern, "--", "*.py", ":!tests/*"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip().splitlines()
+
+    (model_dir,) = grep(r'Path\("exported_models/default"\)')  # the definition only
+    assert model_dir.startswith("contract/metadata.py:") and "DEFAULT_MODEL_DIR =" in model_dir
+    (batch,) = grep(r"\b(batch_size|max_batch_size|bs)(: int)? ?= ?8\b|DEFAULT_BATCH_SIZE = ")
+    assert batch.startswith("contract/metadata.py:")
+    limits = grep(r"\b(20_000_000|40_000_000)\b")
+    assert [ln.split(":")[0] for ln in limits] == ["serving/config.py", "serving/config.py"], limits
+    (extensions,) = grep(r'"\.jpeg", ')
+    assert extensions.startswith("contract/metadata.py:")

@@ -1,13 +1,13 @@
 """Every endpoint over in-process HTTP (BentoML's ASGI app with its lifespan), against the rule model."""
+
 from __future__ import annotations
 
 import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from contract_model import png_bytes, served_mask
+from PIL import Image
 
 RNG = np.random.default_rng(3)
 PHOTO = RNG.integers(0, 256, (50, 70, 3), dtype=np.uint8)
@@ -33,7 +33,20 @@ def test_segment_returns_palette_png_of_upload_size(client):
     assert im.getpalette()[:9] == [0, 0, 0, 255, 0, 0, 0, 255, 0]
 
 
-@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("CMYK", "TIFF"), ("1", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "GIF")])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("CMYK", "TIFF"),
+        ("1", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+        ("RGB", "GIF"),
+    ],
+)
 def test_modes_and_formats(client, mode, fmt):
     im = Image.fromarray(PHOTO).convert(mode)
     r = post(client, "/segment", png_bytes(im, fmt, **({"lossless": True} if fmt == "WEBP" else {})))
@@ -106,12 +119,22 @@ def test_model_info_and_bentoml_endpoints(client):
 BAD = [
     ("text named .png", dict(files={"image": ("x.png", b"just some text", "image/png")}), 415, "not an image"),
     ("wrong field", dict(files={"photo": ("x.png", png_bytes(PHOTO), "image/png")}), 400, "unknown form field"),
-    ("extra field", dict(files={"image": ("x.png", png_bytes(PHOTO), "image/png"), "other": ("y.png", b"\x89PNG", "image/png")}), 400, "unknown form field"),
+    (
+        "extra field",
+        dict(files={"image": ("x.png", png_bytes(PHOTO), "image/png"), "other": ("y.png", b"\x89PNG", "image/png")}),
+        400,
+        "unknown form field",
+    ),
     ("empty file", dict(files={"image": ("x.png", b"", "image/png")}), 400, "empty upload"),
     ("truncated png", dict(files={"image": ("x.png", png_bytes(PHOTO)[:300], "image/png")}), 400, "truncated"),
     ("json body", dict(json={"image": "abc"}), 415, "multipart/form-data"),
     ("no body", dict(), 415, "multipart/form-data"),
-    ("rle not bool", dict(files={"image": ("x.png", png_bytes(PHOTO), "image/png")}, params={"rle": "maybe"}), 400, "not a boolean"),
+    (
+        "rle not bool",
+        dict(files={"image": ("x.png", png_bytes(PHOTO), "image/png")}, params={"rle": "maybe"}),
+        400,
+        "not a boolean",
+    ),
 ]
 
 
@@ -123,7 +146,9 @@ def test_bad_input_is_4xx_with_advice_and_service_stays_ready(client, name, kw, 
     assert needle in r.text
     assert client.get("/readyz").status_code == 200
     ok = post(client, "/segment", png_bytes(PHOTO))
-    assert ok.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(ok.content))), truth(Image.fromarray(PHOTO)))
+    assert ok.status_code == 200 and np.array_equal(
+        np.asarray(Image.open(io.BytesIO(ok.content))), truth(Image.fromarray(PHOTO))
+    )
 
 
 def raw_post(client, route, body: bytes, ctype: str, **kw):
@@ -147,28 +172,58 @@ def test_rfc_valid_bodies_are_accepted(client):
     body = multipart([("image", "x.png", png)])
     want = truth(Image.fromarray(PHOTO))
     for label, data, ctype in [
-        ("preamble+epilogue", b"This is the preamble.\r\nIt is to be ignored.\r\n" + body + b"This is the epilogue.\r\n",
-         "multipart/form-data; boundary=b0undary"),
+        (
+            "preamble+epilogue",
+            b"This is the preamble.\r\nIt is to be ignored.\r\n" + body + b"This is the epilogue.\r\n",
+            "multipart/form-data; boundary=b0undary",
+        ),
         ("capital Boundary", body, "multipart/form-data; Boundary=b0undary"),
         ("quoted", body, 'multipart/form-data; boundary="b0undary"; charset=utf-8'),
     ]:
         r = raw_post(client, "/segment", data, ctype)
         assert r.status_code == 200, (label, r.text)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want), label
-    r = raw_post(client, "/stats", multipart([("rle", None, b"true"), ("image", "x.png", png), ("tile", None, b"false")]),
-                 "multipart/form-data; boundary=b0undary")
+    r = raw_post(
+        client,
+        "/stats",
+        multipart([("rle", None, b"true"), ("image", "x.png", png), ("tile", None, b"false")]),
+        "multipart/form-data; boundary=b0undary",
+    )
     assert r.status_code == 200 and all("rle" in c for c in r.json()["classes"])
 
 
-@pytest.mark.parametrize("label,body,status,needle", [
-    ("cut off", multipart([("image", "x.png", png_bytes(PHOTO))])[:-40], 400, "cut off before its closing boundary"),
-    ("garbage", b"hello, this is not multipart", 400, "malformed multipart"),
-    ("no image field", multipart([("tile", None, b"true")]), 400, "no form field `image`"),
-    ("image as text", multipart([("image", None, b"http://example.com/cat.png")]), 400, "holds text, not a file"),
-    ("part without a name", b'--b0undary\r\nContent-Disposition: form-data; filename="x.png"\r\n\r\nabc\r\n--b0undary--\r\n', 400, "malformed multipart"),
-    ("unknown option", multipart([("image", "x.png", png_bytes(PHOTO)), ("colour", None, b"red")]), 400, "unknown form field(s) 'colour'"),
-    ("oversize option", multipart([("image", "x.png", png_bytes(PHOTO)), ("tile", None, b"t" * 5000)]), 400, "malformed multipart"),
-])
+@pytest.mark.parametrize(
+    "label,body,status,needle",
+    [
+        (
+            "cut off",
+            multipart([("image", "x.png", png_bytes(PHOTO))])[:-40],
+            400,
+            "cut off before its closing boundary",
+        ),
+        ("garbage", b"hello, this is not multipart", 400, "malformed multipart"),
+        ("no image field", multipart([("tile", None, b"true")]), 400, "no form field `image`"),
+        ("image as text", multipart([("image", None, b"http://example.com/cat.png")]), 400, "holds text, not a file"),
+        (
+            "part without a name",
+            b'--b0undary\r\nContent-Disposition: form-data; filename="x.png"\r\n\r\nabc\r\n--b0undary--\r\n',
+            400,
+            "malformed multipart",
+        ),
+        (
+            "unknown option",
+            multipart([("image", "x.png", png_bytes(PHOTO)), ("colour", None, b"red")]),
+            400,
+            "unknown form field(s) 'colour'",
+        ),
+        (
+            "oversize option",
+            multipart([("image", "x.png", png_bytes(PHOTO)), ("tile", None, b"t" * 5000)]),
+            400,
+            "malformed multipart",
+        ),
+    ],
+)
 def test_malformed_bodies_get_a_4xx_that_says_what_to_fix(client, label, body, status, needle):
     r = raw_post(client, "/segment", body, "multipart/form-data; boundary=b0undary")
     assert r.status_code == status and needle in r.json()["error"], (label, r.text)
@@ -192,5 +247,7 @@ def test_openapi_documents_the_real_request_and_response_types(client):
     props = stats.get("properties") or docs["components"]["schemas"][stats["$ref"].rsplit("/", 1)[-1]]["properties"]
     assert {"width", "height", "classes"} <= set(props)
     assert "get" in docs["paths"]["/model"] and "get" in docs["paths"]["/ui"]
-    assert docs["info"]["description"].startswith("Semantic segmentation with a fastai U-Net")  # Swagger UI at / says what this is
+    assert docs["info"]["description"].startswith(
+        "Semantic segmentation with a fastai U-Net"
+    )  # Swagger UI at / says what this is
     assert "This is a Machine Learning Service created with BentoML" not in docs["info"]["description"]

@@ -1,4 +1,5 @@
 """Decoding, validation, resizing and encoding: pure functions, no server."""
+
 from __future__ import annotations
 
 import io
@@ -80,15 +81,20 @@ def _png_header_only(w, h) -> bytes:
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("data,status,needle", [
-    (b"", 400, "empty upload"),
-    (b"hello, I am text", 415, "not an image"),
-    (_png_header_only(30000, 30000), 413, "pixel limit"),
-    (b"x" * 5_000_001, 413, "byte limit"),
-])
+@pytest.mark.parametrize(
+    "data,status,needle",
+    [
+        (b"", 400, "empty upload"),
+        (b"hello, I am text", 415, "not an image"),
+        (_png_header_only(30000, 30000), 413, "pixel limit"),
+        (b"x" * 5_000_001, 413, "byte limit"),
+    ],
+)
 def test_bad_uploads_raise_with_status_and_advice(data, status, needle):
     with pytest.raises(ImageError) as e:
         decode_image(data, **CAPS)
@@ -146,10 +152,16 @@ def test_upsampled_scores_equal_torch_bilinear_then_argmax():
     from serving.imaging import upsample_scores
 
     rng = np.random.default_rng(0)
-    for c, (h, w), (H, W) in [(3, (16, 16), (50, 37)), (7, (45, 60), (360, 480)), (2, (10, 13), (10, 13)), (4, (20, 30), (7, 9))]:
-        logits = torch.nn.functional.interpolate(torch.tensor(rng.normal(size=(1, c, 4, 5)), dtype=torch.float32), size=(h, w), mode="bilinear")
+    for c, (h, w), (H, W) in [
+        (3, (16, 16), (50, 37)),
+        (7, (45, 60), (360, 480)),
+        (2, (10, 13), (10, 13)),
+        (4, (20, 30), (7, 9)),
+    ]:
+        logits = torch.nn.functional.interpolate(
+            torch.tensor(rng.normal(size=(1, c, 4, 5)), dtype=torch.float32), size=(h, w), mode="bilinear"
+        )
         p = torch.softmax(logits * 3, 1)
         ref = torch.nn.functional.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
         got = upsample_scores(p[0].numpy(), (W, H))
         assert got.shape == (H, W) and got.dtype == np.uint8 and np.array_equal(got, ref), (c, h, w, H, W)
-

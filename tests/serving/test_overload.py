@@ -2,6 +2,7 @@
 with a fixed 64 px input, whose tiled requests cut full-resolution tiles: hundreds per image): tiled
 requests finish, small requests keep flowing meanwhile, and every refusal is early, with a fixed status
 and Retry-After."""
+
 from __future__ import annotations
 
 import io
@@ -11,9 +12,9 @@ import time
 import numpy as np
 import requests
 import skimage.data
+from contract_model import png_bytes
 from PIL import Image
 
-from contract_model import png_bytes
 from loadtest.server import served
 
 BIG = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((1400, 1100)))  # 23x30 = 690 tiles of 64 px
@@ -35,7 +36,9 @@ class Background(threading.Thread):
         self.url, self.response = url, None
 
     def run(self):
-        self.response = requests.post(self.url + "/segment?tile=true", files={"image": ("big.png", png_bytes(BIG))}, timeout=300)
+        self.response = requests.post(
+            self.url + "/segment?tile=true", files={"image": ("big.png", png_bytes(BIG))}, timeout=300
+        )
 
 
 def until_running(url: str, worker_busy) -> None:
@@ -95,6 +98,10 @@ def test_work_over_budget_is_refused_early_with_503_and_a_tile_cap_with_413(tiny
         assert big.response.status_code == 200  # admitted when the queue was empty: it finishes
         huge = png_bytes(np.zeros((2200, 2200, 3), np.uint8))  # 45 x 45 tiles: over SEG_MAX_TILES
         r = requests.post(proc.url + "/segment?tile=true", files={"image": ("h.png", huge)}, timeout=30)
-        assert r.status_code == 413 and "SEG_MAX_TILES=1000" in r.json()["error"] and "python -m serving predict" in r.json()["error"]
+        assert (
+            r.status_code == 413
+            and "SEG_MAX_TILES=1000" in r.json()["error"]
+            and "python -m serving predict" in r.json()["error"]
+        )
         metrics = requests.get(proc.url + "/metrics", timeout=10).text
         assert 'seg_refused_total{status="503"}' in metrics and 'seg_refused_total{status="413"}' in metrics

@@ -1,24 +1,28 @@
 """The data path shared by the service, predict, Ray and the Python API: geometry, shape buckets, tiles."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from contract import ModelMeta
 from serving import pipeline
-from serving.runtime import ModelMeta
 
 
 def meta(dynamic: bool, size=(96, 128)) -> ModelMeta:
     return ModelMeta(classes=("a", "b", "c"), colours=((0, 0, 0),) * 3, input_size=size, dynamic_hw=dynamic)
 
 
-@pytest.mark.parametrize("size_wh,scaled,input_hw", [
-    ((480, 360), (96, 128), (96, 128)),  # the training aspect: exactly the training size
-    ((360, 480), (128, 96), (128, 96)),  # portrait: the transposed bucket
-    ((1920, 1080), (96, 171), (96, 192)),  # 16:9: short side 96, padded to 32
-    ((50, 40), (96, 120), (96, 128)),  # small images are scaled up to the training scale
-])
+@pytest.mark.parametrize(
+    "size_wh,scaled,input_hw",
+    [
+        ((480, 360), (96, 128), (96, 128)),  # the training aspect: exactly the training size
+        ((360, 480), (128, 96), (128, 96)),  # portrait: the transposed bucket
+        ((1920, 1080), (96, 171), (96, 192)),  # 16:9: short side 96, padded to 32
+        ((50, 40), (96, 120), (96, 128)),  # small images are scaled up to the training scale
+    ],
+)
 def test_any_size_models_keep_the_aspect_at_training_scale(size_wh, scaled, input_hw):
     p = pipeline.plan(meta(True), size_wh)
     assert (p.scaled_hw, p.input_hw, p.inputs, p.tiled) == (scaled, input_hw, 1, False)
@@ -35,7 +39,10 @@ def test_fixed_size_models_squish_and_tile_at_full_resolution():
     assert pipeline.plan(m, (300, 200)) == pipeline.Plan((300, 200), (64, 64), (64, 64), 1)
     p = pipeline.plan(m, (300, 200), tile=True)
     assert p.tiled and p.scaled_hw == (200, 300) and p.input_hw == (64, 64)
-    assert pipeline.plan(m, (300, 200), tile_above=50_000).tiled and not pipeline.plan(m, (300, 200), tile_above=70_000).tiled
+    assert (
+        pipeline.plan(m, (300, 200), tile_above=50_000).tiled
+        and not pipeline.plan(m, (300, 200), tile_above=70_000).tiled
+    )
 
 
 def test_jobs_pad_crop_and_upsample_back_to_the_image_size():
@@ -61,7 +68,10 @@ def test_segmenter_batches_equal_shapes_and_keeps_order(tiny_export):
     run = seg.runtime.run_scores
     seg.runtime.run_scores = lambda b: calls.append(b.shape) or run(b)
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, s, np.uint8)) for s in [(64, 64, 3), (90, 60, 3), (32, 32, 3), (120, 80, 3)]]
+    images = [
+        Image.fromarray(rng.integers(0, 256, s, np.uint8))
+        for s in [(64, 64, 3), (90, 60, 3), (32, 32, 3), (120, 80, 3)]
+    ]
     masks = seg.predict_many(images, batch_size=8)
     assert [m.shape for m in masks] == [(64, 64), (90, 60), (32, 32), (120, 80)]
     assert sorted(calls) == [(2, 64, 64, 3), (2, 96, 64, 3)]  # two shape buckets, one batch each

@@ -1,15 +1,16 @@
 """Provider and variant choice, contract checks at load time."""
+
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
+from contract_model import CLASSES, expected_mask, make_contract_model, make_int8_folder
 from onnx import TensorProto
 
-from contract_model import CLASSES, expected_mask, make_contract_model, make_int8_folder
-from serving.runtime import ContractError, SegmentationRuntime, choose_providers
+from contract import ContractError
+from serving.runtime import SegmentationRuntime, choose_providers
 
 
 def test_runs_and_matches_rule(rule_model_dir):
@@ -33,7 +34,9 @@ def test_choose_providers():
 def test_auto_falls_back_to_cpu_with_a_warning(rule_model_dir, caplog):
     # ONNX Runtime lists CUDA here (onnxruntime-gpu) but cannot load it without a GPU: auto must say so and go on.
     with caplog.at_level(logging.WARNING, logger="serving.runtime"):
-        rt = SegmentationRuntime.load(rule_model_dir, "auto", available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        rt = SegmentationRuntime.load(
+            rule_model_dir, "auto", available=["CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
     assert rt.provider == "CPUExecutionProvider"
     assert any("running on CPU" in r.message for r in caplog.records)
 
@@ -68,7 +71,9 @@ def test_cuda_path_uses_options_and_fp16(tmp_path, monkeypatch):
         def get_providers(self):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    rt = SegmentationRuntime.load(tmp_path, "cuda", available=["CUDAExecutionProvider", "CPUExecutionProvider"], _session_factory=FakeSession)
+    rt = SegmentationRuntime.load(
+        tmp_path, "cuda", available=["CUDAExecutionProvider", "CPUExecutionProvider"], _session_factory=FakeSession
+    )
     assert seen["path"].endswith("model.fp16.onnx") and rt.variant == "fp16" and len(preloads) == 1
     assert seen["providers"][0][1]["device_id"] == 0 and seen["providers"][0][1]["arena_extend_strategy"]
     x = np.zeros((2, 32, 32, 3), np.uint8)
@@ -87,7 +92,10 @@ def test_auto_serves_the_exported_int8_on_cpu_fp16_on_cuda_and_says_why(tmp_path
     from serving.runtime import pick_variant
 
     make_contract_model(tmp_path / "model.onnx")
-    assert pick_variant(tmp_path, "auto", on_cuda=False) == ("fp32", "auto: CPU, and the export kept no model.int8.onnx")
+    assert pick_variant(tmp_path, "auto", on_cuda=False) == (
+        "fp32",
+        "auto: CPU, and the export kept no model.int8.onnx",
+    )
     make_contract_model(tmp_path / "model.int8.onnx", metadata={"variant": "int8"})
     make_contract_model(tmp_path / "model.fp16.onnx", metadata={"variant": "fp16"})
     variant, why = pick_variant(tmp_path, "auto", on_cuda=False)
@@ -98,13 +106,16 @@ def test_auto_serves_the_exported_int8_on_cpu_fp16_on_cuda_and_says_why(tmp_path
     assert rt.variant == "int8" and rt.path.name == "model.int8.onnx" and "int8 on CPU" in rt.variant_reason
 
 
-@pytest.mark.parametrize("break_it,needle", [
-    ("missing_dir", "model folder not found"),
-    ("no_model", "no model.onnx"),
-    ("corrupt", "cannot load it"),
-    ("float_input", "input must be `image` uint8"),
-    ("no_metadata", "metadata lacks classes"),
-])
+@pytest.mark.parametrize(
+    "break_it,needle",
+    [
+        ("missing_dir", "model folder not found"),
+        ("no_model", "no model.onnx"),
+        ("corrupt", "cannot load it"),
+        ("float_input", "input must be `image` uint8"),
+        ("no_metadata", "metadata lacks classes"),
+    ],
+)
 def test_contract_violations_are_one_line(tmp_path, break_it, needle):
     d = tmp_path / "m"
     if break_it == "no_model":
@@ -123,7 +134,7 @@ def test_contract_violations_are_one_line(tmp_path, break_it, needle):
 
 def test_accuracy_rule_either_side_of_99_percent():
     """MLPerf's rule: int8 keeps >= 99 % of fp32's task metric; agreement is not what decides."""
-    from serving.accuracy import explain, rule
+    from contract.metrics import explain, rule
 
     assert rule({"dice_fg": 0.90}, {"dice_fg": 0.8911}, "dice_fg")["kept"] is True  # 99.01 %
     below = rule({"dice_fg": 0.90}, {"dice_fg": 0.8909}, "dice_fg")  # 98.99 %
@@ -142,7 +153,7 @@ def _flip(mask: np.ndarray, k: int) -> np.ndarray:
 def test_judge_scores_both_variants_against_the_truth_either_side():
     """`judge` runs both variants, scores them against the ground truth (Void left out) and applies the rule:
     an int8 that loses foreground pixels just under 1 % of fp32's Dice is kept, just over is dropped."""
-    from serving.accuracy import judge, score
+    from contract.metrics import judge, score
 
     images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     truth = expected_mask(images)
@@ -153,8 +164,15 @@ def test_judge_scores_both_variants_against_the_truth_either_side():
     ks = [k for k in range(1, fg) if score([_flip(truth, k)], [truth], CLASSES)["dice_fg"] < 0.99]
     k_fail = ks[0]
     for k, kept in ((k_fail - 1, True), (k_fail, False)):
-        r = judge(lambda x: expected_mask(x), lambda x, k=k: _flip(expected_mask(x), k) if len(x) == len(images) else expected_mask(x),
-                  images, truth, CLASSES, None, "dice_fg")
+        r = judge(
+            lambda x: expected_mask(x),
+            lambda x, k=k: _flip(expected_mask(x), k) if len(x) == len(images) else expected_mask(x),
+            images,
+            truth,
+            CLASSES,
+            None,
+            "dice_fg",
+        )
         assert r["kept"] is kept and r["fp32"] == 1.0 and r["agreement"] == 1 - k / truth.size
     # Void pixels are not scored: errors only where the truth is Void change nothing
     void_truth = truth.copy()
@@ -166,7 +184,10 @@ def test_judge_scores_both_variants_against_the_truth_either_side():
 def test_startup_recheck_serves_int8_only_when_it_keeps_the_rule_on_this_cpu(tmp_path, caplog):
     good = SegmentationRuntime.load(make_int8_folder(tmp_path / "good", 0.5), "cpu")
     assert good.variant == "int8" and good.int8_check["kept"] and good.int8_check["ratio"] == 1.0
-    assert "re-checked on this CPU: foreground Dice int8 1.0000 vs fp32 1.0000 = 100.00% of fp32 >= 99% on 5 held-out images" in good.variant_reason
+    assert (
+        "re-checked on this CPU: foreground Dice int8 1.0000 vs fp32 1.0000 = 100.00% of fp32 >= 99% on 5 held-out images"
+        in good.variant_reason
+    )
     with caplog.at_level("WARNING", logger="serving.runtime"):
         bad = SegmentationRuntime.load(make_int8_folder(tmp_path / "bad", 0.8), "cpu")
     assert bad.variant == "fp32" and bad.path.name == "model.onnx" and bad.meta.variant == "fp32"
@@ -181,7 +202,7 @@ def test_startup_recheck_serves_int8_only_when_it_keeps_the_rule_on_this_cpu(tmp
 
 
 def test_bundled_check_is_bounded_for_a_fast_start():
-    from serving.accuracy import check_subset
+    from contract.metrics import check_subset
 
     assert check_subset(60, (128, 128)) == 16  # the demo: 16 images
     assert check_subset(30, (360, 480)) == 5  # street scenes: 1 Mpx in all

@@ -1,4 +1,5 @@
 """A real `bentoml serve` on 127.0.0.1: the trained tiny model on real photos, batching, token and caps, start-up faults."""
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 import skimage.data
+from contract_model import expected_mask, make_int8_folder, png_bytes
 from PIL import Image
 
-from contract_model import expected_mask, make_int8_folder, png_bytes
 from loadtest.server import BENTOML, ROOT, free_port, served
 from loadtest.verify_batching import offline_masks
 
@@ -70,7 +71,9 @@ def _batch_metric(url: str) -> dict:
     text = requests.get(url + "/metrics", timeout=10).text
     out = {}
     for key in ("sum", "count"):
-        vals = re.findall(rf"^seg_batch_size_{key}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M) or re.findall(rf"^seg_batch_size_{key} ([0-9.e+]+)$", text, re.M)
+        vals = re.findall(rf"^seg_batch_size_{key}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M) or re.findall(
+            rf"^seg_batch_size_{key} ([0-9.e+]+)$", text, re.M
+        )
         out[key] = sum(float(v) for v in vals)
     return out
 
@@ -80,12 +83,19 @@ def test_token_and_caps_on_a_real_server(rule_model_dir):
         small = png_bytes(np.zeros((20, 20, 3), np.uint8))
         auth = {"Authorization": "Bearer s3cret"}
         assert requests.post(proc.url + "/segment", files={"image": ("x.png", small)}).status_code == 401
-        assert requests.post(proc.url + "/segment", files={"image": ("x.png", small)}, headers={"Authorization": "Bearer no"}).status_code == 401
+        assert (
+            requests.post(
+                proc.url + "/segment", files={"image": ("x.png", small)}, headers={"Authorization": "Bearer no"}
+            ).status_code
+            == 401
+        )
         assert requests.get(proc.url + "/model").status_code == 401
         assert requests.post(proc.url + "/segment", files={"image": ("x.png", small)}, headers=auth).status_code == 200
         for path in ("/readyz", "/livez", "/healthz", "/metrics"):
             assert requests.get(proc.url + path).status_code == 200, path
-        r = requests.post(proc.url + "/segment", files={"image": ("x.png", png_bytes(np.zeros((50, 50, 3), np.uint8)))}, headers=auth)
+        r = requests.post(
+            proc.url + "/segment", files={"image": ("x.png", png_bytes(np.zeros((50, 50, 3), np.uint8)))}, headers=auth
+        )
         assert r.status_code == 413 and "1000-pixel limit" in r.json()["error"]
         noise = png_bytes(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
         r = requests.post(proc.url + "/segment", files={"image": ("x.png", noise)}, headers=auth)
@@ -94,13 +104,16 @@ def test_token_and_caps_on_a_real_server(rule_model_dir):
         assert r.status_code == 413 and "byte" in r.json()["error"]
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing", "model folder not found"),
-    ("corrupt", "cannot load it"),
-    ("no_metadata", "metadata lacks"),
-    ("bad_setting", "SEG_MAX_BATCH_SIZE='abc': must be an integer"),
-    ("bad_bool", "SEG_TRACING='sometimes': use true or false"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "model folder not found"),
+        ("corrupt", "cannot load it"),
+        ("no_metadata", "metadata lacks"),
+        ("bad_setting", "SEG_MAX_BATCH_SIZE='abc': must be an integer"),
+        ("bad_bool", "SEG_TRACING='sometimes': use true or false"),
+    ],
+)
 def test_startup_faults_exit_nonzero_in_one_line(tmp_path, case, needle, rule_model_dir):
     """A bad model or setting stops `bentoml serve` within seconds: one line on stderr, non-zero exit
     (BentoML prints our StartupError as `Error: [serve] `serve` failed: <message>`)."""
@@ -117,8 +130,14 @@ def test_startup_faults_exit_nonzero_in_one_line(tmp_path, case, needle, rule_mo
     elif case == "bad_bool":
         d, env = rule_model_dir, {"SEG_TRACING": "sometimes"}
     t = time.monotonic()
-    r = subprocess.run([BENTOML, "serve", "serving.service:SegmentationService", "--host", "127.0.0.1", "--port", str(free_port())],
-                       cwd=ROOT, env={**os.environ, "SEG_MODEL_DIR": str(d), **env}, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [BENTOML, "serve", "serving.service:SegmentationService", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=ROOT,
+        env={**os.environ, "SEG_MODEL_DIR": str(d), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and time.monotonic() - t < 60
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], r.stderr[-500:]
@@ -138,7 +157,10 @@ def test_bentoml_sync_http_client_calls_the_three_routes(real_server, tiny_expor
         assert Image.open(client.overlay(image=path, tile=False)).size == (photo.shape[1], photo.shape[0])
         stats = client.stats(image=path, rle=True)
         assert (stats["width"], stats["height"]) == (photo.shape[1], photo.shape[0])
-        assert sum(c["pixels"] for c in stats["classes"]) == photo.shape[0] * photo.shape[1] and "rle" in stats["classes"][0]
+        assert (
+            sum(c["pixels"] for c in stats["classes"]) == photo.shape[0] * photo.shape[1]
+            and "rle" in stats["classes"][0]
+        )
     finally:
         client.close()
 
@@ -155,6 +177,14 @@ def test_int8_failing_the_accuracy_rule_on_this_cpu_is_not_served_and_model_says
     assert info["variant"] == "fp32" and info["model_file"].endswith("model.onnx")
     assert info["variant_reason"].startswith("auto: int8 failed the accuracy rule on this CPU (foreground Dice int8 ")
     check = info["int8_check"]
-    assert check["kept"] is False and check["ratio"] < 0.99 and check["fp32"] == 1.0 and check["images"] == 5 and check["seconds"] < 5
+    assert (
+        check["kept"] is False
+        and check["ratio"] < 0.99
+        and check["fp32"] == 1.0
+        and check["images"] == 5
+        and check["seconds"] < 5
+    )
     assert "int8 failed the accuracy rule on this CPU" in log.read_text(errors="replace")
-    assert r.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected_mask(photo[None])[0])
+    assert r.status_code == 200 and np.array_equal(
+        np.asarray(Image.open(io.BytesIO(r.content))), expected_mask(photo[None])[0]
+    )

@@ -1,4 +1,5 @@
 """Layouts, validation errors, mask conversion and synthetic data."""
+
 from __future__ import annotations
 
 import subprocess
@@ -26,7 +27,9 @@ def _mask(path: Path, arr):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "training", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_generic_layout_detected(tmp_path):
@@ -62,12 +65,15 @@ def test_unknown_layout_is_one_line(tmp_path):
         detect_layout(tmp_path)
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing_mask", "no mask for this image"),
-    ("size_mismatch", "masks must match"),
-    ("value_too_big", "mask value 5"),
-    ("empty", "folder is empty"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing_mask", "no mask for this image"),
+        ("size_mismatch", "masks must match"),
+        ("value_too_big", "mask value 5"),
+        ("empty", "folder is empty"),
+    ],
+)
 def test_bad_data_is_a_one_line_cli_error_and_writes_nothing(tmp_path, case, needle):
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
@@ -135,7 +141,10 @@ def test_synth_is_deterministic_and_textured(tmp_path):
         assert np.array_equal(ia, ib)
         assert np.array_equal(np.asarray(Image.open(a / "masks" / name)), np.asarray(Image.open(b / "masks" / name)))
         assert len(np.unique(ia.reshape(-1, 3), axis=0)) > 200  # photo textures, not flat colours
-    assert not np.array_equal(np.asarray(Image.open(a / "images" / "scene_00000.png")), np.asarray(Image.open(c / "images" / "scene_00000.png")))
+    assert not np.array_equal(
+        np.asarray(Image.open(a / "images" / "scene_00000.png")),
+        np.asarray(Image.open(c / "images" / "scene_00000.png")),
+    )
     ds = load_dataset(a)
     assert ds.codes == ("background", "butterfly", "leaf")
     masks = np.stack([np.asarray(Image.open(m)) for _, m in ds.pairs])

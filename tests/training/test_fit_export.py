@@ -1,4 +1,5 @@
 """A one-epoch fit on tiny images, and its ONNX export checked against fastai."""
+
 from __future__ import annotations
 
 import json
@@ -57,16 +58,20 @@ def test_metadata_round_trip(tiny_export, tiny_run):
     assert {"fastai", "torch", "onnx", "onnxruntime"} <= set(json.loads(meta["versions"]))
     assert 0 <= json.loads(meta["metrics"])["dice_fg"] <= 1
     # the serving side reads the same metadata through ONNX Runtime
-    from serving.runtime import ModelMeta
+    from contract import ModelMeta
 
-    sm = ModelMeta.from_props(ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
+    sm = ModelMeta.from_props(
+        ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"])
+        .get_modelmeta()
+        .custom_metadata_map
+    )
     assert sm.classes == ("background", "butterfly", "leaf") and sm.input_size == (64, 64) and sm.dynamic_hw
 
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_onnx_masks_identical_to_fastai(tiny_export, tiny_run, tiny_dataset, batch):
     """fp32 masks equal fastai's own get_preds on 100 % of pixels, at batch sizes other than the traced one (2 is traced; 1 is not)."""
-    from training.train import load_run
+    from training.run import load_run
 
     learn, meta, _ = load_run(tiny_run)
     paths = meta["valid_images"] + meta["train_images"][:3]
@@ -89,19 +94,26 @@ def test_int8_is_judged_by_the_accuracy_rule_and_the_check_is_bundled(tiny_expor
     """export.json records the rule (foreground Dice of int8 vs fp32 on the held-out images against their truth),
     pixel agreement as information and the speed-up measured as the service runs it; model.int8.onnx is there
     exactly when the rule kept it; check/ holds held-out images at the training size with their truths."""
-    import serving.accuracy as acc
+    import contract.metrics as acc
     import training.export as ex
     from training.export.gates import load_truths
 
     info = json.loads((tiny_export / "export.json").read_text())["int8"]
     assert info["metric"] == "dice_fg" and info["min_ratio"] == 0.99 and 0.0 <= info["agreement"] <= 1.0
-    assert info["kept"] == (info["int8"] >= 0.99 * info["fp32"]) and abs(info["ratio"] - info["int8"] / info["fp32"]) < 1e-9
+    assert (
+        info["kept"] == (info["int8"] >= 0.99 * info["fp32"])
+        and abs(info["ratio"] - info["int8"] / info["fp32"]) < 1e-9
+    )
     assert (tiny_export / "model.int8.onnx").is_file() == info["kept"]
     assert info["speed_measured"] == "ONNX Runtime CPU, 1 thread, batch 8, 64x64" and info["speedup"] > 0
     assert info["recipe"]["format"] == "QDQ" and info["recipe"]["float_nodes"]["batchnorm"] == 4
     images, truths, check = acc.read_check(tiny_export)
     meta = json.loads((tiny_run / "config.json").read_text())
-    assert check["images"] == len(meta["valid_images"]) == 3 and images.shape == (3, 64, 64, 3) and check["metric"] == "dice_fg"
+    assert (
+        check["images"] == len(meta["valid_images"]) == 3
+        and images.shape == (3, 64, 64, 3)
+        and check["metric"] == "dice_fg"
+    )
     assert np.array_equal(images, load_images(meta["valid_images"], (64, 64)))
     # either side of the rule, through the export's own function: the bound moved under and over this model's ratio
     imgs = load_images(meta["valid_images"], (64, 64))
@@ -109,17 +121,23 @@ def test_int8_is_judged_by_the_accuracy_rule_and_the_check_is_bundled(tiny_expor
     for step, kept in ((0, True), (1, False)):
         bound = 0.0 if ratio is None else ratio + 1e-6  # the same calibration gives the same int8: just over its ratio
         monkeypatch.setattr(acc, "MIN_RATIO", bound)
-        res = ex.make_int8(tiny_export / "model.onnx", tmp_path / f"q{step}.onnx", imgs, imgs, truths, meta["codes"], None, "dice_fg")
+        res = ex.make_int8(
+            tiny_export / "model.onnx", tmp_path / f"q{step}.onnx", imgs, imgs, truths, meta["codes"], None, "dice_fg"
+        )
         assert res["kept"] is kept and res["min_ratio"] == bound
         ratio = res["ratio"]
-    res = ex.make_int8(tiny_export / "model.onnx", tmp_path / "q.onnx", imgs, imgs)  # no ground truth: the rule cannot keep it
+    res = ex.make_int8(
+        tiny_export / "model.onnx", tmp_path / "q.onnx", imgs, imgs
+    )  # no ground truth: the rule cannot keep it
     assert res["kept"] is False and "no ground truth" in res["why"]
     assert load_truths([np.eye(4, dtype=np.uint8)], (8, 8)).shape == (1, 8, 8)
 
 
 def test_export_errors_are_one_line(tmp_path, tiny_export, tiny_run):
     def cli(*a):
-        return subprocess.run([sys.executable, "-m", "training", "export", *map(str, a)], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "training", "export", *map(str, a)], capture_output=True, text=True, timeout=300
+        )
 
     r = cli("--model", tmp_path / "nope", "--out", tmp_path / "x")
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "not a training run" in r.stderr
@@ -145,11 +163,23 @@ def test_fp16_variant_checks_and_runs(tiny_export):
 
 
 def test_lr_find_writes_its_plot(tiny_dataset, tmp_path):
-    from training.train import TrainConfig, fit
+    from training.config import TrainConfig
+    from training.fit import fit
 
     out = tmp_path / "lrf"
-    report = fit(TrainConfig(data=tiny_dataset, out=out, size=32, bs=4, frozen_epochs=0, unfrozen_epochs=1, lr_find=True,
-                                  lr_find_iters=12, n_show=1))
+    report = fit(
+        TrainConfig(
+            data=tiny_dataset,
+            out=out,
+            size=32,
+            bs=4,
+            frozen_epochs=0,
+            unfrozen_epochs=1,
+            lr_find=True,
+            lr_find_iters=12,
+            n_show=1,
+        )
+    )
     assert (out / "lr_find.png").stat().st_size > 1000
     assert [h["phase"] for h in report["history"]] == ["unfrozen"]
 
@@ -165,13 +195,39 @@ def test_parity_gate_separates_ties_from_errors():
 def test_demo_command_builds_a_servable_model(tmp_path):
     """`python -m training demo` (what `make serve` runs when no model exists), shrunk: synth -> fit -> export."""
     out = tmp_path / "exported" / "demo"
-    r = subprocess.run([sys.executable, "-m", "training", "demo", "--out", str(out), "--work", str(tmp_path / "work"), "--n", "8",
-                        "--size", "32", "--bs", "4", "--frozen-epochs", "1", "--unfrozen-epochs", "0"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "demo",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--n",
+            "8",
+            "--size",
+            "32",
+            "--bs",
+            "4",
+            "--frozen-epochs",
+            "1",
+            "--unfrozen-epochs",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-1500:]
     assert "== demo 3/3" in r.stdout and "== demo done" in r.stdout
     meta = read_metadata(out / "model.onnx")
-    assert json.loads(meta["input_size"]) == [32, 32] and json.loads(meta["classes"]) == ["background", "butterfly", "leaf"]
+    assert json.loads(meta["input_size"]) == [32, 32] and json.loads(meta["classes"]) == [
+        "background",
+        "butterfly",
+        "leaf",
+    ]
     assert (out / "model.fp16.onnx").is_file()
     import onnx
 
@@ -181,6 +237,10 @@ def test_demo_command_builds_a_servable_model(tmp_path):
 
     rt = SegmentationRuntime.load(out, "cpu")
     assert rt.run(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 32, 32)
-    r = subprocess.run([sys.executable, "-m", "training", "demo", "--out", str(out), "--work", str(tmp_path / "work")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "training", "demo", "--out", str(out), "--work", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already exists" in r.stderr

@@ -1,4 +1,5 @@
 """People's own data and models: masks from COCO and LabelMe files, and a fastai Learner saved with learn.export()."""
+
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,9 @@ from PIL import Image
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "training", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 def _png(w=40, h=30, value=90) -> bytes:
@@ -34,11 +37,24 @@ def coco(tmp_path, annotations=None, images=None):
     rle = cocomask.encode(rle_mask)
     rle["counts"] = rle["counts"].decode()
     doc = {
-        "images": images or [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}, {"id": 2, "file_name": "b.png", "width": 40, "height": 30}],
-        "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}],  # ids in any order: dog (3) -> 1, cat (7) -> 2
-        "annotations": annotations or [
+        "images": images
+        or [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
+        ],
+        "categories": [
+            {"id": 7, "name": "cat"},
+            {"id": 3, "name": "dog"},
+        ],  # ids in any order: dog (3) -> 1, cat (7) -> 2
+        "annotations": annotations
+        or [
             {"id": 1, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 20, 0, 20, 10, 0, 10]]},
-            {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},  # overlaps the dog: later wins
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 7,
+                "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+            },  # overlaps the dog: later wins
             {"id": 3, "image_id": 2, "category_id": 7, "segmentation": rle},  # compressed RLE
         ],
     }
@@ -54,7 +70,9 @@ def test_coco_polygons_and_rle_become_index_masks(tmp_path):
     data = tmp_path / "data"
     assert (data / "codes.txt").read_text().split() == ["background", "dog", "cat"]
     a = np.asarray(Image.open(data / "masks" / "a.png"))
-    assert a[2, 2] == 1 and a[8, 15] == 2 and a[12, 25] == 2 and a[25, 35] == 0  # cat painted over the dog where they overlap
+    assert (
+        a[2, 2] == 1 and a[8, 15] == 2 and a[12, 25] == 2 and a[25, 35] == 0
+    )  # cat painted over the dog where they overlap
     b = np.asarray(Image.open(data / "masks" / "b.png"))
     assert b[22, 10] == 2 and b.sum() == 2 * 50
     from training.data import load_dataset
@@ -63,19 +81,32 @@ def test_coco_polygons_and_rle_become_index_masks(tmp_path):
     assert ds.layout == "generic" and ds.n_classes == 3 and len(ds.pairs) == 2
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing image", "image of"),
-    ("unknown category", "unknown category_id 9"),
-    ("outside", "lies outside the 40x30 image"),
-    ("malformed", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing image", "image of"),
+        ("unknown category", "unknown category_id 9"),
+        ("outside", "lies outside the 40x30 image"),
+        ("malformed", "not valid JSON"),
+    ],
+)
 def test_coco_problems_are_one_line_and_write_nothing(tmp_path, case, needle):
     if case == "missing image":
-        ann, imgs = coco(tmp_path, images=[{"id": 1, "file_name": "a.png", "width": 40, "height": 30}, {"id": 2, "file_name": "nope.png", "width": 40, "height": 30}])
+        ann, imgs = coco(
+            tmp_path,
+            images=[
+                {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+                {"id": 2, "file_name": "nope.png", "width": 40, "height": 30},
+            ],
+        )
     elif case == "unknown category":
-        ann, imgs = coco(tmp_path, annotations=[{"id": 1, "image_id": 1, "category_id": 9, "segmentation": [[0, 0, 5, 0, 5, 5]]}])
+        ann, imgs = coco(
+            tmp_path, annotations=[{"id": 1, "image_id": 1, "category_id": 9, "segmentation": [[0, 0, 5, 0, 5, 5]]}]
+        )
     elif case == "outside":
-        ann, imgs = coco(tmp_path, annotations=[{"id": 1, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 90, 0, 90, 10]]}])
+        ann, imgs = coco(
+            tmp_path, annotations=[{"id": 1, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 90, 0, 90, 10]]}]
+        )
     else:
         ann, imgs = coco(tmp_path)
         ann.write_text('{"images": [')
@@ -88,12 +119,29 @@ def test_labelme_shapes_and_embedded_images(tmp_path):
     d = tmp_path / "lm"
     d.mkdir()
     (d / "one.png").write_bytes(_png())
-    shapes = [{"label": "road", "shape_type": "rectangle", "points": [[0, 20], [40, 30]]},
-              {"label": "car", "shape_type": "polygon", "points": [[5, 15], [15, 15], [15, 25], [5, 25]]},  # over the road: wins
-              {"label": "sign", "shape_type": "circle", "points": [[30, 8], [33, 8]]}]
-    (d / "one.json").write_text(json.dumps({"imagePath": "one.png", "imageWidth": 40, "imageHeight": 30, "shapes": shapes}))
-    (d / "two.json").write_text(json.dumps({"imagePath": "missing.png", "imageData": base64.b64encode(_png(value=5)).decode(),
-                                            "imageWidth": 40, "imageHeight": 30, "shapes": [{"label": "car", "points": [[0, 0], [9, 0], [9, 9]]}]}))
+    shapes = [
+        {"label": "road", "shape_type": "rectangle", "points": [[0, 20], [40, 30]]},
+        {
+            "label": "car",
+            "shape_type": "polygon",
+            "points": [[5, 15], [15, 15], [15, 25], [5, 25]],
+        },  # over the road: wins
+        {"label": "sign", "shape_type": "circle", "points": [[30, 8], [33, 8]]},
+    ]
+    (d / "one.json").write_text(
+        json.dumps({"imagePath": "one.png", "imageWidth": 40, "imageHeight": 30, "shapes": shapes})
+    )
+    (d / "two.json").write_text(
+        json.dumps(
+            {
+                "imagePath": "missing.png",
+                "imageData": base64.b64encode(_png(value=5)).decode(),
+                "imageWidth": 40,
+                "imageHeight": 30,
+                "shapes": [{"label": "car", "points": [[0, 0], [9, 0], [9, 9]]}],
+            }
+        )
+    )
     r = _cli("masks", "--labelme", d, "--out", tmp_path / "data")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "data" / "codes.txt").read_text().split() == ["background", "car", "road", "sign"]
@@ -102,7 +150,9 @@ def test_labelme_shapes_and_embedded_images(tmp_path):
     assert np.asarray(Image.open(tmp_path / "data" / "masks" / "two.png"))[1, 6] == 1
     (d / "three.json").write_text(json.dumps({"imagePath": "gone.png", "shapes": []}))
     r = _cli("masks", "--labelme", d, "--out", tmp_path / "data2")
-    assert r.returncode == 2 and "three.json: image 'gone.png' not found" in r.stderr and not (tmp_path / "data2").exists()
+    assert (
+        r.returncode == 2 and "three.json: image 'gone.png' not found" in r.stderr and not (tmp_path / "data2").exists()
+    )
 
 
 def test_a_learner_from_learn_export_goes_through_the_same_gates(tmp_path, tiny_dataset):
@@ -114,15 +164,38 @@ def test_a_learner_from_learn_export_goes_through_the_same_gates(tmp_path, tiny_
 
     torch.manual_seed(0)
     codes = ["background", "butterfly", "leaf"]
-    dls = SegmentationDataLoaders.from_label_func(tiny_dataset, get_image_files(tiny_dataset / "images"),
-                                                  lambda p: tiny_dataset / "masks" / p.name, codes=codes,
-                                                  item_tfms=Resize(64), bs=4, valid_pct=0.25, seed=0)
+    dls = SegmentationDataLoaders.from_label_func(
+        tiny_dataset,
+        get_image_files(tiny_dataset / "images"),
+        lambda p: tiny_dataset / "masks" / p.name,
+        codes=codes,
+        item_tfms=Resize(64),
+        bs=4,
+        valid_pct=0.25,
+        seed=0,
+    )
     learn = unet_learner(dls, resnet18, pretrained=False, n_out=3)
     learn.path = tmp_path
     learn.export("export.pkl")
-    r = _cli("export", "--learner", tmp_path / "export.pkl", "--images", tiny_dataset / "images", "--out", tmp_path / "m")
-    assert r.returncode == 2 and "--trust-pickle" in r.stderr and r.stderr.count("\n") == 1 and not (tmp_path / "m").exists()
-    r = _cli("export", "--learner", tmp_path / "export.pkl", "--trust-pickle", "--images", tiny_dataset / "images", "--out", tmp_path / "m")
+    r = _cli(
+        "export", "--learner", tmp_path / "export.pkl", "--images", tiny_dataset / "images", "--out", tmp_path / "m"
+    )
+    assert (
+        r.returncode == 2
+        and "--trust-pickle" in r.stderr
+        and r.stderr.count("\n") == 1
+        and not (tmp_path / "m").exists()
+    )
+    r = _cli(
+        "export",
+        "--learner",
+        tmp_path / "export.pkl",
+        "--trust-pickle",
+        "--images",
+        tiny_dataset / "images",
+        "--out",
+        tmp_path / "m",
+    )
     assert r.returncode == 0, r.stderr[-1500:]
     from serving import Segmenter
     from training.export import export_learner, read_metadata
@@ -134,7 +207,7 @@ def test_a_learner_from_learn_export_goes_through_the_same_gates(tmp_path, tiny_
     report = export_learner(learn, tmp_path / "live", int8=False)  # a live Learner in a notebook: the same
     assert report.parity["identical"] and (tmp_path / "live" / "model.onnx").is_file()
     # the held-out check (for int8's accuracy rule) is labelled by the Learner's own get_y, live or unpickled
-    from serving.accuracy import read_check
+    from contract.metrics import read_check
 
     for folder in (tmp_path / "m", tmp_path / "live"):
         images, truths, info = read_check(folder)

@@ -1,5 +1,6 @@
 """Training precision and memory format: bf16 autocast where it is native, channels-last, and the model
 handed back to evaluation and export in fp32 and the contiguous format."""
+
 from __future__ import annotations
 
 import json
@@ -7,21 +8,25 @@ import json
 import pytest
 import torch
 
+from training.config import TrainConfig
 from training.errors import TrainingError
+from training.learner import learner_for
 from training.precision import resolve_precision, speed_callbacks
-from training.train import TrainConfig, learner_for
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("mode, flags, want", [
-    ("auto", {"avx2", "fma"}, "fp32"),                      # AVX2 only: bf16 would be emulated
-    ("auto", {"avx2", "avx512f", "avx512_vnni"}, "fp32"),   # AVX-512 without BF16
-    ("auto", {"avx512f", "avx512_bf16"}, "bf16"),
-    ("auto", {"amx_tile", "amx_bf16"}, "bf16"),
-    ("fp32", {"amx_bf16"}, "fp32"),                         # asked for: kept
-    ("bf16", {"avx2"}, "bf16"),
-])
+@pytest.mark.parametrize(
+    "mode, flags, want",
+    [
+        ("auto", {"avx2", "fma"}, "fp32"),  # AVX2 only: bf16 would be emulated
+        ("auto", {"avx2", "avx512f", "avx512_vnni"}, "fp32"),  # AVX-512 without BF16
+        ("auto", {"avx512f", "avx512_bf16"}, "bf16"),
+        ("auto", {"amx_tile", "amx_bf16"}, "bf16"),
+        ("fp32", {"amx_bf16"}, "fp32"),  # asked for: kept
+        ("bf16", {"avx2"}, "bf16"),
+    ],
+)
 def test_auto_precision_follows_the_cpu(mode, flags, want):
     assert resolve_precision(mode, CPU, flags) == want
 
@@ -38,7 +43,9 @@ def test_bf16_channels_last_train_then_hand_back_fp32_contiguous(tiny_dataset, t
     learn, _ = learner_for(config)
     first_conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     seen = []
-    hook = first_conv.register_forward_hook(lambda m, i, o: seen.append((o.dtype, o.is_contiguous(memory_format=torch.channels_last))))
+    hook = first_conv.register_forward_hook(
+        lambda m, i, o: seen.append((o.dtype, o.is_contiguous(memory_format=torch.channels_last)))
+    )
     speed = speed_callbacks("bf16", True)
     learn.add_cbs(speed)
     learn.fit(1, 1e-3)

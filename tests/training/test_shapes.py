@@ -1,4 +1,5 @@
 """Image shape in training and export: non-square sizes, crops, class balancing, Void, any-size graphs."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from contract.metrics import metrics_from_confusion
+from training.config import TrainConfig
 from training.errors import TrainingError
-from training.train import TrainConfig, metrics_from_confusion
 
 
 def test_any_size_patch_is_bit_identical_and_runs_at_odd_sizes(tiny_run):
@@ -18,7 +20,7 @@ def test_any_size_patch_is_bit_identical_and_runs_at_odd_sizes(tiny_run):
     import copy
 
     from training.model import any_size
-    from training.train import load_run
+    from training.run import load_run
 
     learn, _, _ = load_run(tiny_run)
     plain = learn.model.eval()
@@ -29,7 +31,9 @@ def test_any_size_patch_is_bit_identical_and_runs_at_odd_sizes(tiny_run):
             assert torch.equal(plain(x), patched(x)), (h, w)
 
 
-@pytest.mark.parametrize("args,want", [(["360", "480"], (360, 480)), (["360x480"], (360, 480)), (["128"], (128, 128)), (["96X64"], (96, 64))])
+@pytest.mark.parametrize(
+    "args,want", [(["360", "480"], (360, 480)), (["360x480"], (360, 480)), (["128"], (128, 128)), (["96X64"], (96, 64))]
+)
 def test_size_arguments(args, want):
     from training.__main__ import _size_arg
 
@@ -67,10 +71,14 @@ def test_augmentation_levels(tmp_path, tiny_dataset):
     ds = load_dataset(tiny_dataset)
     kinds = {}
     for level in ("affine", "flip", "none"):
-        dls = make_dataloaders(ds, size=(64, 64), bs=2, mean=[0.5] * 3, std=[0.5] * 3, valid_pct=0.25, seed=0, augment=level)
+        dls = make_dataloaders(
+            ds, size=(64, 64), bs=2, mean=[0.5] * 3, std=[0.5] * 3, valid_pct=0.25, seed=0, augment=level
+        )
         # fastai merges flip, rotation, zoom and warp into one affine transform: count its coordinate functions
-        kinds[level] = ([len(t.aff_fs) for t in dls.after_batch.fs if isinstance(t, AffineCoordTfm)],
-                        any(isinstance(t, LightingTfm) for t in dls.after_batch.fs))
+        kinds[level] = (
+            [len(t.aff_fs) for t in dls.after_batch.fs if isinstance(t, AffineCoordTfm)],
+            any(isinstance(t, LightingTfm) for t in dls.after_batch.fs),
+        )
     assert kinds["flip"] == ([1], False) and kinds["none"] == ([], False)
     assert kinds["affine"][0][0] > 1 and kinds["affine"][1]
 
@@ -108,15 +116,15 @@ def test_median_frequency_weights_and_void():
 def test_class_weights_modes(tmp_path):
     """on: median-frequency weights; sqrt: their square roots (Void still 0); off: none; auto: on above 10x imbalance."""
     from training.data import load_dataset
+    from training.losses import class_balance
     from training.synth import SynthConfig, synth
-    from training.train import _balance
 
     ds = load_dataset(synth(SynthConfig(out=tmp_path / "s", n=4, size=(60, 80), seed=1, layout="camvid")))
     idx = list(range(len(ds.pairs)))
-    on, info_on = _balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="on"), ds, idx)
-    soft, info_soft = _balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="sqrt"), ds, idx)
-    auto, _ = _balance(TrainConfig(data=tmp_path, out=tmp_path), ds, idx)
-    off, info_off = _balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="off"), ds, idx)
+    on, info_on = class_balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="on"), ds, idx)
+    soft, info_soft = class_balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="sqrt"), ds, idx)
+    auto, _ = class_balance(TrainConfig(data=tmp_path, out=tmp_path), ds, idx)
+    off, info_off = class_balance(TrainConfig(data=tmp_path, out=tmp_path, class_weights="off"), ds, idx)
     pole, void = ds.codes.index("Pole"), ds.void
     assert np.allclose(soft, np.sqrt(on)) and soft[void] == 0 and 1 < soft[pole] < on[pole]
     assert info_soft["weights"]["Pole"] == pytest.approx(float(np.sqrt(info_on["weights"]["Pole"])))
@@ -128,11 +136,15 @@ def test_metrics_leave_void_out():
     codes = ["Sky", "Pole", "Void"]
     truth = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 0, 1, 0, 1, 0])  # the two Void pixels are predicted wrong: they must not count
-    from training.train import confusion
+    from contract.metrics import confusion
 
     m = metrics_from_confusion(confusion(pred, truth, 3, void=2), codes, void=2)
     assert m["scored_classes"] == ["Sky", "Pole"] and m["iou"]["Void"] is None
-    assert m["iou"]["Sky"] == pytest.approx(2 / 3) and m["iou"]["Pole"] == pytest.approx(1 / 2) and m["pixel_acc"] == pytest.approx(3 / 4)
+    assert (
+        m["iou"]["Sky"] == pytest.approx(2 / 3)
+        and m["iou"]["Pole"] == pytest.approx(1 / 2)
+        and m["pixel_acc"] == pytest.approx(3 / 4)
+    )
 
 
 def test_street_scenes_are_camvid_layout_with_thin_poles_and_void(tmp_path):
@@ -178,14 +190,28 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
     the any-size export then serves 360x480."""
     from serving import Segmenter
     from training.export import export_run
+    from training.fit import fit
     from training.synth import SynthConfig, synth
-    from training.train import fit
 
     d = synth(SynthConfig(out=tmp_path / "s", n=10, size=(120, 160), seed=1, layout="camvid"))
-    report = fit(TrainConfig(data=d, out=tmp_path / "run", size=(96, 128), crop=(64, 96), bs=4, frozen_epochs=1,
-                             unfrozen_epochs=1, valid_pct=0.3, progressive=True, n_show=2))
+    report = fit(
+        TrainConfig(
+            data=d,
+            out=tmp_path / "run",
+            size=(96, 128),
+            crop=(64, 96),
+            bs=4,
+            frozen_epochs=1,
+            unfrozen_epochs=1,
+            valid_pct=0.3,
+            progressive=True,
+            n_show=2,
+        )
+    )
     assert report["size"] == [96, 128] and report["config"]["crop"] == [64, 96] and report["void"] == 6
-    assert report["loss"] == "ce+dice" and report["augment"] == "flip" and np.isfinite(report["history"][-1]["train_loss"])
+    assert (
+        report["loss"] == "ce+dice" and report["augment"] == "flip" and np.isfinite(report["history"][-1]["train_loss"])
+    )
     balance = report["class_balance"]
     assert balance["used"] and balance["imbalance_ratio"] > 10 and balance["weights"]["Void"] == 0
     assert balance["weights"]["Pole"] > balance["weights"]["Road"]
@@ -209,7 +235,10 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
 
     valid = [Path(v) for v in report["valid_images"]]
     t = tally(tmp_path / "exp", valid, draw=1)
-    car_px = sum(int((np.asarray(Image.open(d / "labels" / f"{v.stem}_P.png")) == STREET_CLASSES.index("Car")).sum()) for v in valid)
+    car_px = sum(
+        int((np.asarray(Image.open(d / "labels" / f"{v.stem}_P.png")) == STREET_CLASSES.index("Car")).sum())
+        for v in valid
+    )
     assert sum(n for n, _ in t["cars"].values()) == car_px == t["tp"] + t["fn"]
     assert all(k.split()[0] in ("coffee", "rocket", "chelsea") and 0 <= hit <= n for k, (n, hit) in t["cars"].items())
     assert any(k.startswith("Road (") for k in t["false_car"]) and 0 <= t["car_iou"] <= 1
@@ -223,7 +252,7 @@ def test_dice_term_of_the_loss():
     the loss pickles (fastai's Learner.export) and a bad name is a one-line error."""
     import pickle
 
-    from training.train import SegmentationLoss
+    from training.losses import SegmentationLoss
 
     t = torch.zeros(2, 8, 8, dtype=torch.long)
     t[:, 2:5, :] = 1
@@ -285,7 +314,7 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
     (frozen: pct_start 0.99; unfrozen: pct_start 0.3, div 5); an unknown shape is a one-line error."""
     from types import SimpleNamespace
 
-    from training.train import _train
+    from training.fit import _train
 
     class FakeLearner:
         def __init__(self):
@@ -315,11 +344,21 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
             self.recorder.values = [[0.5]] * n
             self.during = [type(cb).__name__ for cb in self.cbs]
 
-    for shape, how, frozen_kw, unfrozen_kw in (("one-cycle", "one_cycle", {}, {}), ("flat-cos", "flat_cos", {}, {}),
-                                               ("fine-tune", "one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0})):
+    for shape, how, frozen_kw, unfrozen_kw in (
+        ("one-cycle", "one_cycle", {}, {}),
+        ("flat-cos", "flat_cos", {}, {}),
+        ("fine-tune", "one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0}),
+    ):
         learn = FakeLearner()
-        history, _, kept = _train(learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3, "bf16")
-        assert learn.calls == ["freeze", (how, 2, 4e-3, frozen_kw), "unfreeze", (how, 3, slice(2e-4, 2e-3), unfrozen_kw)]
+        history, _, kept = _train(
+            learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3, "bf16"
+        )
+        assert learn.calls == [
+            "freeze",
+            (how, 2, 4e-3, frozen_kw),
+            "unfreeze",
+            (how, 3, slice(2e-4, 2e-3), unfrozen_kw),
+        ]
         assert len(history) == 5 and kept == 4
         assert learn.during == ["ChannelsLast", "Bf16Autocast"] and learn.cbs == []  # present while fitting, gone after
     with pytest.raises(TrainingError, match="--schedule 'cosine': use one-cycle, fine-tune, flat-cos"):
@@ -332,13 +371,15 @@ def test_bn_momentum_reaches_every_batchnorm_layer(tmp_path):
     """--bn-momentum sets every BatchNorm layer's momentum (encoder and fastai's decoder); without it each layer
     keeps its own (EfficientNet-Lite0's encoder 0.01, the decoder PyTorch's 0.1); a value outside (0, 1] is a
     one-line error. The optimiser sees two parameter groups, the encoder's first (docs/training.md, --lr-unfrozen)."""
+    from training.learner import learner_for
     from training.synth import SynthConfig, synth
-    from training.train import learner_for
 
     d = synth(SynthConfig(out=tmp_path / "s", n=10, size=64, seed=1))
 
     def momenta(**kw):
-        learn, _ = learner_for(TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=2, pretrained=False, allow_random=True, **kw))
+        learn, _ = learner_for(
+            TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=2, pretrained=False, allow_random=True, **kw)
+        )
         enc = {round(m.momentum, 6) for m in learn.model[0].modules() if isinstance(m, torch.nn.BatchNorm2d)}
         return enc, {round(m.momentum, 6) for m in learn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}, learn
 
@@ -362,9 +403,9 @@ def test_class_crops_centre_on_a_class_drawn_evenly_and_reach_the_loader(tmp_pat
     validation still sees whole images; a share outside [0, 1] or without --crop is a one-line error."""
     import random
 
-    from training.data import class_centred_corner
+    from training.data import class_centred_corner, load_dataset
+    from training.learner import dataloaders_for
     from training.synth import SynthConfig, synth
-    from training.train import dataloaders_for, load_dataset
 
     m = np.zeros((60, 80), np.uint8)
     m[:, 70] = 2  # a one-pixel pole at the right border
@@ -373,22 +414,29 @@ def test_class_crops_centre_on_a_class_drawn_evenly_and_reach_the_loader(tmp_pat
     for _ in range(400):
         left, top = class_centred_corner(m, (20, 30), void=5, rng=rng)
         assert 0 <= left <= 50 and 0 <= top <= 40
-        window = m[top:top + 20, left:left + 30]
+        window = m[top : top + 20, left : left + 30]
         drawn[2 if (window == 2).any() and left == 50 else 0] += 1
     assert 140 < drawn[2] < 260  # the pole's class half the time: the window pinned to the right border over it
-    assert class_centred_corner(np.full((60, 80), 5, np.uint8), (20, 30), void=5, rng=rng) is None  # only Void: left to RandomCrop
+    assert (
+        class_centred_corner(np.full((60, 80), 5, np.uint8), (20, 30), void=5, rng=rng) is None
+    )  # only Void: left to RandomCrop
 
     d = synth(SynthConfig(out=tmp_path / "s", n=8, size=(120, 160), seed=1, layout="camvid"))
     ds = load_dataset(d)
     rare, void = [list(ds.codes).index(c) for c in ("Car", "Pole")], ds.void
 
     def shares(share):
-        cfg = TrainConfig(data=d, out=tmp_path / "run", size=(120, 160), crop=(32, 48), bs=6, class_crops=share, valid_pct=0.25)
+        cfg = TrainConfig(
+            data=d, out=tmp_path / "run", size=(120, 160), crop=(32, 48), bs=6, class_crops=share, valid_pct=0.25
+        )
         random.seed(0)  # fastai's loaders draw their own generators' seeds from `random` when built
         dls = dataloaders_for(cfg, ds)
         y = torch.cat([dls.train.one_batch()[1] for _ in range(20)])
         assert tuple(y.shape[1:]) == (32, 48) and tuple(dls.valid.one_batch()[1].shape[1:]) == (120, 160)
-        assert tuple(dls.test_dl([p for p, _ in ds.pairs[:2]]).one_batch()[0].shape[2:]) == (120, 160)  # images only (export's parity)
+        assert tuple(dls.test_dl([p for p, _ in ds.pairs[:2]]).one_batch()[0].shape[2:]) == (
+            120,
+            160,
+        )  # images only (export's parity)
         return sum((y == c).float().mean().item() for c in rare), (y == void).float().mean().item()
 
     (rare0, void0), (rare1, void1) = shares(0.0), shares(1.0)
@@ -402,7 +450,7 @@ def test_class_crops_centre_on_a_class_drawn_evenly_and_reach_the_loader(tmp_pat
 
 def test_ranger_reaches_the_learner(tmp_path, tiny_dataset):
     """--opt ranger builds fastai's ranger (RAdam wrapped in Lookahead); the default stays fastai's Adam."""
-    from training.train import learner_for
+    from training.learner import learner_for
 
     for opt, want in (("ranger", "Lookahead"), ("adam", "Optimizer")):
         learn, _ = learner_for(TrainConfig(data=tiny_dataset, out=tmp_path, size=64, bs=4, opt=opt))
@@ -438,13 +486,16 @@ def test_decoder_norm_puts_batchnorm_in_the_decoder_and_old_runs_load(tmp_path, 
 
     from fastai.vision.models.unet import UnetBlock
 
-    from training.train import learner_for, load_run
+    from training.learner import learner_for
+    from training.run import load_run
 
     meta = json.loads((tiny_run / "config.json").read_text())
     data = Path(meta["config"]["data"])
 
     def model(norm):
-        cfg = TrainConfig(data=data, out=tmp_path / "x", size=(64, 64), bs=2, pretrained=False, allow_random=True, decoder_norm=norm)
+        cfg = TrainConfig(
+            data=data, out=tmp_path / "x", size=(64, 64), bs=2, pretrained=False, allow_random=True, decoder_norm=norm
+        )
         return learner_for(cfg)[0].model
 
     def has_bn(m):
@@ -454,7 +505,9 @@ def test_decoder_norm_puts_batchnorm_in_the_decoder_and_old_runs_load(tmp_path, 
         m = model(norm)
         classifier, middle = m.layers[-2], m.layers[3]
         blocks = [b for b in m.layers if isinstance(b, UnetBlock)]
-        assert has_bn(middle) == in_decoder and all(has_bn(b.conv1) == has_bn(b.conv2) == in_decoder for b in blocks), norm
+        assert has_bn(middle) == in_decoder and all(has_bn(b.conv1) == has_bn(b.conv2) == in_decoder for b in blocks), (
+            norm
+        )
         assert isinstance(classifier[0], torch.nn.Conv2d) and classifier[0].kernel_size == (1, 1), norm
         assert has_bn(classifier) == on_logits and (classifier[0].bias is not None) == (not on_logits), norm
     assert TrainConfig(data=data, out=tmp_path).decoder_norm == "batch"
@@ -466,5 +519,7 @@ def test_decoder_norm_puts_batchnorm_in_the_decoder_and_old_runs_load(tmp_path, 
     torch.save(model("none").state_dict(), old / "model.pth")
     del meta["config"]["decoder_norm"]
     (old / "config.json").write_text(json.dumps(meta))
-    learn, old_meta, _ = load_run(old)  # the state_dict loads strictly: the architecture is fastai's decoder without norm
+    learn, old_meta, _ = load_run(
+        old
+    )  # the state_dict loads strictly: the architecture is fastai's decoder without norm
     assert not has_bn(learn.model.layers[3]) and old_meta["config"]["decoder_norm"] == "none"

@@ -1,6 +1,7 @@
 """The page at /ui in a real browser (headless Chromium from Debian's packages, driven by selenium):
 a real photo uploaded, the overlay drawn at the photo's size, the legend listing the model's classes,
 the mask downloadable; a bad upload shows the server's message; a sample image works in one click."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,10 @@ import pytest
 from PIL import Image
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Chromium not installed (CI installs it: apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="Chromium not installed (CI installs it: apt-get install chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +28,19 @@ def browser():
     opts = Options()
     opts.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(arg)
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
     drv.set_script_timeout(60)
@@ -64,7 +79,9 @@ def test_the_page_segments_a_real_photo(browser, request, tmp_path):
         wait(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples button.sample")) == len(samples))
         drv.find_element(By.ID, "file").send_keys(str(photo))
         wait(drv, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done"))
-        size = drv.execute_script("const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight, i.complete];")
+        size = drv.execute_script(
+            "const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight, i.complete];"
+        )
         assert size == [451, 300, True]
         names = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#legend li .name")]
         fractions = [float(e.text.rstrip(" %")) for e in drv.find_elements(By.CSS_SELECTOR, "#legend li .fraction")]
@@ -73,12 +90,15 @@ def test_the_page_segments_a_real_photo(browser, request, tmp_path):
         assert link.get_attribute("aria-disabled") == "false" and link.get_attribute("download") == "chelsea.mask.png"
         mask_size = drv.execute_async_script(
             "const done = arguments[0]; fetch(document.getElementById('download').href).then(r => r.blob())"
-            ".then(b => createImageBitmap(b)).then(i => done([i.width, i.height]));")
+            ".then(b => createImageBitmap(b)).then(i => done([i.width, i.height]));"
+        )
         assert mask_size == [451, 300]
         first = drv.find_element(By.TAG_NAME, "body").get_attribute("data-done")
         drv.find_element(By.ID, "file").send_keys(str(bad))
         wait(drv, lambda d: d.find_element(By.ID, "error").is_displayed())
-        assert "415" in drv.find_element(By.ID, "error").text and "not an image" in drv.find_element(By.ID, "error").text
+        assert (
+            "415" in drv.find_element(By.ID, "error").text and "not an image" in drv.find_element(By.ID, "error").text
+        )
         drv.find_element(By.CSS_SELECTOR, "#samples button.sample").click()
         wait(drv, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done") != first)
         assert not drv.find_element(By.ID, "error").is_displayed()

@@ -7,6 +7,7 @@ NHWC -> NCHW, the U-Net and argmax all live inside it, so serving does no tensor
 metadata), `gates` (parity against fastai), `variants` (int8, fp16); this one packages them: sources
 (a run folder or a Learner), the model folder, its samples, written in one rename.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -17,15 +18,32 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import ExportError
-from serving.accuracy import check_subset, write_check
+from contract.metrics import check_subset, write_check
 
+from ..errors import ExportError
 from .gates import PARITY_BATCHES, TIE_TOL, load_images, load_truths, parity_gate, tie_pixels
 from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
 from .variants import RECIPE, Recipe, make_fp16, make_int8, quantize, write_variants
 
-__all__ = ["ExportReport", "Source", "export_run", "export_learner", "load_learner_pickle", "source_of", "read_metadata",
-           "load_images", "tie_pixels", "make_int8", "make_fp16", "quantize", "Recipe", "RECIPE", "PARITY_BATCHES", "TIE_TOL", "OPSET"]
+__all__ = [
+    "ExportReport",
+    "Source",
+    "export_run",
+    "export_learner",
+    "load_learner_pickle",
+    "source_of",
+    "read_metadata",
+    "load_images",
+    "tie_pixels",
+    "make_int8",
+    "make_fp16",
+    "quantize",
+    "Recipe",
+    "RECIPE",
+    "PARITY_BATCHES",
+    "TIE_TOL",
+    "OPSET",
+]
 
 SAMPLES = 4  # held-out images kept beside the model, for the service's page (GET /ui)
 
@@ -55,8 +73,7 @@ class Source:
     info: dict
     run: str = ""
     truths: list | None = None  # ground-truth masks (H, W) of `valid`, at their own size; None when unknown
-    metric: str = "dice_fg"  # the task metric of the int8 accuracy rule (serving.accuracy.task_metric)
-
+    metric: str = "dice_fg"  # the task metric of the int8 accuracy rule (contract.metrics.task_metric)
 
 
 def _new_folder(out) -> Path:
@@ -71,14 +88,22 @@ def _square(size) -> list[int]:
     return [size, size] if isinstance(size, int) else list(size)
 
 
-def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = False, probs: bool = True, exporter: str = "auto",
-               dynamic_hw: bool = True) -> ExportReport:
+def export_run(
+    run_dir: Path,
+    out: Path,
+    *,
+    int8: bool = False,
+    fp16: bool = False,
+    probs: bool = True,
+    exporter: str = "auto",
+    dynamic_hw: bool = True,
+) -> ExportReport:
     """Export the run in `run_dir` into the new folder `out` (model.onnx [+ model.int8.onnx, model.fp16.onnx]).
     `dynamic_hw` False: H and W fixed at the training size (squished uploads, as older exports)."""
-    from serving.accuracy import task_metric
+    from contract.metrics import task_metric
 
     from ..data import read_mask
-    from ..train import load_run
+    from ..run import load_run
 
     run_dir, out = Path(run_dir), _new_folder(out)
     print(f"[1/4] loading the trained learner from {run_dir}", flush=True)
@@ -88,14 +113,30 @@ def export_run(run_dir: Path, out: Path, *, int8: bool = False, fp16: bool = Fal
     masks = {str(p): m for p, m in ds.pairs}
     valid = [Path(p) for p in meta["valid_images"]] or [p for p, _ in ds.pairs[:4]]
     truths = [read_mask(masks[str(p)], ds.binary_255) for p in valid] if all(str(p) in masks for p in valid) else None
-    src = Source(codes=meta["codes"], colours=meta["colours"], mean=meta["mean"], std=meta["std"],
-                 size=tuple(meta.get("size") or _square(cfg["size"])),
-                 valid=valid, truths=truths, metric=task_metric(meta.get("layout")),
-                 calib=([Path(p) for p in meta["train_images"]] or [p for p, _ in ds.pairs])[:32],
-                 info={"encoder": cfg["encoder"], "decoder_norm": cfg["decoder_norm"], "pretrained": "true" if cfg.get("pretrained") or cfg.get("weights") else "false",
-                       "crop": cfg.get("crop"), "void": meta.get("void"),
-                       "metrics": {k: v for k, v in report.get("metrics", {}).items() if k in ("dice_fg", "iou_fg", "pixel_acc", "dice", "iou", "scored_classes")}},
-                 run=str(run_dir))
+    src = Source(
+        codes=meta["codes"],
+        colours=meta["colours"],
+        mean=meta["mean"],
+        std=meta["std"],
+        size=tuple(meta.get("size") or _square(cfg["size"])),
+        valid=valid,
+        truths=truths,
+        metric=task_metric(meta.get("layout")),
+        calib=([Path(p) for p in meta["train_images"]] or [p for p, _ in ds.pairs])[:32],
+        info={
+            "encoder": cfg["encoder"],
+            "decoder_norm": cfg["decoder_norm"],
+            "pretrained": "true" if cfg.get("pretrained") or cfg.get("weights") else "false",
+            "crop": cfg.get("crop"),
+            "void": meta.get("void"),
+            "metrics": {
+                k: v
+                for k, v in report.get("metrics", {}).items()
+                if k in ("dice_fg", "iou_fg", "pixel_acc", "dice", "iou", "scored_classes")
+            },
+        },
+        run=str(run_dir),
+    )
     return _export(learn, src, out, int8=int8, fp16=fp16, probs=probs, exporter=exporter, dynamic_hw=dynamic_hw)
 
 
@@ -106,7 +147,7 @@ def source_of(learn, images=None) -> Source:
     from fastai.data.transforms import Normalize
     from fastai.vision.augment import Resize
 
-    from ..train import class_colours
+    from contract.metadata import class_colours
 
     dls = learn.dls
     norm = next((t for t in dls.after_batch.fs if isinstance(t, Normalize)), None)
@@ -114,8 +155,10 @@ def source_of(learn, images=None) -> Source:
     std = [float(v) for v in norm.std.flatten()] if norm is not None else [1.0, 1.0, 1.0]
     resize = next((t for t in dls.after_item.fs if isinstance(t, Resize)), None)
     if resize is None:
-        raise ExportError("the Learner's DataLoaders have no Resize item transform, so its training size is unknown; "
-                          "build them with item_tfms=Resize(...) or export a run folder from `python -m training fit`")
+        raise ExportError(
+            "the Learner's DataLoaders have no Resize item transform, so its training size is unknown; "
+            "build them with item_tfms=Resize(...) or export a run folder from `python -m training fit`"
+        )
     size = (int(resize.size[1]), int(resize.size[0]))  # fastai keeps (W, H)
     if images is None:
         try:
@@ -124,18 +167,31 @@ def source_of(learn, images=None) -> Source:
             images = []
     images = [Path(p) for p in images]
     if not images:
-        raise ExportError("no images to check the export against: pass images= (a few of the Learner's validation images; "
-                          "on the command line --images DIR)")
+        raise ExportError(
+            "no images to check the export against: pass images= (a few of the Learner's validation images; "
+            "on the command line --images DIR)"
+        )
     from fastai.vision.core import AddMaskCodes
 
     n_out = int(learn.model(_dummy(size)).shape[1])
     codes_tfm = next((t for t in dls.after_item.fs if isinstance(t, AddMaskCodes) and t.codes is not None), None)
     vocab = list(codes_tfm.codes) if codes_tfm is not None else []
     codes = [str(c) for c in vocab] if len(vocab) == n_out else ["background"] + [f"class_{i}" for i in range(1, n_out)]
-    return Source(codes=codes, colours=class_colours(n_out), mean=mean, std=std, size=size, valid=images[:16], calib=images[:32],
-                  truths=_learner_truths(learn, images[:16]),
-                  info={"encoder": type(learn.model[0]).__name__ if hasattr(learn.model, "__getitem__") else "", "pretrained": "unknown",
-                        "metrics": {}})
+    return Source(
+        codes=codes,
+        colours=class_colours(n_out),
+        mean=mean,
+        std=std,
+        size=size,
+        valid=images[:16],
+        calib=images[:32],
+        truths=_learner_truths(learn, images[:16]),
+        info={
+            "encoder": type(learn.model[0]).__name__ if hasattr(learn.model, "__getitem__") else "",
+            "pretrained": "unknown",
+            "metrics": {},
+        },
+    )
 
 
 def _learner_truths(learn, paths) -> list | None:
@@ -156,8 +212,17 @@ def _dummy(size: tuple[int, int]):
     return torch.zeros(1, 3, *size)
 
 
-def export_learner(learn, out: Path, images=None, *, int8: bool = True, fp16: bool = False, probs: bool = True,
-                   exporter: str = "auto", dynamic_hw: bool = True) -> ExportReport:
+def export_learner(
+    learn,
+    out: Path,
+    images=None,
+    *,
+    int8: bool = True,
+    fp16: bool = False,
+    probs: bool = True,
+    exporter: str = "auto",
+    dynamic_hw: bool = True,
+) -> ExportReport:
     """Export a fastai segmentation Learner from a notebook (or one loaded from `learn.export()`) through the
     same export, parity and int8/fp16 gates as a run folder: `export_learner(learn, "exported_models/mine")`.
     `images`: image paths to check it on (default: the Learner's validation items)."""
@@ -179,8 +244,10 @@ def load_learner_pickle(path: Path, trust: bool):
     `trust` (the CLI's --trust-pickle); errors are one line."""
     path = Path(path)
     if not trust:
-        raise ExportError(f"{path}: loading a pickled Learner runs code stored in the file; if you made it (or trust who did), "
-                          "add --trust-pickle")
+        raise ExportError(
+            f"{path}: loading a pickled Learner runs code stored in the file; if you made it (or trust who did), "
+            "add --trust-pickle"
+        )
     if not path.is_file():
         raise ExportError(f"{path}: file not found; pass the .pkl written by learn.export()")
     from fastai.learner import load_learner
@@ -191,25 +258,43 @@ def load_learner_pickle(path: Path, trust: bool):
         return load_learner(path, cpu=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        raise ExportError(f"{path}: fastai could not load it ({exc.__class__.__name__}: {first}); it must come from learn.export() "
-                          "with the same fastai version, and any custom functions it uses must be importable") from None
+        raise ExportError(
+            f"{path}: fastai could not load it ({exc.__class__.__name__}: {first}); it must come from learn.export() "
+            "with the same fastai version, and any custom functions it uses must be importable"
+        ) from None
 
 
-def _export(learn, src: Source, out: Path, *, int8: bool = False, fp16: bool = False, probs: bool = True, exporter: str = "auto",
-            dynamic_hw: bool = True) -> ExportReport:
+def _export(
+    learn,
+    src: Source,
+    out: Path,
+    *,
+    int8: bool = False,
+    fp16: bool = False,
+    probs: bool = True,
+    exporter: str = "auto",
+    dynamic_hw: bool = True,
+) -> ExportReport:
     """The export itself: graph, parity gate, metadata, variants and samples, written to the new folder `out` in one rename."""
     import onnx
 
     size, valid = src.size, src.valid
     if not dynamic_hw and any(v % 32 for v in size):
-        raise ExportError(f"--fixed-size needs a training size in multiples of 32 (this model: {size[0]}x{size[1]}); export it any-size (the default)")
+        raise ExportError(
+            f"--fixed-size needs a training size in multiples of 32 (this model: {size[0]}x{size[1]}); export it any-size (the default)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         tmp = Path(tmp)
         fp32 = tmp / "model.onnx"
-        print(f"[2/4] exporting to ONNX (opset {OPSET}, input uint8 (N, H, W, 3), "
-              + (f"any H and W; traced at {size[0]}x{size[1]})" if dynamic_hw else f"H, W = {size[0]}x{size[1]})"), flush=True)
-        used = export_graph(inference_module(learn.model, src.mean, src.std, probs, size), size, fp32, probs, exporter, dynamic_hw)
+        print(
+            f"[2/4] exporting to ONNX (opset {OPSET}, input uint8 (N, H, W, 3), "
+            + (f"any H and W; traced at {size[0]}x{size[1]})" if dynamic_hw else f"H, W = {size[0]}x{size[1]})"),
+            flush=True,
+        )
+        used = export_graph(
+            inference_module(learn.model, src.mean, src.std, probs, size), size, fp32, probs, exporter, dynamic_hw
+        )
         onnx.checker.check_model(str(fp32))
         parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw)
         metadata = _metadata(src, used, parity, dynamic_hw)
@@ -218,15 +303,30 @@ def _export(learn, src: Source, out: Path, *, int8: bool = False, fp16: bool = F
         check = load_images(valid, size)
         truths = load_truths(src.truths, size) if src.truths is not None else None
         void = src.info.get("void")
-        result.int8, result.fp16 = write_variants(fp32, tmp, metadata, int8=int8, fp16=fp16, check=check,
-                                                  calib=load_images(src.calib, size) if int8 else None,
-                                                  truths=truths, codes=src.codes, void=void, metric=src.metric)
-        if truths is not None:  # the held-out check the service repeats on the CPU it runs on (serving.accuracy)
+        result.int8, result.fp16 = write_variants(
+            fp32,
+            tmp,
+            metadata,
+            int8=int8,
+            fp16=fp16,
+            check=check,
+            calib=load_images(src.calib, size) if int8 else None,
+            truths=truths,
+            codes=src.codes,
+            void=void,
+            metric=src.metric,
+        )
+        if truths is not None:  # the held-out check the service repeats on the CPU it runs on (contract.metrics)
             n = check_subset(len(check), size)
             write_check(tmp, check[:n], truths[:n], src.codes, void, src.metric)
         _write_samples(valid, tmp / "samples")
-        (tmp / "export.json").write_text(json.dumps({"exporter": used, "parity": parity, "int8": result.int8, "fp16": result.fp16,
-                                                     "run": src.run}, indent=2, default=str))
+        (tmp / "export.json").write_text(
+            json.dumps(
+                {"exporter": used, "parity": parity, "int8": result.int8, "fp16": result.fp16, "run": src.run},
+                indent=2,
+                default=str,
+            )
+        )
         tmp.rename(out)  # everything passed: into place in one rename
         tmp.mkdir()  # TemporaryDirectory's cleanup must not fail on the moved folder
     print(f"exported {out}/model.onnx ({used} exporter)", flush=True)
@@ -238,15 +338,23 @@ def _metadata(src: Source, exporter: str, parity: dict, dynamic_hw: bool) -> dic
     import onnx
     import onnxruntime
 
-    from ..train import versions
+    from ..run import versions
 
     return {
-        "contract": "seg-onnx/1", "classes": src.codes, "colours": src.colours,
+        "contract": "seg-onnx/1",
+        "classes": src.codes,
+        "colours": src.colours,
         "input_size": list(src.size),  # the training scale
-        "dynamic_hw": "true" if dynamic_hw else "false", "mean": src.mean, "std": src.std,
-        "resize": "keep-aspect-short-side-bilinear, pad-32-reflect, scores-bilinear" if dynamic_hw else "squish-bilinear, scores-bilinear",
+        "dynamic_hw": "true" if dynamic_hw else "false",
+        "mean": src.mean,
+        "std": src.std,
+        "resize": "keep-aspect-short-side-bilinear, pad-32-reflect, scores-bilinear"
+        if dynamic_hw
+        else "squish-bilinear, scores-bilinear",
         **src.info,
-        "exporter": exporter, "opset": str(OPSET), "variant": "fp32",
+        "exporter": exporter,
+        "opset": str(OPSET),
+        "variant": "fp32",
         "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "parity": parity,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

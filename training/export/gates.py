@@ -1,5 +1,6 @@
 """The parity gate: ONNX Runtime against fastai's own output, at the training size (`get_preds`) and at other
 shapes (its model), each at batch sizes other than the traced one: identical masks except numerical ties."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,7 +47,9 @@ def load_images(paths, size: tuple[int, int]) -> np.ndarray:
 
 def load_truths(truths, size: tuple[int, int]) -> np.ndarray:
     """(N, H, W) uint8: ground-truth masks (class ids) resized to `size` with nearest neighbour, like their images."""
-    return np.stack([np.asarray(Image.fromarray(np.asarray(t, np.uint8)).resize((size[1], size[0]), Image.NEAREST)) for t in truths])
+    return np.stack(
+        [np.asarray(Image.fromarray(np.asarray(t, np.uint8)).resize((size[1], size[0]), Image.NEAREST)) for t in truths]
+    )
 
 
 def _fastai_probs(learn, paths) -> np.ndarray:
@@ -69,8 +72,14 @@ def check_parity(learn, onnx_path: Path, paths, size) -> dict:
     `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
     probabilities within TIE_TOL, far below any real export error); ties that flip are counted and reported."""
     row, ok = _compare(session(onnx_path), load_images(paths, size), _fastai_probs(learn, paths))
-    return {"images": len(paths), "batch_sizes": list(PARITY_BATCHES), "traced_batch": TRACE_BATCH, "tie_tolerance": TIE_TOL,
-            **row, "identical": ok}
+    return {
+        "images": len(paths),
+        "batch_sizes": list(PARITY_BATCHES),
+        "traced_batch": TRACE_BATCH,
+        "tie_tolerance": TIE_TOL,
+        **row,
+        "identical": ok,
+    }
 
 
 def _compare(sess, images: np.ndarray, ref: np.ndarray) -> tuple[dict, bool]:
@@ -121,19 +130,27 @@ def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std) -> dict:
     return {"shapes": rows, "identical": bool(ok)}
 
 
-
 def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dynamic_hw: bool) -> dict:
     """Both parity checks on `fp32`; ExportError (nothing written) unless every mask is identical but for ties."""
     shapes = parity_shapes(size) if dynamic_hw else []
-    print(f"[3/4] parity: ONNX Runtime vs fastai on {len(valid)} held-out images, batch sizes {PARITY_BATCHES}: get_preds at "
-          f"{size[0]}x{size[1]}" + (", its model at " + ", ".join(f"{h}x{w}" for h, w in shapes) if shapes else ""), flush=True)
+    print(
+        f"[3/4] parity: ONNX Runtime vs fastai on {len(valid)} held-out images, batch sizes {PARITY_BATCHES}: get_preds at "
+        f"{size[0]}x{size[1]}" + (", its model at " + ", ".join(f"{h}x{w}" for h, w in shapes) if shapes else ""),
+        flush=True,
+    )
     parity = check_parity(learn, fp32, valid, size)
     parity["other_shapes"] = check_shapes(learn, fp32, valid, shapes, mean, std)
     rows = [parity] + parity["other_shapes"]["shapes"]
     if not (parity["identical"] and parity["other_shapes"]["identical"]):
         worst = min(r[f"agreement_b{b}"] for r in rows for b in PARITY_BATCHES)
-        raise ExportError(f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels, and not only on numerical ties (need 100 %); nothing written")
+        raise ExportError(
+            f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels, and not only on numerical ties (need 100 %); nothing written"
+        )
     flips = sum(r[f"tie_flips_b{b}"] for r in rows for b in PARITY_BATCHES)
-    print("      masks identical on 100 % of pixels at every shape and batch size" + (f" but {flips} numerical tie(s) (top-2 gap < {TIE_TOL:g})" if flips else "")
-          + f"; largest probability difference {max(r.get('max_prob_diff', 0) for r in rows):.2e}", flush=True)
+    print(
+        "      masks identical on 100 % of pixels at every shape and batch size"
+        + (f" but {flips} numerical tie(s) (top-2 gap < {TIE_TOL:g})" if flips else "")
+        + f"; largest probability difference {max(r.get('max_prob_diff', 0) for r in rows):.2e}",
+        flush=True,
+    )
     return parity

@@ -1,5 +1,6 @@
 """The graph: fastai's U-Net wrapped with the image contract (uint8 NHWC in, mask and probabilities out) and
 written as ONNX by the dynamo exporter (the legacy one as fallback), and the metadata that makes it self-describing."""
+
 from __future__ import annotations
 
 import copy
@@ -67,9 +68,17 @@ def export_graph(module, size: tuple[int, int], path: Path, probs: bool, exporte
             if dynamic_hw:
                 dims.update({1: torch.export.Dim("H", min=16, max=16384), 2: torch.export.Dim("W", min=16, max=16384)})
             with torch.no_grad():
-                prog = torch.onnx.export(module, (dummy,), dynamo=True, opset_version=OPSET, input_names=["image"],
-                                         output_names=outputs, dynamic_shapes={"image": dims}, external_data=False,
-                                         verbose=False)
+                prog = torch.onnx.export(
+                    module,
+                    (dummy,),
+                    dynamo=True,
+                    opset_version=OPSET,
+                    input_names=["image"],
+                    output_names=outputs,
+                    dynamic_shapes={"image": dims},
+                    external_data=False,
+                    verbose=False,
+                )
             prog.save(str(path), external_data=False)
             return "dynamo"
         except Exception as exc:  # the legacy exporter is the documented fallback
@@ -82,8 +91,16 @@ def export_graph(module, size: tuple[int, int], path: Path, probs: bool, exporte
     if probs:
         axes["probs"] = {0: "N", **({2: "H", 3: "W"} if dynamic_hw else {})}
     with torch.no_grad():
-        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=["image"],
-                          output_names=outputs, dynamic_axes=axes)
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes=axes,
+        )
     return "legacy"
 
 
@@ -92,7 +109,9 @@ def set_metadata(path: Path, meta: dict) -> None:
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items() if v is not None})
+    onnx.helper.set_model_props(
+        model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items() if v is not None}
+    )
     onnx.save(model, str(path))
 
 

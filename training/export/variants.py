@@ -1,5 +1,6 @@
 """The variants beside the fp32 graph: int8 for CPUs (static QDQ, kept only when it keeps the task's accuracy) and fp16
 for GPUs (ONNX Runtime's converter, inputs and outputs keep their types)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,14 +15,18 @@ import numpy as np
 from .gates import run, session
 from .graph import set_metadata
 
-SPEED_THREADS, SPEED_BATCH, SPEED_IMAGES = 1, 8, 16  # measured the way the service runs a CPU session: one thread per worker
+SPEED_THREADS, SPEED_BATCH, SPEED_IMAGES = (
+    1,
+    8,
+    16,
+)  # measured the way the service runs a CPU session: one thread per worker
 
 
 def worker_session(path: Path):
     """An ONNX Runtime CPU session of `path` with the serving options and SPEED_THREADS thread(s), as a worker runs it."""
     import onnxruntime as ort
 
-    from serving.runtime import session_options
+    from contract.session import session_options
 
     return ort.InferenceSession(str(path), session_options(SPEED_THREADS), providers=["CPUExecutionProvider"])
 
@@ -67,7 +72,10 @@ def float_nodes(model, size: tuple[int, int]) -> tuple[list[str], list[str]]:
     from onnx import shape_inference
 
     model = shape_inference.infer_shapes(_fixed_hw(model, size), data_prop=True)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(model.graph.value_info) + list(model.graph.output)}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(model.graph.value_info) + list(model.graph.output)
+    }
     nodes = list(model.graph.node)
     first_up, low = len(nodes), None  # the decoder starts where a feature map first grows again (the first upsampling)
     for i, n in enumerate(nodes):
@@ -111,8 +119,14 @@ class Recipe:
     float_nodes: tuple[str, ...] = ("bn", "early")
 
     def describe(self) -> dict:
-        return {"format": self.fmt, "per_channel": self.per_channel, "reduce_range": self.reduce_range, "calibrate": self.calibrate,
-                "pre_process": self.pre_process, "float_nodes": list(self.float_nodes)}
+        return {
+            "format": self.fmt,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "calibrate": self.calibrate,
+            "pre_process": self.pre_process,
+            "float_nodes": list(self.float_nodes),
+        }
 
 
 RECIPE = Recipe()
@@ -121,7 +135,13 @@ RECIPE = Recipe()
 def quantize(fp32: Path, out: Path, calib_images: np.ndarray, recipe: Recipe = RECIPE) -> dict:
     """Write the int8 copy of `fp32` to `out`, calibrated on `calib_images`; returns what stayed float."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -139,33 +159,63 @@ def quantize(fp32: Path, out: Path, calib_images: np.ndarray, recipe: Recipe = R
             quant_pre_process(str(fp32), str(src), skip_symbolic_shape=True)
         bns, early = float_nodes(onnx.load(str(src)), calib_images.shape[1:3])
         exclude = (bns if "bn" in recipe.float_nodes else []) + (early if "early" in recipe.float_nodes else [])
-        quantize_static(str(src), str(out), Reader(), quant_format=getattr(QuantFormat, recipe.fmt), per_channel=recipe.per_channel,
-                        reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, recipe.calibrate), nodes_to_exclude=exclude)
-    return {"batchnorm": len(bns) if "bn" in recipe.float_nodes else 0, "early_encoder_convs": len(early) if "early" in recipe.float_nodes else 0}
+        quantize_static(
+            str(src),
+            str(out),
+            Reader(),
+            quant_format=getattr(QuantFormat, recipe.fmt),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, recipe.calibrate),
+            nodes_to_exclude=exclude,
+        )
+    return {
+        "batchnorm": len(bns) if "bn" in recipe.float_nodes else 0,
+        "early_encoder_convs": len(early) if "early" in recipe.float_nodes else 0,
+    }
 
 
-def make_int8(fp32: Path, out: Path, calib_images: np.ndarray, check_images: np.ndarray, truths: np.ndarray | None = None,
-              codes=(), void: int | None = None, metric: str = "dice_fg", recipe: Recipe = RECIPE) -> dict:
-    """int8 copy of `fp32` (see `Recipe`), judged by the accuracy rule (serving.accuracy): kept when its task
+def make_int8(
+    fp32: Path,
+    out: Path,
+    calib_images: np.ndarray,
+    check_images: np.ndarray,
+    truths: np.ndarray | None = None,
+    codes=(),
+    void: int | None = None,
+    metric: str = "dice_fg",
+    recipe: Recipe = RECIPE,
+) -> dict:
+    """int8 copy of `fp32` (see `Recipe`), judged by the accuracy rule (contract.metrics): kept when its task
     metric on `check_images` against `truths` is >= 99 % of fp32's. Pixel agreement with fp32 and the speed-up
     (one thread, batch 8, at the training size: how a service worker runs it) are reported, not gated.
 
     The default recipe: weights per channel with 7-bit range (`reduce_range`: on CPUs without VNNI, ONNX
     Runtime's u8s8 kernels can saturate 16-bit intermediate sums), activations uint8 MinMax, and the nodes
     of `float_nodes` kept in float."""
-    from serving.accuracy import judge
+    from contract.metrics import judge
 
     kept_float = quantize(fp32, out, calib_images, recipe)
     s32, s8 = session(fp32), session(out)
     speed_fp32, speed_int8 = throughputs([fp32, out], check_images)
-    result = {"calibration_images": len(calib_images), "fp32_img_s": speed_fp32, "int8_img_s": speed_int8, "speedup": speed_int8 / speed_fp32,
-              "speed_measured": f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, {check_images.shape[1]}x{check_images.shape[2]}",
-              "recipe": {**recipe.describe(), "float_nodes": kept_float}}
+    result = {
+        "calibration_images": len(calib_images),
+        "fp32_img_s": speed_fp32,
+        "int8_img_s": speed_int8,
+        "speedup": speed_int8 / speed_fp32,
+        "speed_measured": f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, {check_images.shape[1]}x{check_images.shape[2]}",
+        "recipe": {**recipe.describe(), "float_nodes": kept_float},
+    }
     if truths is None:
         ref, got = run(s32, check_images, 8)[0], run(s8, check_images, 8)[0]
-        return {**result, "agreement": float((ref == got).mean()), "kept": False,
-                "why": "no ground truth for the held-out images, so the accuracy rule cannot be applied"}
+        return {
+            **result,
+            "agreement": float((ref == got).mean()),
+            "kept": False,
+            "why": "no ground truth for the held-out images, so the accuracy rule cannot be applied",
+        }
     verdict = judge(lambda x: run(s32, x, 8)[0], lambda x: run(s8, x, 8)[0], check_images, truths, codes, void, metric)
     return {**result, **verdict, "rule": "int8 task metric >= 99 % of fp32's on the held-out images (MLPerf)"}
 
@@ -204,13 +254,31 @@ def make_fp16(fp32: Path, out: Path, check_images: np.ndarray) -> dict:
     return result
 
 
-def write_variants(fp32: Path, folder: Path, metadata: dict, *, int8: bool, fp16: bool, calib: np.ndarray | None, check: np.ndarray,
-                   truths: np.ndarray | None = None, codes=(), void: int | None = None, metric: str = "dice_fg") -> tuple[dict | None, dict | None]:
+def write_variants(
+    fp32: Path,
+    folder: Path,
+    metadata: dict,
+    *,
+    int8: bool,
+    fp16: bool,
+    calib: np.ndarray | None,
+    check: np.ndarray,
+    truths: np.ndarray | None = None,
+    codes=(),
+    void: int | None = None,
+    metric: str = "dice_fg",
+) -> tuple[dict | None, dict | None]:
     """model.int8.onnx and model.fp16.onnx beside `fp32` in `folder` as asked (int8 only when it keeps the
     accuracy rule on `check` against `truths`), with the fp32 metadata and their own results; returns (int8 result, fp16 result)."""
-    from serving.accuracy import explain
+    from contract.metrics import explain
 
-    print("[4/4] variants" + (": int8" if int8 else "") + (" fp16" if fp16 else "") + ("" if int8 or fp16 else ": none asked"), flush=True)
+    print(
+        "[4/4] variants"
+        + (": int8" if int8 else "")
+        + (" fp16" if fp16 else "")
+        + ("" if int8 or fp16 else ": none asked"),
+        flush=True,
+    )
     int8_result = fp16_result = None
     if int8:
         int8_result = make_int8(fp32, folder / "model.int8.onnx", calib, check, truths, codes, void, metric)
@@ -225,5 +293,7 @@ def write_variants(fp32: Path, folder: Path, metadata: dict, *, int8: bool, fp16
     if fp16:
         fp16_result = make_fp16(fp32, folder / "model.fp16.onnx", check)
         set_metadata(folder / "model.fp16.onnx", {**metadata, "variant": "fp16"})
-        print(f"      fp16 written; CPU check: {fp16_result.get('cpu_agreement', fp16_result.get('cpu_run'))}", flush=True)
+        print(
+            f"      fp16 written; CPU check: {fp16_result.get('cpu_agreement', fp16_result.get('cpu_run'))}", flush=True
+        )
     return int8_result, fp16_result

@@ -11,6 +11,7 @@
   `check/` in the model folder; at start-up the service scores int8 and fp32 on them with the CPU it runs
   on (int8 kernels differ between CPUs: VNNI or not) and serves fp32 if int8 fails the rule there.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,15 +83,24 @@ def rule(fp32: dict, int8: dict, metric: str, min_ratio: float | None = None) ->
     min_ratio = MIN_RATIO if min_ratio is None else min_ratio
     a, b = float(fp32[metric]), float(int8[metric])
     ratio = b / a if a > 0 else (1.0 if b >= a else 0.0)
-    return {"metric": metric, "fp32": a, "int8": b, "ratio": ratio, "min_ratio": min_ratio, "kept": bool(ratio >= min_ratio)}
+    return {
+        "metric": metric,
+        "fp32": a,
+        "int8": b,
+        "ratio": ratio,
+        "min_ratio": min_ratio,
+        "kept": bool(ratio >= min_ratio),
+    }
 
 
 def explain(result: dict) -> str:
     """One line for logs and /model: what the rule compared and how it came out."""
     names = {"iou_fg": "mean IoU", "dice_fg": "foreground Dice"}
     verdict = ">=" if result["kept"] else "<"
-    return (f"{names.get(result['metric'], result['metric'])} int8 {result['int8']:.4f} vs fp32 {result['fp32']:.4f} = "
-            f"{result['ratio']:.2%} of fp32 {verdict} {result['min_ratio']:.0%}")
+    return (
+        f"{names.get(result['metric'], result['metric'])} int8 {result['int8']:.4f} vs fp32 {result['fp32']:.4f} = "
+        f"{result['ratio']:.2%} of fp32 {verdict} {result['min_ratio']:.0%}"
+    )
 
 
 def check_subset(n: int, size: tuple[int, int]) -> int:
@@ -105,8 +115,12 @@ def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, voi
     for i, (image, truth) in enumerate(zip(images, truths)):
         Image.fromarray(image).save(d / f"image_{i}.png")
         Image.fromarray(truth.astype(np.uint8)).save(d / f"mask_{i}.png")
-    (d / "check.json").write_text(json.dumps({"images": len(images), "codes": list(codes), "void": void, "metric": metric,
-                                              "min_ratio": MIN_RATIO}, indent=2))
+    (d / "check.json").write_text(
+        json.dumps(
+            {"images": len(images), "codes": list(codes), "void": void, "metric": metric, "min_ratio": MIN_RATIO},
+            indent=2,
+        )
+    )
 
 
 def read_check(folder: Path) -> tuple[np.ndarray, np.ndarray, dict] | None:
@@ -129,6 +143,10 @@ def judge(run_fp32, run_int8, images: np.ndarray, truths: np.ndarray, codes, voi
     """Both variants on the same images against the truths: the rule's result, both metrics and their agreement."""
     a, b = run_masks(run_fp32, images), run_masks(run_int8, images)
     m32, m8 = score(a, truths, codes, void), score(b, truths, codes, void)
-    return {**rule(m32, m8, metric), "agreement": float((a == b).mean()), "images": len(images),
-            "fp32_metrics": {k: m32[k] for k in ("dice_fg", "iou_fg", "pixel_acc")},
-            "int8_metrics": {k: m8[k] for k in ("dice_fg", "iou_fg", "pixel_acc")}}
+    return {
+        **rule(m32, m8, metric),
+        "agreement": float((a == b).mean()),
+        "images": len(images),
+        "fp32_metrics": {k: m32[k] for k in ("dice_fg", "iou_fg", "pixel_acc")},
+        "int8_metrics": {k: m8[k] for k in ("dice_fg", "iou_fg", "pixel_acc")},
+    }

@@ -1,0 +1,191 @@
+"""The configuration of a fit: one typed dataclass (`TrainConfig`), its choices and its defaults.
+
+`python -m training fit` only overrides these defaults (its help text is built from them); `load_run` rebuilds
+a run's configuration from its config.json."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import Dataset
+from .errors import TrainingError
+from .model import DECODER_NORMS, ENCODERS
+
+
+def parse_hw(value) -> tuple[int, int] | None:
+    """An int (square), a (H, W) pair or "HxW" -> (H, W); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.lower().replace("x", " ").split()
+        value = [int(p) for p in parts]
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    return value * 2 if len(value) == 1 else value
+
+
+AUGMENT = ("flip", "affine", "none", "auto")
+
+LOSSES = ("auto", "ce", "ce+dice", "ce+lovasz")
+
+CLASS_WEIGHTS = ("auto", "on", "sqrt", "off")
+
+# each phase's fastai schedule and its arguments (frozen, unfrozen): one-cycle: fit_one_cycle with fastai's defaults
+# (warm-up over 25 %, from lr/25); fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %;
+# unfrozen: over 30 %, from lr/5); flat-cos: fit_flat_cos (the rate flat for 75 %, then cosine down; fastai's partner of ranger)
+SCHEDULES = {
+    "one-cycle": ("fit_one_cycle", {}, {}),
+    "fine-tune": ("fit_one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0}),
+    "flat-cos": ("fit_flat_cos", {}, {}),
+}
+
+OPTIMIZERS = ("adam", "ranger")  # fastai's Adam (its default) or ranger (RAdam + Lookahead)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# the default batch size: 4 on random crops (benchmarks.camvid rows G and Q over 5 seeds: mean IoU and Pole up on
+# every seed, the same time), 8 on whole images (the demo's recipe, measured over 5 seeds at 8)
+CROP_BS, WHOLE_BS = 4, 8
+
+BUDGET_IMAGES = 3600  # the default budget in images seen, whatever the batch: 450 steps of 8 (the demo), 900 of 4
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    encoder: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: Path | None = None
+    allow_random: bool = False
+    size: tuple[int, int] | None = (
+        None  # (H, W) training scale; None: 128x128, or the CamVid data's aspect at 128 px high
+    )
+    crop: tuple[int, int] | None = None  # (H, W) random crops at the training scale (whole images when None)
+    class_crops: float = (
+        0.0  # share of random crops centred on a pixel of a class drawn evenly from those present (Void excluded)
+    )
+    progressive: bool = False  # fastai's progressive resizing: the frozen phase at half size, then full size
+    bs: int | None = None  # None: CROP_BS on random crops, WHOLE_BS on whole images
+    valid_pct: float = 0.2
+    seed: int = 42
+    steps: int | None = (
+        None  # optimiser steps in all; epochs follow the data set's size (20 % frozen); None: BUDGET_IMAGES / bs
+    )
+    frozen_epochs: int | None = None  # explicit epochs override the step budget
+    unfrozen_epochs: int | None = None
+    lr: float = 4e-3  # head learning rate (frozen phase)
+    lr_unfrozen: tuple[float, float] = (2e-4, 2e-3)  # slice(lo, hi) for the unfrozen phase
+    class_weights: str = (
+        "auto"  # median-frequency weighted loss: auto (when unbalanced), on, sqrt (their square roots), off
+    )
+    loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
+    schedule_shape: str = "one-cycle"  # see SCHEDULES
+    opt: str = "adam"  # see OPTIMIZERS
+    decoder_norm: str = "batch"  # BatchNorm after the U-Net decoder's convolutions ("none": fastai's U-Net without it); see build_learner
+    bn_momentum: float | None = (
+        None  # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder 0.01, fastai's decoder 0.1)
+    )
+    precision: str = "auto"  # auto: bf16 autocast where the training device computes bf16 natively (AMX/AVX-512 BF16 CPUs, bf16 GPUs), else fp32
+    channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
+    keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
+    augment: str = "flip"  # flip | affine (+ rotation, zoom, warp, lighting) | none; "auto" (older commands and run folders) = flip
+    lr_find: bool = False
+    lr_find_iters: int = 100
+    last_cross: bool = True
+    n_show: int = 4
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.weights = Path(self.weights) if self.weights else None
+        try:
+            self.size, self.crop = parse_hw(self.size), parse_hw(self.crop)
+        except ValueError:
+            raise TrainingError(
+                f"--size/--crop: give H W, HxW or one number (got {self.size!r}, {self.crop!r})"
+            ) from None
+        for name, hw in (("--size", self.size), ("--crop", self.crop)):
+            if hw is not None and (len(hw) != 2 or min(hw) < 32):
+                raise TrainingError(f"{name} {hw}: give height and width, each at least 32 px")
+        if self.crop and self.size and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
+            raise TrainingError(
+                f"--crop {self.crop[0]}x{self.crop[1]} is larger than --size {self.size[0]}x{self.size[1]}; crops are taken at the training scale"
+            )
+        if self.bs is None:
+            self.bs = CROP_BS if self.crop else WHOLE_BS
+        if self.bs < 1:
+            raise TrainingError(f"--bs {self.bs}: must be >= 1")
+        if self.steps is None:
+            self.steps = max(1, round(BUDGET_IMAGES / self.bs))
+        if self.encoder not in ENCODERS:
+            raise TrainingError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if isinstance(self.augment, bool):  # run folders written before augment had levels
+            self.augment = "affine" if self.augment else "none"
+        if self.augment not in AUGMENT:
+            raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
+        if self.loss not in LOSSES:
+            raise TrainingError(f"--loss {self.loss!r}: use {', '.join(LOSSES)}")
+        if self.schedule_shape not in SCHEDULES:
+            raise TrainingError(f"--schedule {self.schedule_shape!r}: use {', '.join(SCHEDULES)}")
+        if self.opt not in OPTIMIZERS:
+            raise TrainingError(f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise TrainingError(f"--class-weights {self.class_weights!r}: use {', '.join(CLASS_WEIGHTS)}")
+        if self.steps < 1:
+            raise TrainingError(f"--steps {self.steps}: must be >= 1")
+        if not 0 <= self.class_crops <= 1:
+            raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
+        if self.class_crops and not self.crop:
+            raise TrainingError("--class-crops places random crops: give --crop H W as well")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise TrainingError(f"--decoder-norm {self.decoder_norm!r}: use {', '.join(DECODER_NORMS)}")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise TrainingError(
+                f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)"
+            )
+        self.lr_unfrozen = tuple(self.lr_unfrozen)
+
+    def resolved_size(self, ds: Dataset) -> tuple[int, int]:
+        """The training scale: --size, else 128x128 (generic, Leeds) or the CamVid data's aspect at 128 px high."""
+        if self.size:
+            return self.size
+        if ds.layout == "camvid":
+            h, w = ds.image_size()
+            return 128, max(32, round(128 * w / h))
+        return 128, 128
+
+    def resolved_augment(self) -> str:
+        """The augmentation used; "auto" (the default of earlier versions: flips on crops, affine on whole images)
+        now means flips only, which measured better both ways: on CamVid-layout crops (benchmarks.camvid rows D
+        and F: poles +0.08) and on the demo's whole images (benchmarks.demo_seeds, 5 seeds: Dice 0.960 against 0.954)."""
+        return "flip" if self.augment == "auto" else self.augment
+
+    def resolved_loss(self) -> str:
+        """auto: cross-entropy + soft Dice when training on random crops (thin and rare classes: measured on
+        CamVid-layout scenes, benchmarks.camvid rows F and G), cross-entropy on whole images."""
+        if self.loss != "auto":
+            return self.loss
+        return "ce+dice" if self.crop else "ce"
+
+    def schedule(self, n_train: int) -> tuple[int, int]:
+        """(frozen, unfrozen) epochs: explicit ones, else the step budget over this many training images
+        (at least 2 epochs, a fifth of them frozen)."""
+        if self.frozen_epochs is not None or self.unfrozen_epochs is not None:
+            return self.frozen_epochs or 0, self.unfrozen_epochs or 0
+        per_epoch = max(1, math.ceil(n_train / self.bs))
+        total = max(2, round(self.steps / per_epoch))
+        frozen = max(1, round(total * 0.2))
+        return frozen, total - frozen
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["data"], d["out"] = str(self.data), str(self.out)
+        d["weights"] = str(self.weights) if self.weights else None
+        d["size"], d["crop"] = (list(self.size) if self.size else None), (list(self.crop) if self.crop else None)
+        return d

@@ -1,0 +1,99 @@
+"""The run folder a fit writes and export reads: config.json and model.pth (a state_dict, no pickle) to rebuild
+the learner, report.json, results.png and curves.png for people to look at."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from contract.metadata import class_colours
+
+from .config import TrainConfig
+from .errors import TrainingError
+from .evaluate import evaluate
+from .learner import learner_for
+from .model import ENCODERS
+from .plots import save_curves_png, save_results_png
+
+
+def versions() -> dict:
+    import fastai
+    import torch
+
+    return {
+        "fastai": fastai.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def write_run(
+    learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict
+) -> dict:
+    """Evaluate at native resolution and write the run folder (model.pth, config.json, results.png,
+    curves.png); returns the report."""
+    import torch
+
+    out, (train_idx, valid_idx) = config.out, split
+    spec = ENCODERS[config.encoder]
+    print(
+        f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch {schedule['kept_epoch']} kept) "
+        f"and writing {out}",
+        flush=True,
+    )
+    metrics, shown = evaluate(learn, ds, valid_idx, size, spec.mean, spec.std)
+    colours = class_colours(ds.n_classes)
+    run_meta = {
+        "config": config.to_json(),
+        "size": list(size),
+        "codes": list(ds.codes),
+        "colours": colours,
+        "layout": ds.layout,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "void": ds.void,
+        "train_images": [str(ds.pairs[i][0]) for i in train_idx],
+        "valid_images": [str(ds.pairs[i][0]) for i in valid_idx],
+    }
+    torch.save(learn.model.state_dict(), out / "model.pth")
+    (out / "config.json").write_text(json.dumps(run_meta, indent=2))
+    save_results_png(shown, out / "results.png", config.n_show, colours)
+    save_curves_png(history, out / "curves.png")
+    return {
+        "metrics": metrics,
+        "history": history,
+        "schedule": schedule,
+        "class_balance": balance,
+        "timings": timings,
+        "loss": config.resolved_loss(),
+        "augment": config.resolved_augment(),
+        "versions": versions(),
+        **run_meta,
+    }
+
+
+def load_run(run_dir: Path):
+    """Rebuild the trained learner of a run folder: returns (learn, run_meta, dataset)."""
+    import torch
+
+    run_dir = Path(run_dir)
+    cfg_path, weights = run_dir / "config.json", run_dir / "model.pth"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise TrainingError(
+            f"{run_dir}: not a training run (needs config.json and model.pth); train one with `python -m training fit`"
+        )
+    meta = json.loads(cfg_path.read_text())
+    meta["config"].setdefault("decoder_norm", "none")  # run folders from before the option: fastai's decoder, no norm
+    c = dict(meta["config"])
+    c.pop("extra", None)
+    c["pretrained"] = False  # the trained weights are loaded below; no need for ImageNet ones
+    c["weights"] = None
+    config = TrainConfig(**{k: v for k, v in c.items() if k in TrainConfig.__dataclass_fields__})
+    learn, ds = learner_for(config, augment="none")
+    learn.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    learn.model.eval()
+    return learn, meta, ds
