@@ -36,7 +36,10 @@ serve: model
 	SEG_MODEL_DIR=$${SEG_MODEL_DIR:-$$(dirname $$(ls exported_models/*/model.onnx | head -1))} \
 	  $(BIN)/bentoml serve serving.service:SegmentationService --host $(HOST) --port $(PORT)
 
+# The formatter and the linter first (ruff, configured in pyproject.toml), then the suite.
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The bento packs the model by tag: register the default export in BentoML's model store, then build.

@@ -1,29 +1,11 @@
-"""Benchmarks: each script prints its table and writes a report under benchmarks/results/."""
+"""The product's benchmarks, each a small entry point on benchmarks.harness that prints a table and writes
+benchmarks/results/<name>.md/.json (the current figure; the history is git's):
 
-from __future__ import annotations
-
-import datetime as dt
-import json
-from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def write_report(name: str, md: str, data) -> Path:
-    """Print `md` and write it to benchmarks/results/<name>-<date>.md, `data` beside it as .json; the .md path."""
-    out = RESULTS / f"{name}-{dt.date.today().isoformat()}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=float))
-    print(md)
-    print(f"report: {out}")
-    return out
-
-
-def cpu_features() -> str:
-    """The machine and the x86 features that pick ONNX Runtime's int8 kernels and fit's precision, e.g. "x86_64, avx2, avx512f, avx512_vnni"."""
-    import platform
-
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return f"{platform.machine()}, {', '.join(feats) or 'no AVX2'}"
+- `python -m benchmarks`: the real model served, against the previous main, LitServe and Ray Serve; cold start;
+- `python -m benchmarks.server_cost`: the servers' own cost per request, with a near-zero-cost model;
+- `python -m benchmarks.profile_service`: where a served request's time goes, by layer (py-spy);
+- `python -m benchmarks.memory`: each worker's memory after warm-up and after a load;
+- `python -m benchmarks.int8_speed`: int8 against fp32 as a worker runs them;
+- `python -m benchmarks.gpu`: the check to run on a CUDA host;
+- `python -m benchmarks.camvid` and `benchmarks.demo_seeds`: accuracy over seeds, clean and under camera shifts.
+"""

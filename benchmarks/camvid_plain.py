@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     from contract.metadata import class_colours
     from training.config import WHOLE_BS, TrainConfig
     from training.data import class_frequencies, load_dataset, median_frequency_weights, read_mask, split_pairs
+    from training.evaluate import evaluate, evaluate_shifted
     from training.model import ENCODERS, build_learner
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
         "train_images": [str(ds.pairs[i][0]) for i in train_idx],
         "valid_images": [str(ds.pairs[i][0]) for i in valid_idx],
     }
+    metrics = evaluate(learn, ds, valid_idx, (h, wd), spec.mean, spec.std)[0]
     a.out.mkdir(parents=True, exist_ok=True)
     torch.save(learn.model.state_dict(), a.out / "model.pth")
     (a.out / "config.json").write_text(json.dumps(meta, indent=2))
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
         "weights": dict(zip(ds.codes, map(float, w))),
         "timings": {"train_s": train_s},
         "schedule": {"frozen_epochs": a.epochs[0], "unfrozen_epochs": a.epochs[1]},
-        "metrics": {},
+        "metrics": metrics,
+        "shifted": evaluate_shifted(learn, ds, valid_idx, (h, wd), spec.mean, spec.std, metrics)[0],
     }
     (a.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"plain recipe: {train_s / 60:.1f} min, written {a.out}", flush=True)

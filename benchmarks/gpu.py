@@ -3,7 +3,7 @@
 On a CUDA host it serves the model with `bentoml serve` (SEG_DEVICE=cuda; fp16 and fp32), posts real
 photos at 128 and 256 px at c=1/16/64 for a few seconds each, and prints req/s, p99, the mean batch the
 service ran (from its seg_batch_size metric) and GPU utilisation (sampled with `nvidia-smi` where
-present); it writes benchmarks/results/gpu-<date>.md/.json. About 2-3 minutes.
+present); it writes benchmarks/results/gpu.md/.json. About 2-3 minutes.
 
 Without CUDA it ends with one line saying why and exit status 2.
 """
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import requests
 
-from benchmarks import write_report
+from benchmarks.harness import ROOT, served, write_report
+from contract import DEFAULT_MODEL_DIR
 from loadtest import client
-from loadtest.server import served
 
-ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCIES = (1, 16, 64)
 SIZES = (128, 256)
 
@@ -35,8 +34,7 @@ def cuda_problem(model_dir: Path) -> str | None:
     """Why this host cannot run the model on CUDA, or None when it can: ONNX Runtime lists the CUDA provider
     even without a GPU, so a session is opened and asked what it really uses."""
     from contract import ContractError
-    from serving.config import has_gpu
-    from serving.runtime import SegmentationRuntime
+    from serving.runtime import SegmentationRuntime, nvidia_gpus
 
     try:
         import onnxruntime as ort
@@ -44,8 +42,9 @@ def cuda_problem(model_dir: Path) -> str | None:
         return "onnxruntime is not installed (pip install -e '.[serve]')"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider: install onnxruntime-gpu"
-    if not has_gpu():
-        return "no NVIDIA device (/dev/nvidia0 ...) on this host"
+    count, how = nvidia_gpus()
+    if not count:
+        return how
     try:
         rt = SegmentationRuntime.load(model_dir, "cuda", "fp32", threads=1)
     except ContractError as exc:
@@ -134,7 +133,8 @@ def to_markdown(rows: list[dict], model_dir: Path) -> str:
 
     for r in rows:
         L.append(
-            f"| {r['variant']} | {r['size']} px PNG | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | "
+            f"| {r['variant']} | {r['size']} px PNG | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.0f} | "
+            f"{r['p99']:.0f} | "
             f"{opt(r['mean_batch'], '.1f')} | {opt(r['gpu_util'], '.0f')} | {r['errors']} |"
         )
     return "\n".join(L) + "\n"
@@ -142,7 +142,7 @@ def to_markdown(rows: list[dict], model_dir: Path) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=ROOT / "exported_models" / "default")
+    p.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_DIR)
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per cell")
     a = p.parse_args(argv)
     if not (a.model / "model.onnx").is_file():

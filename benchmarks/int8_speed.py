@@ -7,7 +7,7 @@ session options), batch 8, on the folder's bundled held-out images (check/) at t
 to at least 16 images; the two graphs' passes interleaved and the median of 7 taken
 (training.export.variants.throughputs, what the export's own speed check calls). Run it on a quiet host:
 it re-measures what an export measured at the time, when other work may have shared the cores.
-Prints a table and writes benchmarks/results/int8-speed-<date>.md/.json.
+Prints a table and writes benchmarks/results/int8-speed.md/.json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks import cpu_features, write_report
+from benchmarks.harness import cpu_features, write_report
 
 
 def main(argv=None) -> int:
@@ -27,14 +27,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", type=Path, nargs="+")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--tag", help="report name: int8-speed-<tag>-<date>")
+    p.add_argument("--tag", help="report name: int8-speed-<tag>")
     a = p.parse_args(argv)
     rows = []
     for folder in a.folders:
         check = read_check(folder)
         if not (folder / "model.int8.onnx").is_file() or check is None:
             raise SystemExit(
-                f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (an export with --int8 and ground truth)"
+                f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (an export with --int8 and ground "
+                "truth)"
             )
         images = check[0]
         fp32, int8 = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], images, repeats=a.repeats)
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
         print(f"{folder}: {int8 / fp32:.2f}x ({int8:.1f} vs {fp32:.1f} img/s)", flush=True)
     cpu = cpu_features()
     how = (
-        f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its training size, "
+        f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its "
+        "training size, "
         f"fp32 and int8 passes interleaved, median of {a.repeats}; {os.cpu_count()} cores, {cpu}."
     )
     L = [
@@ -67,7 +69,8 @@ def main(argv=None) -> int:
     for r in rows:
         was = f"{r['speedup_at_export']:.2f}x" if r["speedup_at_export"] else "-"
         L.append(
-            f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | **{r['speedup']:.2f}x** | {was} |"
+            f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | **{r['speedup']:.2f}x** "
+            f"| {was} |"
         )
     write_report(f"int8-speed-{a.tag}" if a.tag else "int8-speed", "\n".join(L) + "\n", rows)
     return 0

@@ -60,7 +60,8 @@ class ModelMeta:
         missing = [k for k in REQUIRED_KEYS if k not in props]
         if missing:
             raise ContractError(
-                f"{source}: metadata lacks {', '.join(missing)}; export it with `python -m training export` or add them (see exported_models/README.md)"
+                f"{source}: metadata lacks {', '.join(missing)}; export it with `python -m training export` or add "
+                "them (see exported_models/README.md)"
             )
 
         def j(key, default=None):

@@ -124,7 +124,8 @@ def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, voi
 
 
 def read_check(folder: Path) -> tuple[np.ndarray, np.ndarray, dict] | None:
-    """(images (N, H, W, 3) uint8, truths (N, H, W) uint8, check.json) from a model folder, or None when it has no check."""
+    """(images (N, H, W, 3) uint8, truths (N, H, W) uint8, check.json) from a model folder, or None when it has no
+    check."""
     d = Path(folder) / CHECK_DIR
     if not (d / "check.json").is_file():
         return None
@@ -150,3 +151,37 @@ def judge(run_fp32, run_int8, images: np.ndarray, truths: np.ndarray, codes, voi
         "fp32_metrics": {k: m32[k] for k in ("dice_fg", "iou_fg", "pixel_acc")},
         "int8_metrics": {k: m8[k] for k in ("dice_fg", "iou_fg", "pixel_acc")},
     }
+
+
+# Confidence: how sure the model was of an answer, from the class probabilities it outputs (the graph's `probs`).
+UNCERTAIN_BELOW = 0.6  # default SEG_UNCERTAIN_BELOW: a pixel whose top-1 probability is below it counts as uncertain
+DRIFT_BINS = 5  # equal-frequency bins of the reference's per-answer mean confidence, for the drift statistic (PSI)
+DRIFT_ALERT = 0.25  # PSI above which the confidence distribution has shifted (the usual "significant shift" level)
+
+
+def confidence(top1: np.ndarray, below: float = UNCERTAIN_BELOW) -> dict:
+    """Figures of an answer from its per-pixel top-1 probabilities (any shape, float): {"mean": mean top-1
+    probability, "uncertain_fraction": share of pixels whose top-1 probability is below `below`}."""
+    top1 = np.asarray(top1, np.float32)
+    return {"mean": float(top1.mean()), "uncertain_fraction": float((top1 < below).mean())}
+
+
+def reference(means: list[float], below: float = UNCERTAIN_BELOW, bins: int = DRIFT_BINS) -> dict:
+    """The distribution of per-answer mean confidence on held-out images, as stored with the model: the inner edges
+    of `bins` equal-frequency bins (for the drift statistic), and its summary."""
+    m = np.sort(np.asarray(means, np.float64))
+    edges = [float(np.quantile(m, q)) for q in np.linspace(0, 1, bins + 1)[1:-1]]
+    return {"statistic": "psi", "bins": bins, "edges": edges, "images": int(len(m)), "uncertain_below": below,
+            "mean": float(m.mean()), "p5": float(np.quantile(m, 0.05)), "p50": float(np.quantile(m, 0.5)),
+            "alert": DRIFT_ALERT}  # fmt: skip
+
+
+def psi(means: list[float], ref: dict) -> float:
+    """Population stability index of per-answer mean confidences `means` against the reference's equal-frequency
+    bins: sum over bins of (a - e) ln(a / e), e = 1 / bins, a = the answers' share in the bin (floored at 1e-4)."""
+    if not len(means):
+        return 0.0
+    counts = np.bincount(np.searchsorted(ref["edges"], means, side="right"), minlength=ref["bins"])
+    a = np.maximum(counts / counts.sum(), 1e-4)
+    e = 1.0 / ref["bins"]
+    return float(np.sum((a - e) * np.log(a / e)))

@@ -121,20 +121,24 @@ def run(model: Path, sizes=(3000, 6300), env: dict | None = None) -> dict:
 
 def to_markdown(report: dict) -> str:
     L = [
-        "| upload (JPEG, tile=true) | status | time s | mask | server RSS peak growth MB | small requests meanwhile | statuses | p50 / p99 ms |",
+        "| upload (JPEG, tile=true) | status | time s | mask | server RSS peak growth MB | small requests meanwhile | "
+        "statuses | p50 / p99 ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         what = "x".join(map(str, r["mask_size"])) if r["status"] == 200 else r.get("error", "")[:80]
         sm = r["small"]
         L.append(
-            f"| {r['side']}x{r['side']} ({r['jpeg_bytes'] / 1e6:.1f} MB) | {r['status']} | {r['seconds']:.1f} | {what} | "
-            f"{r['rss_peak_growth_mb']:.0f} | {sm['requests']} | {sm['statuses']} | {sm['p50_ms']:.0f} / {sm['p99_ms']:.0f} |"
+            f"| {r['side']}x{r['side']} ({r['jpeg_bytes'] / 1e6:.1f} MB) | {r['status']} | {r['seconds']:.1f} | "
+            f"{what} | "
+            f"{r['rss_peak_growth_mb']:.0f} | {sm['requests']} | {sm['statuses']} | {sm['p50_ms']:.0f} / "
+            f"{sm['p99_ms']:.0f} |"
         )
     L.append("")
     settings = ", ".join(f"{k}={v}" for k, v in (report.get("settings") or {}).items()) or "defaults"
     L.append(
-        f"Server ({settings}): {report['workers']} workers, variant {report['variant']}, model trained at {report['input_size']}, "
+        f"Server ({settings}): {report['workers']} workers, variant {report['variant']}, model trained at "
+        f"{report['input_size']}, "
         f"SEG_MAX_TILES={report['max_tiles']}, SEG_MAX_LATENCY_MS={report['max_latency_ms']}."
     )
     return "\n".join(L) + "\n"

@@ -104,10 +104,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{'requests':>10} {'conc':>5} {'errors':>6} {'wrong':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'batches':>7} {'mean batch':>10}"
+        f"{'requests':>10} {'conc':>5} {'errors':>6} {'wrong':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'p99 ms':>7} {'batches':>7} {'mean batch':>10}"
     )
     print(
-        f"{res['requests']:>10} {res['concurrency']:>5} {res['errors']:>6} {res['wrong_masks']:>6} {res['throughput_rps']:>7.1f} {res['p50_ms']:>7.1f} {res['p95_ms']:>7.1f} {res['p99_ms']:>7.1f} {res['batches']:>7} {res['mean_batch']:>10.2f}"
+        f"{res['requests']:>10} {res['concurrency']:>5} {res['errors']:>6} {res['wrong_masks']:>6} "
+        f"{res['throughput_rps']:>7.1f} {res['p50_ms']:>7.1f} {res['p95_ms']:>7.1f} {res['p99_ms']:>7.1f} "
+        f"{res['batches']:>7} {res['mean_batch']:>10.2f}"
     )
     print("batch sizes seen (upper bucket bound: batches):", res["batch_size_histogram"])
     a.out.mkdir(parents=True, exist_ok=True)

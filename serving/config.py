@@ -8,7 +8,6 @@ these (tests/serving/test_config.py checks both ways). The service reads the env
 
 from __future__ import annotations
 
-import glob
 import hmac
 import os
 import typing
@@ -47,9 +46,10 @@ def cores() -> int:
 
 
 def has_gpu() -> bool:
-    """An NVIDIA device node (what the container runtime mounts for a GPU). onnxruntime-gpu lists
-    CUDAExecutionProvider even without one, so its provider list cannot tell."""
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
+    """An NVIDIA GPU on this host (serving.runtime.nvidia_gpus: NVML or the device nodes; no CUDA library loaded)."""
+    from .runtime import nvidia_gpus
+
+    return nvidia_gpus()[0] > 0
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ class ServeConfig:
             )
         if self.threads * self.resolved_workers > cores():
             raise ConfigError(
-                f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {cores()} cores; lower one of them"
+                f"SEG_THREADS={self.threads} x SEG_WORKERS={self.resolved_workers} exceeds the {cores()} cores; lower "
+                "one of them"
             )
 
     @property

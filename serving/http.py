@@ -61,10 +61,12 @@ def problem_doc(description: str, retry_after: str = "") -> dict:
     return out
 
 
-# Every refusal the inference routes send, as OpenAPI responses (the service puts them in /docs.json; schemathesis checks them)
+# Every refusal the inference routes send, as OpenAPI responses (the service puts them in /docs.json; schemathesis
+# checks them)
 ERROR_RESPONSES = {
     400: problem_doc(
-        "malformed multipart body, no `image` field, an unknown field, an option that is not true/false, an empty, truncated or corrupt image"
+        "malformed multipart body, no `image` field, an unknown field, an option that is not true/false, an empty, "
+        "truncated or corrupt image"
     ),
     401: problem_doc("SEG_API_TOKEN is set and the bearer token is missing or wrong (header WWW-Authenticate: Bearer)"),
     413: problem_doc("body over SEG_MAX_BYTES, image over SEG_MAX_PIXELS, or more tiles than SEG_MAX_TILES"),
@@ -139,7 +141,8 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
     if not ctype.lower().startswith("multipart/form-data"):
         raise Problem(
             415,
-            f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), {MULTIPART_HINT}",
+            f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), "
+            f"{MULTIPART_HINT}",
         )
     from python_multipart.multipart import parse_options_header
 
@@ -147,7 +150,8 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
     if not boundary:
         raise Problem(
             415,
-            f"the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, {MULTIPART_HINT}",
+            "the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, "
+            f"{MULTIPART_HINT}",
         )
     limit = max_bytes + 65536  # the file plus its part headers and the option fields
     length = request.headers.get("content-length", "")
@@ -166,7 +170,8 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
     except MultiPartException as exc:
         raise Problem(
             400,
-            f"malformed multipart body ({exc.message.splitlines()[0]}): send the image with a multipart client, {MULTIPART_HINT}",
+            f"malformed multipart body ({exc.message.splitlines()[0]}): send the image with a multipart client, "
+            f"{MULTIPART_HINT}",
         ) from None
     except ClientDisconnect:
         raise Problem(400, "the upload was cut off (the client disconnected): send the whole body") from None
@@ -182,8 +187,8 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
         if unknown:
             raise Problem(
                 400,
-                f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field `image`"
-                + (f" (optional fields: {', '.join(options)})" if options else ""),
+                f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field "
+                "`image`" + (f" (optional fields: {', '.join(options)})" if options else ""),
             )
         files = form.getlist("image")
         if not files:

@@ -57,7 +57,8 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError(
-            f"not an image Pillow can read: send PNG, JPEG, WebP, BMP, TIFF or GIF (got {len(data)} bytes starting {data[:8]!r})",
+            f"not an image Pillow can read: send PNG, JPEG, WebP, BMP, TIFF or GIF (got {len(data)} bytes starting "
+            f"{data[:8]!r})",
             415,
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:

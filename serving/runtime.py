@@ -21,8 +21,34 @@ DEVICES = ("auto", "cuda", "cpu")
 VARIANTS = ("auto", *VARIANT_FILES)
 
 
+def nvidia_gpus() -> tuple[int, str]:
+    """(NVIDIA GPUs on this host, how that was found), without loading any CUDA library: NVML's device count where
+    the driver's management library (libnvidia-ml) is installed, else the device nodes a container runtime mounts
+    for a GPU (/dev/nvidia0 ...). onnxruntime-gpu lists CUDAExecutionProvider whether or not a GPU exists, and
+    trying it maps libcudart, libcublas, libcudnn ... into the process (about 250 MB per worker)."""
+    import ctypes
+    import glob
+
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        nodes = glob.glob("/dev/nvidia[0-9]*")
+        if nodes:
+            return len(nodes), f"{len(nodes)} NVIDIA device node(s) ({', '.join(sorted(nodes))})"
+        return 0, "no NVIDIA driver (libnvidia-ml) and no /dev/nvidia* device on this host"
+    if nvml.nvmlInit_v2() != 0:
+        return 0, "the NVIDIA driver's NVML did not initialise"
+    try:
+        count = ctypes.c_uint(0)
+        ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
+    finally:
+        nvml.nvmlShutdown()
+    return (count.value, f"NVML: {count.value} device(s)") if ok else (0, "NVML could not count the devices")
+
+
 def choose_providers(device: str, available: list[str], device_id: int = 0) -> list:
-    """Providers to ask ONNX Runtime for, in order. `cuda` missing from `available` raises ContractError."""
+    """Providers to ask ONNX Runtime for, in order. `cuda` missing from `available` raises ContractError. `auto`
+    asks for CUDA when it is listed; `SegmentationRuntime.load` asks for `auto` only where a GPU is (nvidia_gpus)."""
     cuda = (
         "CUDAExecutionProvider",
         {
@@ -38,7 +64,8 @@ def choose_providers(device: str, available: list[str], device_id: int = 0) -> l
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise ContractError(
-                "SEG_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu or use SEG_DEVICE=auto"
+                "SEG_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu or use "
+                "SEG_DEVICE=auto"
             )
         return [cuda, "CPUExecutionProvider"]
     if device == "auto":
@@ -53,7 +80,8 @@ def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str
     if variant != "auto":
         if not (model_dir / VARIANT_FILES[variant]).is_file():
             raise ContractError(
-                f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it (--{variant}) or use SEG_VARIANT=auto"
+                f"{model_dir / VARIANT_FILES[variant]}: variant {variant} asked for but not there; export it "
+                f"(--{variant}) or use SEG_VARIANT=auto"
             )
         return variant, f"SEG_VARIANT={variant}"
     if on_cuda:
@@ -80,6 +108,7 @@ class SegmentationRuntime:
         self.session, self.meta, self.variant, self.path = session, meta, variant, path
         self.variant_reason = variant_reason
         self.int8_check = int8_check  # the accuracy rule re-run on this CPU (None: not run)
+        self.device_reason = ""  # why this device: the setting, or what `auto` found on the host
         self.provider = session.get_providers()[0]
         self._outputs = [o.name for o in session.get_outputs()]
         self._io_binding = self.provider == "CUDAExecutionProvider"  # inputs/outputs cross to the GPU once per batch
@@ -95,20 +124,29 @@ class SegmentationRuntime:
         available: list[str] | None = None,
         _session_factory=None,
         recheck: bool = True,
+        gpus: tuple[int, str] | None = None,
     ) -> "SegmentationRuntime":
         """Open the model in `model_dir` on `device` ("auto" | "cuda" | "cpu"), checking its contract. Where `auto`
         picks int8, its accuracy rule is run again on this CPU first (`recheck`); if int8 fails it here, fp32 is served.
 
-        `available` and `_session_factory` exist for tests (faked provider availability)."""
+        `auto` decides from the host before any CUDA library is loaded: without an NVIDIA GPU (nvidia_gpus) it opens
+        a CPU session only. `available`, `_session_factory` and `gpus` exist for tests (faked providers and devices)."""
         import onnxruntime as ort
 
         model_dir = check_model_dir(model_dir)
         ort.set_default_logger_severity(4)  # the CUDA-load failure is reported by us, in one line
         available = ort.get_available_providers() if available is None else available
+        device_reason = f"SEG_DEVICE={device}"
+        if device == "auto":
+            count, how = nvidia_gpus() if gpus is None else gpus
+            device_reason = f"auto: {how}" + ("" if count else "; CPU, CUDA not loaded")
+            if not count:
+                device = "cpu"
         providers = choose_providers(device, available)
         wants_cuda = any(isinstance(p, tuple) for p in providers)
         if wants_cuda and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA 13 and cuDNN 9 from NVIDIA's wheels (the CUDA image has no system CUDA); silent without them
+            # CUDA 13 and cuDNN 9 from NVIDIA's wheels (the CUDA image has no system CUDA); silent without them
+            ort.preload_dlls()
         chosen, why = pick_variant(model_dir, variant, wants_cuda)
         path = model_dir / VARIANT_FILES[chosen]
         so = session_options(threads, spin)
@@ -125,11 +163,14 @@ class SegmentationRuntime:
         if wants_cuda and in_use[0] != "CUDAExecutionProvider":
             if device == "cuda":
                 raise ContractError(
-                    "SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use SEG_DEVICE=auto or cpu"
+                    "SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use "
+                    "SEG_DEVICE=auto or cpu"
                 )
             log.warning("CUDA execution provider listed but not usable here; running on CPU")
             # the variant was chosen for CUDA: load the CPU choice instead (auto: the int8 export)
-            return cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory, recheck)
+            rt = cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory, recheck)
+            rt.device_reason = f"{device_reason}, but CUDA did not load; CPU"
+            return rt
         _check_io(session, path)
         int8_check = None
         if chosen == "int8" and variant == "auto" and recheck:
@@ -147,6 +188,7 @@ class SegmentationRuntime:
                 why += f"; re-checked on this CPU: {int8_check['why']}"
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         rt = cls(session, meta, chosen, path, why, int8_check)
+        rt.device_reason = device_reason
         log.warning(
             "model %s: provider %s, variant %s (%s), input %s, classes %s",
             path,

@@ -81,12 +81,14 @@ class ImageInput(bentoml.IODescriptor):
     )
     tile: bool = Field(
         False,
-        description="segment at full resolution by overlapping tiles at the model size (also automatic above SEG_TILE_ABOVE pixels)",
+        description="segment at full resolution by overlapping tiles at the model size (also automatic above "
+        "SEG_TILE_ABOVE pixels)",
     )
 
     @classmethod
     async def from_http_request(cls, request, serde):
-        """The body, parsed with limits (serving.http.read_upload). A problem travels in `image` to the method, which answers it."""
+        """The body, parsed with limits (serving.http.read_upload). A problem travels in `image` to the method, which
+        answers it."""
         svc = bentoml.get_current_service()
         try:
             upload = await read_upload(request, cls.OPTIONS, max_bytes=svc.config.max_bytes)
@@ -254,7 +256,8 @@ class SegmentationService:
 
     @bentoml.api(route="/segment", input_spec=ImageInput)
     async def segment(self, image: Path, tile: bool = False) -> PNG:
-        """The mask as a palette PNG of the upload's size: pixel values are class ids, the palette holds the class colours.
+        """The mask as a palette PNG of the upload's size: pixel values are class ids, the palette holds the class
+        colours.
         Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
         return await self._answer("/segment", image, tile=tile)
 
@@ -308,7 +311,8 @@ class SegmentationService:
         summary="The model served, how, and the limits",
         responses={
             200: {
-                "description": "metadata (classes, colours, input size, metrics...), provider, variant and why, batching, admission, limits"
+                "description": "metadata (classes, colours, input size, metrics...), provider, variant and why, "
+                "batching, admission, limits"
             },
             401: ERROR_RESPONSES[401],
         },
@@ -392,11 +396,13 @@ class SegmentationService:
         return json.dumps(imaging.class_stats(mask, self.meta.classes, rle=rle)).encode()
 
     def describe(self) -> dict:
-        """The model's metadata, the provider and variant in use (and why), batching, admission and limits (GET /model)."""
+        """The model's metadata, the provider and variant in use (and why), batching, admission and limits (GET
+        /model)."""
         cfg = self.config
         return {
             "metadata": self.meta.describe(),
             "provider": self.runtime.provider,
+            "device_reason": self.runtime.device_reason,
             "variant": self.runtime.variant,
             "variant_reason": self.runtime.variant_reason,
             "int8_check": self.runtime.int8_check,

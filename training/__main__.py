@@ -58,7 +58,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         "--class-weights",
         choices=CLASS_WEIGHTS,
         default=d.class_weights,
-        help=f"median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than {IMBALANCE_RATIO:g}x; "
+        help="median-frequency weighted loss for rare classes (auto: when the class frequencies differ more than "
+        f"{IMBALANCE_RATIO:g}x; "
         "sqrt: their square roots)",
     )
     p.add_argument(
@@ -66,7 +67,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         choices=LOSSES,
         default=d.loss,
         help="auto (default): ce+dice with --crop, ce on whole images; ce: (weighted) "
-        "cross-entropy; ce+dice: plus a soft Dice term over the classes, Void left out; ce+lovasz: plus the Lovasz-softmax (IoU) loss",
+        "cross-entropy; ce+dice: plus a soft Dice term over the classes, Void left out; ce+lovasz: plus the "
+        "Lovasz-softmax (IoU) loss",
     )
     p.add_argument("--bs", type=int, default=None, help="batch size (default: 4 with --crop, 8 on whole images)")
     p.add_argument(
@@ -142,8 +144,17 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         "--augment",
         choices=AUGMENT,
         default=d.augment,
-        help="flip (default): random flips; affine: flips + rotation, "
-        "zoom, warp and lighting; none; auto: same as flip (kept for older commands)",
+        help="flip (default): random flips; affine: flips + rotation, zoom, warp and lighting (fastai's "
+        "aug_transforms); "
+        "field: flips + camera shifts (haze, blur, low resolution, exposure, colour cast, noise, JPEG); none; "
+        "auto: same as flip (kept for older commands)",
+    )
+    p.add_argument(
+        "--field-p",
+        type=float,
+        default=d.field_p,
+        metavar="P",
+        help=f"with --augment field: the share of training images shifted as a camera would (default {d.field_p:g})",
     )
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--lr-find", action="store_true", help="run fastai's lr_find first and write lr_find.png")
@@ -151,57 +162,35 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fit_config(a: argparse.Namespace, data: Path, out: Path):
+    """The TrainConfig of the parsed fit arguments: every field the parser has (same names), sizes parsed."""
+    from dataclasses import fields
+
     from .config import TrainConfig
 
-    return TrainConfig(
-        data=data,
-        out=out,
-        encoder=a.encoder,
-        pretrained=a.pretrained,
-        weights=a.weights,
-        allow_random=a.allow_random,
-        size=_size_arg(a.size, "--size"),
-        crop=_size_arg(a.crop, "--crop"),
-        class_crops=a.class_crops,
-        progressive=a.progressive,
-        class_weights=a.class_weights,
-        loss=a.loss,
-        bs=a.bs,
-        steps=a.steps,
-        frozen_epochs=a.frozen_epochs,
-        unfrozen_epochs=a.unfrozen_epochs,
-        schedule_shape=a.schedule_shape,
-        opt=a.opt,
-        decoder_norm=a.decoder_norm,
-        bn_momentum=a.bn_momentum,
-        precision=a.precision,
-        channels_last=a.channels_last,
-        keep_best=a.keep_best,
-        lr=a.lr,
-        lr_unfrozen=tuple(a.lr_unfrozen),
-        valid_pct=a.valid_pct,
-        seed=a.seed,
-        augment=a.augment,
-        lr_find=a.lr_find,
-        threads=a.threads,
-    )
+    given = {
+        f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name) and f.name not in ("data", "out")
+    }
+    given.update(size=_size_arg(a.size, "--size"), crop=_size_arg(a.crop, "--crop"), lr_unfrozen=tuple(a.lr_unfrozen))
+    return TrainConfig(data=data, out=out, **given)
 
 
 def _size_arg(values: list[str] | None, flag: str) -> tuple[int, int] | None:
-    """["360", "480"], ["360x480"] or ["128"] -> (H, W); a one-line TrainingError otherwise."""
-    if not values:
-        return None
-    parts = " ".join(values).lower().replace("x", " ").split()
-    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
-        raise TrainingError(f"{flag} {' '.join(values)}: give H W, HxW or one number, e.g. {flag} 360 480")
-    return (int(parts[0]), int(parts[-1]))
+    """["360", "480"], ["360x480"] or ["128"] -> (H, W) (training.config.parse_hw); a one-line TrainingError
+    otherwise."""
+    from .config import parse_hw
+
+    try:
+        return parse_hw(values or None)
+    except ValueError:
+        raise TrainingError(f"{flag} {' '.join(values)}: give H W, HxW or one number, e.g. {flag} 360 480") from None
 
 
 def _add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also write model.int8.onnx (static QDQ, CPU) if it keeps >= 99%% of fp32's accuracy on the held-out images",
+        help="also write model.int8.onnx (static QDQ, CPU) if it keeps >= 99%% of fp32's accuracy on the held-out "
+        "images",
     )
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")
     p.add_argument("--no-probs", dest="probs", action="store_false", help="leave out the float32 `probs` output")
@@ -212,7 +201,8 @@ def _add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
             metavar="NAME",
             nargs="?",
             const="segmentation",
-            help="also register the export in BentoML's model store under NAME (default segmentation): `bentoml models list` shows it",
+            help="also register the export in BentoML's model store under NAME (default segmentation): `bentoml "
+            "models list` shows it",
         )
     p.add_argument(
         "--fixed-size",
@@ -239,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
         "--layout",
         choices=("generic", "camvid", "leeds"),
         default="generic",
-        help="generic: butterflies and leaves; camvid: street scenes with thin poles; leeds: hard butterflies (0/255 masks)",
+        help="generic: butterflies and leaves; camvid: street scenes with thin poles; leeds: hard butterflies (0/255 "
+        "masks)",
     )
     p.add_argument("--seed", type=int, default=0)
 
@@ -342,7 +333,8 @@ def _export(a: argparse.Namespace) -> None:
         learn = load_learner_pickle(a.learner, a.trust_pickle)
         if a.images is None or not a.images.is_dir():
             raise TrainingError(
-                f"--learner needs --images DIR: a folder with a few images like the Learner's validation set (got {a.images})"
+                "--learner needs --images DIR: a folder with a few images like the Learner's validation set (got "
+                f"{a.images})"
             )
         images = list_images(a.images)
         if not images:

@@ -53,7 +53,8 @@ def _check_inside(points: np.ndarray, w: int, h: int, where: str) -> None:
     ):
         x, y = points[np.argmax(np.maximum(np.abs(points[:, 0] - w / 2) - w / 2, np.abs(points[:, 1] - h / 2) - h / 2))]
         raise DataError(
-            f"{where}: a polygon vertex ({x:g}, {y:g}) lies outside the {w}x{h} image; fix the annotation or its image size"
+            f"{where}: a polygon vertex ({x:g}, {y:g}) lies outside the {w}x{h} image; fix the annotation or its "
+            "image size"
         )
 
 
@@ -119,12 +120,14 @@ def coco_to_masks(annotations: Path, images: Path, out: Path) -> tuple[int, list
             path = images / name
             if not path.is_file():
                 raise DataError(
-                    f"{path}: image of {annotations} (image id {image_id}) not found; pass --images the folder holding it"
+                    f"{path}: image of {annotations} (image id {image_id}) not found; pass --images the folder "
+                    "holding it"
                 )
             with Image.open(path) as im:
                 if im.size != (w, h):
                     raise DataError(
-                        f"{path}: is {im.size[0]}x{im.size[1]} but {annotations} says {w}x{h}; re-export the annotations"
+                        f"{path}: is {im.size[0]}x{im.size[1]} but {annotations} says {w}x{h}; re-export the "
+                        "annotations"
                     )
             mask = np.zeros((h, w), np.uint8)
             for ann in per_image[image_id]:

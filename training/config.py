@@ -15,19 +15,24 @@ from .model import DECODER_NORMS, ENCODERS
 
 
 def parse_hw(value) -> tuple[int, int] | None:
-    """An int (square), a (H, W) pair or "HxW" -> (H, W); None stays None."""
+    """An int (square), a (H, W) pair, "HxW", "H W" or the command line's ["360", "480"] / ["360x480"] / ["128"]
+    -> (H, W); None stays None. ValueError when it is none of those."""
     if value is None:
         return None
-    if isinstance(value, str):
-        parts = value.lower().replace("x", " ").split()
-        value = [int(p) for p in parts]
     if isinstance(value, int):
         return (value, value)
+    if isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        parts = " ".join([value] if isinstance(value, str) else value).lower().replace("x", " ").split()
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(value)
+        value = [int(p) for p in parts]
     value = tuple(int(v) for v in value)
+    if len(value) not in (1, 2):
+        raise ValueError(value)
     return value * 2 if len(value) == 1 else value
 
 
-AUGMENT = ("flip", "affine", "none", "auto")
+AUGMENT = ("flip", "affine", "field", "none", "auto")
 
 LOSSES = ("auto", "ce", "ce+dice", "ce+lovasz")
 
@@ -35,7 +40,8 @@ CLASS_WEIGHTS = ("auto", "on", "sqrt", "off")
 
 # each phase's fastai schedule and its arguments (frozen, unfrozen): one-cycle: fit_one_cycle with fastai's defaults
 # (warm-up over 25 %, from lr/25); fine-tune: the shape of fastai's Learner.fine_tune (frozen: warm-up over 99 %;
-# unfrozen: over 30 %, from lr/5); flat-cos: fit_flat_cos (the rate flat for 75 %, then cosine down; fastai's partner of ranger)
+# unfrozen: over 30 %, from lr/5); flat-cos: fit_flat_cos (the rate flat for 75 %, then cosine down; fastai's partner
+# of ranger)
 SCHEDULES = {
     "one-cycle": ("fit_one_cycle", {}, {}),
     "fine-tune": ("fit_one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0}),
@@ -81,17 +87,28 @@ class TrainConfig:
     class_weights: str = (
         "auto"  # median-frequency weighted loss: auto (when unbalanced), on, sqrt (their square roots), off
     )
-    loss: str = "auto"  # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left out)
+    # auto: ce+dice on random crops, ce on whole images; ce: cross-entropy; ce+dice: plus a soft Dice term (Void left
+    # out)
+    loss: str = "auto"
     schedule_shape: str = "one-cycle"  # see SCHEDULES
     opt: str = "adam"  # see OPTIMIZERS
-    decoder_norm: str = "batch"  # BatchNorm after the U-Net decoder's convolutions ("none": fastai's U-Net without it); see build_learner
+    # BatchNorm after the U-Net decoder's convolutions ("none": fastai's U-Net without it); see build_learner
+    decoder_norm: str = "batch"
     bn_momentum: float | None = (
-        None  # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder 0.01, fastai's decoder 0.1)
+        # every BatchNorm layer's running-statistics momentum; None: each layer's own (EfficientNet-Lite0's encoder
+        # 0.01, fastai's decoder 0.1)
+        None
     )
-    precision: str = "auto"  # auto: bf16 autocast where the training device computes bf16 natively (AMX/AVX-512 BF16 CPUs, bf16 GPUs), else fp32
+    # auto: bf16 autocast where the training device computes bf16 natively (AMX/AVX-512 BF16 CPUs, bf16 GPUs), else fp32
+    precision: str = "auto"
     channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
-    augment: str = "flip"  # flip | affine (+ rotation, zoom, warp, lighting) | none; "auto" (older commands and run folders) = flip
+    augment: str = (
+        "flip"  # flip | affine (+ rotation, zoom, warp, lighting) | field (+ camera shifts) | none; "auto" = flip
+    )
+    field_p: float = (
+        0.5  # with augment "field": the share of training images shifted as a camera would (training.augment)
+    )
     lr_find: bool = False
     lr_find_iters: int = 100
     last_cross: bool = True
@@ -113,7 +130,8 @@ class TrainConfig:
                 raise TrainingError(f"{name} {hw}: give height and width, each at least 32 px")
         if self.crop and self.size and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
             raise TrainingError(
-                f"--crop {self.crop[0]}x{self.crop[1]} is larger than --size {self.size[0]}x{self.size[1]}; crops are taken at the training scale"
+                f"--crop {self.crop[0]}x{self.crop[1]} is larger than --size {self.size[0]}x{self.size[1]}; crops are "
+                "taken at the training scale"
             )
         if self.bs is None:
             self.bs = CROP_BS if self.crop else WHOLE_BS
@@ -127,6 +145,8 @@ class TrainConfig:
             self.augment = "affine" if self.augment else "none"
         if self.augment not in AUGMENT:
             raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
+        if not 0 < self.field_p <= 1:
+            raise TrainingError(f"--field-p {self.field_p}: use a share in (0, 1], e.g. 0.5")
         if self.loss not in LOSSES:
             raise TrainingError(f"--loss {self.loss!r}: use {', '.join(LOSSES)}")
         if self.schedule_shape not in SCHEDULES:
@@ -163,7 +183,8 @@ class TrainConfig:
     def resolved_augment(self) -> str:
         """The augmentation used; "auto" (the default of earlier versions: flips on crops, affine on whole images)
         now means flips only, which measured better both ways: on CamVid-layout crops (benchmarks.camvid rows D
-        and F: poles +0.08) and on the demo's whole images (benchmarks.demo_seeds, 5 seeds: Dice 0.960 against 0.954)."""
+        and F: poles +0.08) and on the demo's whole images (benchmarks.demo_seeds, 5 seeds: Dice 0.960 against
+        0.954)."""
         return "flip" if self.augment == "auto" else self.augment
 
     def resolved_loss(self) -> str:

@@ -68,7 +68,8 @@ def detect_layout(root: Path) -> str:
         )
     if not (root / "images").is_dir():
         raise DataError(
-            f"{root}: no images/ folder; expected images/ with masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ (CamVid)"
+            f"{root}: no images/ folder; expected images/ with masks/ (generic), segmentations/ (Leeds Butterfly) or "
+            "labels/ (CamVid)"
         )
     if (root / "masks").is_dir():
         return "generic"
@@ -77,7 +78,8 @@ def detect_layout(root: Path) -> str:
     if (root / "labels").is_dir():
         return "camvid"
     raise DataError(
-        f"{root}: images/ has no partner folder; add masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ (CamVid)"
+        f"{root}: images/ has no partner folder; add masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ "
+        "(CamVid)"
     )
 
 
@@ -94,7 +96,8 @@ def read_mask(path: Path, binary_255: bool = False) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode not in ("L", "P", "1", "I", "I;16"):
             raise DataError(
-                f"{path}: mask has mode {im.mode}; masks must be single-channel index PNGs (convert colour masks with `python -m training masks`)"
+                f"{path}: mask has mode {im.mode}; masks must be single-channel index PNGs (convert colour masks with "
+                "`python -m training masks`)"
             )
         arr = np.asarray(im)
     if binary_255:
@@ -139,12 +142,14 @@ def load_dataset(root: Path, codes: tuple[str, ...] | None = None, check: bool =
         m = read_mask(mask, binary)
         if (m.shape[1], m.shape[0]) != isize:
             raise DataError(
-                f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {image.name} is {isize[0]}x{isize[1]}; masks must match their image's size"
+                f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {image.name} is {isize[0]}x{isize[1]}; "
+                "masks must match their image's size"
             )
         top = int(m.max(initial=0))
         if codes is not None and top >= len(codes):
             raise DataError(
-                f"{mask}: mask value {top} but only {len(codes)} classes ({', '.join(codes)}); fix the mask or add classes to codes.txt"
+                f"{mask}: mask value {top} but only {len(codes)} classes ({', '.join(codes)}); fix the mask or add "
+                "classes to codes.txt"
             )
         max_id = max(max_id, top)
     if codes is None:
@@ -217,10 +222,12 @@ def make_dataloaders(
     augment: str = "affine",
     num_workers: int = 0,
     class_crops: float = 0.0,
+    field_p: float = 0.5,
 ):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
     scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
-    `augment` ("affine": flips, rotation, zoom, warp and lighting; "flip": flips only; "none"), explicit Normalize.
+    `augment` ("affine": flips, rotation, zoom, warp and lighting; "flip": flips only; "field": flips and
+    training.augment's camera shifts on a share `field_p` of the images; "none"), explicit Normalize.
     `class_crops`: the share of training crops centred on a pixel of a class drawn evenly from those in the
     image, Void excluded (nnU-Net's foreground oversampling, which centres a third of its patches so); the
     rest fall anywhere, as fastai's RandomCrop.
@@ -232,6 +239,8 @@ def make_dataloaders(
     from fastai.vision.augment import Flip, RandomCrop, Resize, ResizeMethod, aug_transforms
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
+
+    from .augment import FieldShifts
 
     _, valid_idx = split_pairs(ds, valid_pct, seed)
     mask_of = dict(ds.pairs)
@@ -252,6 +261,7 @@ def make_dataloaders(
     batch_tfms = {
         "affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
         "flip": lambda: [Flip()],
+        "field": lambda: [Flip(), FieldShifts(field_p, scale=size[1] / 480)],
         "none": list,
     }[augment]()
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))

@@ -37,7 +37,8 @@ def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, e
     # the demo always makes both variants: int8 for CPUs, fp16 for GPUs
     export_run(run, out, int8=True, fp16=True, probs=True, exporter=exporter)
     print(
-        f"== demo done in {(time.perf_counter() - t0) / 60:.1f} min: foreground Dice {report['metrics']['dice_fg']:.3f}; serve it with `make serve`",
+        f"== demo done in {(time.perf_counter() - t0) / 60:.1f} min: foreground Dice "
+        f"{report['metrics']['dice_fg']:.3f}; serve it with `make serve`",
         flush=True,
     )
     return out

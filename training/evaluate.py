@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from contract.geometry import ceil32, pad_reflect, scaled_hw
-from contract.metrics import confusion, metrics_from_confusion
+from contract.metrics import confusion, metrics_from_confusion, task_metric
 
 from .data import Dataset, read_mask
 
@@ -36,9 +36,10 @@ def predict_native(model, image: np.ndarray, size: tuple[int, int], mean, std) -
         )
 
 
-def evaluate(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std) -> tuple[dict, list]:
+def evaluate(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std, shift=None) -> tuple[dict, list]:
     """Metrics on the held-out images at their own resolution, through `predict_native`; returns the
-    metrics and (image, truth, prediction) for the first few."""
+    metrics and (image, truth, prediction) for the first few. `shift`: a function applied to each image first
+    (training.shifts), its mask unchanged."""
     model = learn.model.eval()
     cm = np.zeros((ds.n_classes, ds.n_classes), np.int64)
     shown = []
@@ -46,9 +47,28 @@ def evaluate(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std) ->
         image_path, mask_path = ds.pairs[i]
         with Image.open(image_path) as im:
             image = np.asarray(im.convert("RGB"))
+        if shift is not None:
+            image = shift(image)
         truth = read_mask(mask_path, ds.binary_255)
         pred = predict_native(model, image, size, mean, std)
         cm += confusion(pred, truth, ds.n_classes, ds.void)
         if len(shown) < 8:
             shown.append((image, truth, pred))
     return metrics_from_confusion(cm, ds.codes, ds.void), shown
+
+
+def evaluate_shifted(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std, clean: dict) -> tuple[dict, list]:
+    """The held-out images under each of training.shifts.SHIFTS: ({"shifts": {name: metrics}, "metric", "clean",
+    "shifted_mean", "ratio"}, [(name, image, prediction)] for the first image). `clean`: the unshifted metrics."""
+    from .shifts import SHIFTS
+
+    metric = task_metric(ds.layout)
+    rows, examples = {}, []
+    for name, fn in SHIFTS.items():
+        m, shown = evaluate(learn, ds, valid_idx, size, mean, std, shift=fn)
+        rows[name] = {k: m[k] for k in ("dice_fg", "iou_fg", "pixel_acc", "dice", "iou")}
+        examples.append((name, shown[0][0], shown[0][2]))
+    mean_shifted = float(np.mean([r[metric] for r in rows.values()]))
+    summary = {"metric": metric, "clean": clean[metric], "shifted_mean": mean_shifted, "shifts": rows,
+               "ratio": mean_shifted / clean[metric] if clean[metric] else 0.0}  # fmt: skip
+    return summary, examples

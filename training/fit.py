@@ -53,8 +53,8 @@ def fit(config: TrainConfig) -> dict:
     frozen, unfrozen = config.schedule(len(train_idx))
     weights, balance = class_balance(config, ds, train_idx)
     print(
-        f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} held out), classes: {', '.join(ds.codes)}"
-        + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""),
+        f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} held out), "
+        f"classes: {', '.join(ds.codes)}" + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""),
         flush=True,
     )
     if balance["used"]:
@@ -71,7 +71,8 @@ def fit(config: TrainConfig) -> dict:
         + f", augmentation {config.resolved_augment()}, loss {config.resolved_loss()}"
     )
     print(
-        f"[2/4] building U-Net on {config.encoder} ({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}",
+        f"[2/4] building U-Net on {config.encoder} "
+        f"({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}",
         flush=True,
     )
     learn, ds = learner_for(config, ds, weights=weights, half=config.progressive and frozen > 0)
@@ -83,8 +84,10 @@ def fit(config: TrainConfig) -> dict:
     steps = (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs)
     precision = resolve_precision(config.precision, learn.dls.device)
     print(
-        f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr slice{config.lr_unfrozen}): "
-        f"{steps} steps of {config.bs}, {precision}{', channels-last' if config.channels_last else ''} on {learn.dls.device.type}",
+        f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr "
+        f"slice{config.lr_unfrozen}): "
+        f"{steps} steps of {config.bs}, {precision}{', channels-last' if config.channels_last else ''} on "
+        f"{learn.dls.device.type}",
         flush=True,
     )
     history, timings, kept = _train(learn, config, ds, frozen, unfrozen, precision)
@@ -102,9 +105,17 @@ def fit(config: TrainConfig) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     metrics = report["metrics"]
     iou = "" if ds.layout != "camvid" else f", mean IoU {metrics['iou_fg']:.3f}"
+    shifted = report["shifted"]
     print(
-        f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, pixel accuracy {metrics['pixel_acc']:.3f}, "
-        f"training {timings['train_s'] / 60:.1f} min",
+        f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, "
+        f"pixel accuracy {metrics['pixel_acc']:.3f}, training {timings['train_s'] / 60:.1f} min",
+        flush=True,
+    )
+    print(
+        f"      under camera shifts: {shifted['metric']} {shifted['shifted_mean']:.3f} on average "
+        f"({shifted['ratio']:.0%} of clean; "
+        + ", ".join(f"{k} {v[shifted['metric']]:.3f}" for k, v in shifted["shifts"].items())
+        + "; shifts.png)",
         flush=True,
     )
     return report

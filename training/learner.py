@@ -27,6 +27,7 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
         seed=config.seed,
         augment=config.resolved_augment() if augment is None else augment,
         class_crops=config.class_crops,
+        field_p=config.field_p,
     )
 
 

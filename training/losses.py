@@ -16,7 +16,8 @@ class SegmentationLoss:
     1 - the mean over the classes but Void of 2|P.T| / (|P| + |T|) over the batch's non-Void pixels (P the
     softmax, T the one-hot truth), which weighs a thin class by its overlap rather than by its pixel count.
     (fastai's DiceLoss has no ignore index for Void and sums per image and class, an absent class counting
-    as much as a present one.) Module-level so that fastai can pickle a Learner that uses it; activation and decodes are the
+    as much as a present one.) Module-level so that fastai can pickle a Learner that uses it; activation and decodes
+    are the
     cross-entropy's (softmax, argmax), so fastai's get_preds and show_results behave as with the default loss."""
 
     def __init__(

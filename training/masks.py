@@ -37,7 +37,8 @@ def binary_to_index(mask: np.ndarray, path: Path | str = "mask") -> np.ndarray:
     bad = values[(values != 0) & (values != 255)]
     if bad.size:
         raise DataError(
-            f"{path}: binary mask holds value {int(bad[0])} ({int((mask == bad[0]).sum())} pixels); binary masks must hold only 0 and 255"
+            f"{path}: binary mask holds value {int(bad[0])} ({int((mask == bad[0]).sum())} pixels); binary masks must "
+            "hold only 0 and 255"
         )
     return (mask == 255).astype(np.uint8)
 
@@ -54,7 +55,8 @@ def colour_to_index(rgb: np.ndarray, colours: np.ndarray, path: Path | str = "ma
         c = int(missing[np.argmax(counts)])
         r, g, b = c >> 16, (c >> 8) & 255, c & 255
         raise DataError(
-            f"{path}: colour ({r}, {g}, {b}) is not in the palette ({int(counts.max())} pixels); add it to the palette file or fix the mask"
+            f"{path}: colour ({r}, {g}, {b}) is not in the palette ({int(counts.max())} pixels); add it to the "
+            "palette file or fix the mask"
         )
     return order[pos].astype(np.uint8)
 

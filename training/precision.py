@@ -30,7 +30,8 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
-    """True when `device` computes bf16 natively: a CUDA device that supports it, or a CPU with AMX-BF16 or AVX-512 BF16."""
+    """True when `device` computes bf16 natively: a CUDA device that supports it, or a CPU with AMX-BF16 or AVX-512
+    BF16."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":

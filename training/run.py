@@ -13,10 +13,10 @@ from contract.metadata import class_colours
 
 from .config import TrainConfig
 from .errors import TrainingError
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_shifted
 from .learner import learner_for
 from .model import ENCODERS
-from .plots import save_curves_png, save_results_png
+from .plots import save_curves_png, save_results_png, save_shifts_png
 
 
 def versions() -> dict:
@@ -34,18 +34,20 @@ def versions() -> dict:
 def write_run(
     learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict
 ) -> dict:
-    """Evaluate at native resolution and write the run folder (model.pth, config.json, results.png,
-    curves.png); returns the report."""
+    """Evaluate at native resolution, clean and under the camera shifts (training.shifts), and write the run folder
+    (model.pth, config.json, results.png, curves.png, shifts.png); returns the report."""
     import torch
 
     out, (train_idx, valid_idx) = config.out, split
     spec = ENCODERS[config.encoder]
     print(
-        f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch {schedule['kept_epoch']} kept) "
+        f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch "
+        f"{schedule['kept_epoch']} kept) "
         f"and writing {out}",
         flush=True,
     )
     metrics, shown = evaluate(learn, ds, valid_idx, size, spec.mean, spec.std)
+    shifted, examples = evaluate_shifted(learn, ds, valid_idx, size, spec.mean, spec.std, metrics)
     colours = class_colours(ds.n_classes)
     run_meta = {
         "config": config.to_json(),
@@ -63,8 +65,10 @@ def write_run(
     (out / "config.json").write_text(json.dumps(run_meta, indent=2))
     save_results_png(shown, out / "results.png", config.n_show, colours)
     save_curves_png(history, out / "curves.png")
+    save_shifts_png(shifted, examples, out / "shifts.png", colours)
     return {
         "metrics": metrics,
+        "shifted": shifted,
         "history": history,
         "schedule": schedule,
         "class_balance": balance,

@@ -46,7 +46,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
-    api = SegmentationAPI(a.model, a.variant, max_batch_size=DEFAULT_BATCH_SIZE, batch_timeout=0.01, api_path="/segment")
+    api = SegmentationAPI(
+        a.model, a.variant, max_batch_size=DEFAULT_BATCH_SIZE, batch_timeout=0.01, api_path="/segment"
+    )
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=a.workers, timeout=60, healthcheck_path="/readyz")
     server.run(host="127.0.0.1", port=a.port, generate_client_file=False)
 

@@ -10,7 +10,10 @@ from serving import imaging, pipeline
 from serving.config import ServeConfig
 from serving.runtime import SegmentationRuntime
 
-LIMITS = {"max_bytes": ServeConfig().max_bytes, "max_pixels": ServeConfig().max_pixels}  # the service's own upload limits
+LIMITS = {
+    "max_bytes": ServeConfig().max_bytes,
+    "max_pixels": ServeConfig().max_pixels,
+}  # the service's own upload limits
 
 
 def load(model: str, variant: str) -> SegmentationRuntime:

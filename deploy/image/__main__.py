@@ -1,6 +1,7 @@
 """The serving image, built from the bento with whatever engine this machine has (docker, podman or buildah).
 
-    python -m deploy.image base                  # a Debian 12 + Python 3.11 base made with debootstrap (no registry needed)
+    python -m deploy.image base                  # a Debian 12 + Python 3.11 base made with debootstrap (no registry
+    needed)
     python -m deploy.image build [--flavour cpu|cuda] [--base IMAGE]
     python -m deploy.image check [--flavour cpu|cuda]    # builds if needed, starts it, posts a real photo; one line
 
@@ -199,7 +200,8 @@ def build(flavour: str = "cpu", base: str | None = None) -> str:
         _run(cmd, f"{eng} build", timeout=3600)
     _run(_cmd(eng, "tag", versioned, moving) if eng == "buildah" else [eng, "tag", versioned, moving], "tag")
     print(
-        f"==> built {versioned} (also {moving}) in {time.perf_counter() - t0:.0f} s, {image_size(eng, versioned) / 1e6:.0f} MB",
+        f"==> built {versioned} (also {moving}) in {time.perf_counter() - t0:.0f} s, "
+        f"{image_size(eng, versioned) / 1e6:.0f} MB",
         flush=True,
     )
     return versioned
@@ -251,7 +253,8 @@ def check(flavour: str = "cpu", timeout: float = 180) -> str:
     size_mb = image_size(eng, ref) / 1e6
     if flavour == "cuda":
         out = _in_container(eng, ref, ["/opt/venv/bin/python", "-c", CUDA_PROBE])
-        return f"image {ref} ({eng}): {size_mb:.0f} MB; {out.strip().splitlines()[-1]} (no GPU here: serving on CUDA not run)"
+        answer = out.strip().splitlines()[-1]
+        return f"image {ref} ({eng}): {size_mb:.0f} MB; {answer} (no GPU here: serving on CUDA not run)"
     import io
 
     import numpy as np

@@ -15,7 +15,7 @@ from contract_model import make_contract_model
 from benchmarks.free_model import build
 from benchmarks.gpu import mean_batch
 from benchmarks.gpu import to_markdown as gpu_markdown
-from benchmarks.server_cost import goal_lines, to_markdown
+from benchmarks.harness import goal_lines, tables
 from loadtest.server import ROOT
 from serving.runtime import SegmentationRuntime
 
@@ -73,23 +73,14 @@ def test_report_states_each_goal_met_or_missed_by_how_much():
     assert lines[2].startswith(
         "- c=32: 1.00x LitServe's req/s (goal >= 1.3x: missed by 0.30); p99 150 vs 110 ms (higher: missed)"
     )
-    md = to_markdown(
-        {
-            "date": "d",
-            "machine": "m",
-            "source": "s",
-            "rounds": 2,
-            "command": "c",
-            "sets": ["256 px PNG"],
-            "table": table,
-        }
-    )
+    md = "\n".join(tables({"sets": ["256 px PNG"], "table": table}))
     assert "| this service | 100 (10 / 20) | 390 (30 / 60) | 400 (75 / 150) | 2.00 | 0 |" in md
 
 
 def test_gpu_check_reads_mean_batch_from_metrics_and_reports_na_without_nvidia_smi():
     text = (
-        '# HELP seg_batch_size x\nseg_batch_size_bucket{le="1.0"} 3.0\nseg_batch_size_sum 40.0\nseg_batch_size_count 5.0\n'
+        '# HELP seg_batch_size x\nseg_batch_size_bucket{le="1.0"} 3.0\nseg_batch_size_sum 40.0\nseg_batch_size_count '
+        "5.0\n"
         'seg_batch_size_sum{worker="2"} 8.0\nseg_batch_size_count{worker="2"} 3.0\n'
     )
     assert mean_batch(text) == (48.0, 8.0)

@@ -58,7 +58,8 @@ def test_local_base_is_debian_12_with_python_3_11(monkeypatch):
     (boot,) = [c for c in calls if c[0] == "debootstrap"]
     assert (
         "bookworm" in boot
-        and "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,ca-certificates"
+        and "--include=python3.11,python3.11-venv,python3-distutils,python3-pip-whl,python3-setuptools-whl,"
+        "ca-certificates"
         in boot
     )
     assert calls[-1][-2:] == ["ctr", image.LOCAL_BASE] and "vfs" in calls[-1]  # committed as the default base

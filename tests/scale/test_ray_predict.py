@@ -1,5 +1,6 @@
 """`python -m serving predict --ray`: the folder runner on a Ray cluster, in-process ("local") and a real
-`ray start --head` cluster joined by address with token authentication. Tiled, so a per-pixel rule model gives exact masks."""
+`ray start --head` cluster joined by address with token authentication. Tiled, so a per-pixel rule model gives exact
+masks."""
 
 from __future__ import annotations
 

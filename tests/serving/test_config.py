@@ -35,7 +35,8 @@ def test_a_bad_setting_is_kept_for_start_up_not_raised_at_import():
 
 
 def test_configuration_reference_lists_exactly_the_settings():
-    """docs/serving.md's configuration table and ServeConfig name the same SEG_* variables, and the code reads no other."""
+    """docs/serving.md's configuration table and ServeConfig name the same SEG_* variables, and the code reads no
+    other."""
     import re
     import subprocess
 
@@ -124,7 +125,10 @@ def test_tracing_and_access_log_switches_reach_bentoml_service_config(env, exclu
     import subprocess
     import sys
 
-    code = "from serving.service import SegmentationService as S; print(S.config['tracing']['excluded_urls'], S.config['logging']['access']['enabled'])"
+    code = (
+        "from serving.service import SegmentationService as S; "
+        "print(S.config['tracing']['excluded_urls'], S.config['logging']['access']['enabled'])"
+    )
     base = {k: v for k, v in os.environ.items() if k not in ("SEG_TRACING", "SEG_ACCESS_LOG")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**base, **env})
     assert r.returncode == 0, r.stderr[-1000:]
@@ -176,7 +180,9 @@ def test_defaults_have_one_home_each():
     assert data.IMAGE_EXTENSIONS is contract.IMAGE_EXTENSIONS
 
     def grep(pattern: str) -> list[str]:
-        out = subprocess.run(["git", "grep", "-n", "-E", pattern, "--", "*.py", ":!tests/*"], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "grep", "-n", "-E", pattern, "--", "*.py", ":!tests/*"], cwd=ROOT, capture_output=True, text=True
+        )
         return out.stdout.strip().splitlines()
 
     (model_dir,) = grep(r'Path\("exported_models/default"\)')  # the definition only

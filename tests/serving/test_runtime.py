@@ -32,13 +32,70 @@ def test_choose_providers():
 
 
 def test_auto_falls_back_to_cpu_with_a_warning(rule_model_dir, caplog):
-    # ONNX Runtime lists CUDA here (onnxruntime-gpu) but cannot load it without a GPU: auto must say so and go on.
+    # A GPU host (faked) where ONNX Runtime still cannot load CUDA: auto must say so and go on.
     with caplog.at_level(logging.WARNING, logger="serving.runtime"):
         rt = SegmentationRuntime.load(
-            rule_model_dir, "auto", available=["CUDAExecutionProvider", "CPUExecutionProvider"]
+            rule_model_dir, "auto", available=["CUDAExecutionProvider", "CPUExecutionProvider"], gpus=(1, "NVML: 1")
         )
     assert rt.provider == "CPUExecutionProvider"
     assert any("running on CPU" in r.message for r in caplog.records)
+    assert rt.device_reason == "auto: NVML: 1, but CUDA did not load; CPU"
+
+
+def test_auto_on_a_host_without_a_gpu_never_loads_cuda(rule_model_dir, monkeypatch):
+    """onnxruntime-gpu lists CUDA everywhere; without an NVIDIA device `auto` asks for the CPU provider only, never
+    preloads CUDA's libraries, and says why. With a (faked) device it asks for CUDA first, as before."""
+    import onnxruntime as ort
+
+    from serving import runtime
+
+    preloads, asked = [], []
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: preloads.append(a), raising=False)
+
+    class Spy(ort.InferenceSession):
+        def __init__(self, path, so, providers):
+            asked.append(providers)
+            super().__init__(path, so, providers=["CPUExecutionProvider"])
+
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(runtime, "nvidia_gpus", lambda: (0, "no NVIDIA driver (libnvidia-ml) and no /dev/nvidia*"))
+    rt = SegmentationRuntime.load(rule_model_dir, "auto", available=listed, _session_factory=Spy)
+    assert asked == [["CPUExecutionProvider"]] and preloads == [] and rt.provider == "CPUExecutionProvider"
+    assert rt.device_reason.startswith("auto: no NVIDIA driver") and rt.device_reason.endswith("CPU, CUDA not loaded")
+    monkeypatch.setattr(runtime, "nvidia_gpus", lambda: (2, "NVML: 2 device(s)"))
+    SegmentationRuntime.load(rule_model_dir, "auto", available=listed, _session_factory=Spy)
+    cuda_first = [p for p in asked[1:] if isinstance(p[0], tuple)]  # then the CPU fallback: the fake never loads it
+    assert cuda_first and cuda_first[0][0][0] == "CUDAExecutionProvider" and len(preloads) == 1
+
+
+def test_the_host_probe_reads_nvml_or_the_device_nodes(monkeypatch):
+    import ctypes
+    import glob
+
+    from serving import runtime
+
+    def no_library(name):
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    assert runtime.nvidia_gpus()[0] == 0
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidia1"])
+    assert runtime.nvidia_gpus() == (2, "2 NVIDIA device node(s) (/dev/nvidia0, /dev/nvidia1)")
+
+    class FakeNvml:
+        def nvmlInit_v2(self):
+            return 0
+
+        def nvmlDeviceGetCount_v2(self, ref):
+            ref._obj.value = 4
+            return 0
+
+        def nvmlShutdown(self):
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeNvml())
+    assert runtime.nvidia_gpus() == (4, "NVML: 4 device(s)")
 
 
 def test_cuda_asked_without_gpu_is_a_clear_error(rule_model_dir):
@@ -160,7 +217,8 @@ def test_judge_scores_both_variants_against_the_truth_either_side():
     full = score([truth], [truth], CLASSES)["dice_fg"]
     assert full == 1.0
     fg = int((truth > 0).sum())
-    # Dice of a prediction missing k of fg foreground pixels (one class each) stays near 1 - k / (2 fg); find k either side of 99 %
+    # Dice of a prediction missing k of fg foreground pixels (one class each) stays near 1 - k / (2 fg); find k either
+    # side of 99 %
     ks = [k for k in range(1, fg) if score([_flip(truth, k)], [truth], CLASSES)["dice_fg"] < 0.99]
     k_fail = ks[0]
     for k, kept in ((k_fail - 1, True), (k_fail, False)):
@@ -185,8 +243,8 @@ def test_startup_recheck_serves_int8_only_when_it_keeps_the_rule_on_this_cpu(tmp
     good = SegmentationRuntime.load(make_int8_folder(tmp_path / "good", 0.5), "cpu")
     assert good.variant == "int8" and good.int8_check["kept"] and good.int8_check["ratio"] == 1.0
     assert (
-        "re-checked on this CPU: foreground Dice int8 1.0000 vs fp32 1.0000 = 100.00% of fp32 >= 99% on 5 held-out images"
-        in good.variant_reason
+        "re-checked on this CPU: foreground Dice int8 1.0000 vs fp32 1.0000 = 100.00% of fp32 >= 99% on 5 held-out "
+        "images" in good.variant_reason
     )
     with caplog.at_level("WARNING", logger="serving.runtime"):
         bad = SegmentationRuntime.load(make_int8_folder(tmp_path / "bad", 0.8), "cpu")
@@ -214,6 +272,6 @@ def test_cpu_fallback_from_listed_cuda_keeps_the_recheck_setting(tmp_path):
     (the deployment check loads with recheck=False and must not score the variants)."""
     folder = make_int8_folder(tmp_path / "bad", background=0.8)
     listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    quick = SegmentationRuntime.load(folder, "auto", available=listed, recheck=False)
+    quick = SegmentationRuntime.load(folder, "auto", available=listed, recheck=False, gpus=(1, "fake"))
     assert quick.variant == "int8" and quick.int8_check is None
-    assert SegmentationRuntime.load(folder, "auto", available=listed).variant == "fp32"
+    assert SegmentationRuntime.load(folder, "auto", available=listed, gpus=(1, "fake")).variant == "fp32"

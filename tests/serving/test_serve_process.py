@@ -1,4 +1,5 @@
-"""A real `bentoml serve` on 127.0.0.1: the trained tiny model on real photos, batching, token and caps, start-up faults."""
+"""A real `bentoml serve` on 127.0.0.1: the trained tiny model on real photos, batching, token and caps, start-up
+faults."""
 
 from __future__ import annotations
 

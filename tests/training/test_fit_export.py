@@ -70,7 +70,8 @@ def test_metadata_round_trip(tiny_export, tiny_run):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_onnx_masks_identical_to_fastai(tiny_export, tiny_run, tiny_dataset, batch):
-    """fp32 masks equal fastai's own get_preds on 100 % of pixels, at batch sizes other than the traced one (2 is traced; 1 is not)."""
+    """fp32 masks equal fastai's own get_preds on 100 % of pixels, at batch sizes other than the traced one (2 is
+    traced; 1 is not)."""
     from training.run import load_run
 
     learn, meta, _ = load_run(tiny_run)

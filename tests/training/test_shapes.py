@@ -66,7 +66,7 @@ def test_augmentation_levels(tmp_path, tiny_dataset):
     assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), augment="affine").resolved_augment() == "affine"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=False).augment == "none"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=True).augment == "affine"
-    with pytest.raises(TrainingError, match="--augment 'lots': use flip, affine, none, auto"):
+    with pytest.raises(TrainingError, match="--augment .lots.: use flip, affine, field, none, auto"):
         TrainConfig(data=tmp_path, out=tmp_path, augment="lots")
     ds = load_dataset(tiny_dataset)
     kinds = {}
@@ -114,7 +114,8 @@ def test_median_frequency_weights_and_void():
 
 
 def test_class_weights_modes(tmp_path):
-    """on: median-frequency weights; sqrt: their square roots (Void still 0); off: none; auto: on above 10x imbalance."""
+    """on: median-frequency weights; sqrt: their square roots (Void still 0); off: none; auto: on above 10x
+    imbalance."""
     from training.data import load_dataset
     from training.losses import class_balance
     from training.synth import SynthConfig, synth
@@ -229,21 +230,6 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
 
     img = Image.open(next((d / "images").iterdir())).resize((480, 360))
     assert seg.predict(img).shape == (360, 480)
-    # benchmarks.camvid_cars on this export: every held-out car pixel counted once, by the car's photo and shade
-    from benchmarks.camvid_cars import tally
-    from training.synth import STREET_CLASSES
-
-    valid = [Path(v) for v in report["valid_images"]]
-    t = tally(tmp_path / "exp", valid, draw=1)
-    car_px = sum(
-        int((np.asarray(Image.open(d / "labels" / f"{v.stem}_P.png")) == STREET_CLASSES.index("Car")).sum())
-        for v in valid
-    )
-    assert sum(n for n, _ in t["cars"].values()) == car_px == t["tp"] + t["fn"]
-    assert all(k.split()[0] in ("coffee", "rocket", "chelsea") and 0 <= hit <= n for k, (n, hit) in t["cars"].items())
-    assert any(k.startswith("Road (") for k in t["false_car"]) and 0 <= t["car_iou"] <= 1
-    with pytest.raises(SystemExit, match="--draw"):
-        tally(tmp_path / "exp", valid, draw=2)
 
 
 def test_dice_term_of_the_loss():

@@ -1,4 +1,5 @@
-"""Export a trained run, or a fastai Learner, to a self-describing ONNX model (the contract in exported_models/README.md).
+"""Export a trained run, or a fastai Learner, to a self-describing ONNX model (the contract in
+exported_models/README.md).
 
 The graph takes `image` uint8 (N, H, W, 3) RGB of any N, H and W, and returns `mask` uint8 (N, H, W)
 and, optionally, `probs` float32 (N, C, H, W): cast, /255, normalisation with the training stats,
@@ -275,13 +276,15 @@ def _export(
     exporter: str = "auto",
     dynamic_hw: bool = True,
 ) -> ExportReport:
-    """The export itself: graph, parity gate, metadata, variants and samples, written to the new folder `out` in one rename."""
+    """The export itself: graph, parity gate, metadata, variants and samples, written to the new folder `out` in one
+    rename."""
     import onnx
 
     size, valid = src.size, src.valid
     if not dynamic_hw and any(v % 32 for v in size):
         raise ExportError(
-            f"--fixed-size needs a training size in multiples of 32 (this model: {size[0]}x{size[1]}); export it any-size (the default)"
+            f"--fixed-size needs a training size in multiples of 32 (this model: {size[0]}x{size[1]}); export it "
+            "any-size (the default)"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:

@@ -134,7 +134,8 @@ def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dyna
     """Both parity checks on `fp32`; ExportError (nothing written) unless every mask is identical but for ties."""
     shapes = parity_shapes(size) if dynamic_hw else []
     print(
-        f"[3/4] parity: ONNX Runtime vs fastai on {len(valid)} held-out images, batch sizes {PARITY_BATCHES}: get_preds at "
+        f"[3/4] parity: ONNX Runtime vs fastai on {len(valid)} held-out images, batch sizes {PARITY_BATCHES}: "
+        "get_preds at "
         f"{size[0]}x{size[1]}" + (", its model at " + ", ".join(f"{h}x{w}" for h, w in shapes) if shapes else ""),
         flush=True,
     )
@@ -144,7 +145,8 @@ def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dyna
     if not (parity["identical"] and parity["other_shapes"]["identical"]):
         worst = min(r[f"agreement_b{b}"] for r in rows for b in PARITY_BATCHES)
         raise ExportError(
-            f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels, and not only on numerical ties (need 100 %); nothing written"
+            f"parity failed: ONNX masks match fastai on {worst:.4%} of pixels, and not only on numerical ties (need "
+            "100 %); nothing written"
         )
     flips = sum(r[f"tie_flips_b{b}"] for r in rows for b in PARITY_BATCHES)
     print(

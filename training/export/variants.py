@@ -23,7 +23,8 @@ SPEED_THREADS, SPEED_BATCH, SPEED_IMAGES = (
 
 
 def worker_session(path: Path):
-    """An ONNX Runtime CPU session of `path` with the serving options and SPEED_THREADS thread(s), as a worker runs it."""
+    """An ONNX Runtime CPU session of `path` with the serving options and SPEED_THREADS thread(s), as a worker runs
+    it."""
     import onnxruntime as ort
 
     from contract.session import session_options
@@ -205,7 +206,8 @@ def make_int8(
         "fp32_img_s": speed_fp32,
         "int8_img_s": speed_int8,
         "speedup": speed_int8 / speed_fp32,
-        "speed_measured": f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, {check_images.shape[1]}x{check_images.shape[2]}",
+        "speed_measured": f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, "
+        f"{check_images.shape[1]}x{check_images.shape[2]}",
         "recipe": {**recipe.describe(), "float_nodes": kept_float},
     }
     if truths is None:
@@ -269,7 +271,8 @@ def write_variants(
     metric: str = "dice_fg",
 ) -> tuple[dict | None, dict | None]:
     """model.int8.onnx and model.fp16.onnx beside `fp32` in `folder` as asked (int8 only when it keeps the
-    accuracy rule on `check` against `truths`), with the fp32 metadata and their own results; returns (int8 result, fp16 result)."""
+    accuracy rule on `check` against `truths`), with the fp32 metadata and their own results; returns (int8 result,
+    fp16 result)."""
     from contract.metrics import explain
 
     print(
@@ -283,7 +286,8 @@ def write_variants(
     if int8:
         int8_result = make_int8(fp32, folder / "model.int8.onnx", calib, check, truths, codes, void, metric)
         how = explain(int8_result) if "ratio" in int8_result else int8_result["why"]
-        info = f"{how}; {int8_result['agreement']:.2%} pixel agreement, {int8_result['speedup']:.2f}x fp32 speed (1 thread, batch 8)"
+        agreement, speedup = int8_result["agreement"], int8_result["speedup"]
+        info = f"{how}; {agreement:.2%} pixel agreement, {speedup:.2f}x fp32 speed (1 thread, batch 8)"
         if int8_result["kept"]:
             set_metadata(folder / "model.int8.onnx", {**metadata, "variant": "int8", "int8": int8_result})
             print(f"      int8 kept: {info}", flush=True)
