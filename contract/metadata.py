@@ -110,7 +110,8 @@ class ModelMeta:
     def describe(self) -> dict:
         """JSON-friendly view for /model."""
         d = {k: v for k, v in self.raw.items()}
-        for key in ("classes", "colours", "input_size", "mean", "std", "versions", "metrics", "parity", "int8"):
+        keys = ("classes", "colours", "input_size", "mean", "std", "versions", "metrics", "parity", "int8", "crop")
+        for key in (*keys, "confidence_reference"):
             if key in d:
                 try:
                     d[key] = json.loads(d[key])

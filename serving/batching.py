@@ -10,11 +10,13 @@ a batch takes inputs from at most half of the requests in flight (`share_cap`), 
 the requests of the next are decoded and those of the last encoded. Without it, 8 requests in flight
 on a worker all joined one batch, and the model idled while they were encoded and the next 8 decoded.
 
-`Admission`: the unit is model work, not requests. One input at the model's own size is one unit (a
-larger input of an any-size graph counts by its pixels), and the seconds per unit are measured on the
-real batches. A request is admitted when the work already queued ahead of it fits the latency budget;
-its own deadline is that budget plus its own work, and nothing sheds a request once admitted, so an
-admitted request always finishes. A tiled request keeps at most two batches of its tiles in the
+`Admission`: the unit is work, not requests. The model's: one input at the model's own size is one unit (a larger
+input of an any-size graph counts by its pixels), priced by the seconds per unit measured on the real batches. The
+request's own, around the model (decoding, resizing, upsampling the scores, encoding the answer): priced per pixel of
+the upload, by the seconds per pixel measured on the real requests of each route. A request is admitted when the work
+queued ahead of it and its own fit the latency budget together (or nothing is ahead of it: waiting would not make it
+faster), so an admitted request is answered within the budget as far as the prices hold; nothing sheds it once
+admitted: it always finishes. A tiled request keeps at most two batches of its tiles in the
 queue at a time, so small requests arriving meanwhile wait for those, not for the whole image.
 """
 
@@ -145,13 +147,16 @@ QUEUED_BATCHES = 2  # a tiled request keeps at most this many batches of its til
 class Admission:
     """Admission by work for one worker process, and the requests in flight on it: see the module docstring.
 
-    `reserved` holds the queue share of every admitted request still running: 1 unit per image (more
-    for a large input of an any-size graph), at most QUEUED_BATCHES batches for a tiled request.
-    `watch(batcher)` ties it to the batcher whose measured seconds per unit price the queue."""
+    `reserved` holds the model work of every admitted request still running, in units: 1 per image (more for a large
+    input of an any-size graph), at most QUEUED_BATCHES batches for a tiled request; `reserved_s` their own work
+    around the model, in seconds. `watch(batcher)` ties it to the batcher whose seconds per unit price the queue."""
 
-    def __init__(self, budget_s: float, max_batch_size: int):
+    def __init__(self, budget_s: float, max_batch_size: int, seconds_per_pixel: float = 0.0):
         self.budget_s, self.max_batch_size = budget_s, max_batch_size
         self.reserved = 0.0
+        self.reserved_s = 0.0
+        self.seed_per_pixel = seconds_per_pixel  # a warm-up measurement, until a route has its own
+        self.per_pixel: dict[str, float] = {}  # route -> moving average of seconds per upload pixel
         self.in_flight = 0  # requests between the gate and their answer
         self.batcher: Batcher | None = None
 
@@ -167,23 +172,36 @@ class Admission:
         """A request's share of the queue: its one input, or the batches of tiles it keeps queued at a time."""
         return units_per_input * min(inputs, QUEUED_BATCHES * self.max_batch_size)
 
-    def ahead_s(self) -> float:
-        """Seconds of model work queued ahead of a request arriving now."""
-        return self.reserved * self.batcher.seconds_per_unit
+    def own_seconds(self, route: str, pixels: int) -> float:
+        """The price of a request's work around the model: its upload's pixels at the route's seconds per pixel."""
+        return pixels * self.per_pixel.get(route, self.seed_per_pixel)
 
-    def over_budget(self) -> int | None:
-        """Retry-After seconds when the work already queued is over the budget (whatever a new request
-        needs), else None: the gate refuses such requests before reading their body."""
-        ahead = self.ahead_s()
+    def observe(self, route: str, pixels: int, seconds: float) -> None:
+        """A finished request's measured work around the model: the route's price per pixel moves towards it."""
+        old = self.per_pixel.get(route, self.seed_per_pixel)
+        self.per_pixel[route] = 0.9 * old + 0.1 * seconds / max(pixels, 1)
+
+    def ahead_s(self) -> float:
+        """Seconds of work queued ahead of a request arriving now: the model's and the admitted requests' own."""
+        return self.reserved * self.batcher.seconds_per_unit + self.reserved_s
+
+    def over_budget(self, own_s: float = 0.0) -> int | None:
+        """Retry-After seconds when the work already queued, plus `own_s`, is over the budget, else None: the gate
+        refuses requests before reading their body when the queue alone is over it."""
+        ahead = self.ahead_s() + own_s
         return max(1, math.ceil(ahead - self.budget_s)) if ahead > self.budget_s else None
 
-    def try_admit(self, share: float) -> int | None:
-        """Reserve `share` units and return None, or return the Retry-After seconds when the work ahead
-        is over the budget (nothing reserved)."""
-        retry = self.over_budget()
+    def try_admit(self, share: float, own_s: float = 0.0) -> int | None:
+        """Reserve `share` units of model work and `own_s` seconds of the request's own work and return None, or
+        return the Retry-After seconds when work is queued ahead and with this request's it does not fit the budget
+        (nothing reserved). With nothing ahead, a request is admitted whatever its size: waiting would not help."""
+        idle = self.reserved == 0 and self.reserved_s == 0
+        retry = None if idle else self.over_budget(share * self.batcher.seconds_per_unit + own_s)
         if retry is None:
             self.reserved += share
+            self.reserved_s += own_s
         return retry
 
-    def release(self, share: float) -> None:
+    def release(self, share: float, own_s: float = 0.0) -> None:
         self.reserved = max(0.0, self.reserved - share)
+        self.reserved_s = max(0.0, self.reserved_s - own_s)

@@ -228,6 +228,13 @@ def _palette(colours) -> list[int]:
     return flat + [0] * (768 - len(flat))
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB or (H, W) uint8 grey -> PNG bytes (zlib level 1)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def palette_png(mask: np.ndarray, colours) -> bytes:
     """(H, W) uint8 class ids -> PNG bytes, mode P: pixel values are class ids, the palette is the class colours."""
     im = Image.frombuffer("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask), "raw", "P", 0, 1)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from contract.geometry import ceil32, pad_reflect, scaled_hw
 from contract.metadata import ModelMeta
+from contract.metrics import UNCERTAIN_BELOW, confidence
 
 from . import imaging, tiling
 
@@ -84,7 +85,8 @@ def decode_size(plan: Plan) -> tuple[int, int]:
 class Job:
     """The model work of one image: `chunks(n)` yields its inputs in lists of at most n (H, W, 3) uint8
     arrays; `add(outputs)` takes their outputs in the same order, each a (mask, probs-or-None) pair;
-    `mask()` is the (H, W) uint8 result at the image's own size."""
+    `mask()` is the (H, W) uint8 result at the image's own size; then `confidence()` and `confidence_map()` tell
+    how sure the model was (from its class probabilities; None for a model without a `probs` output)."""
 
     def __init__(self, meta: ModelMeta, img: Image.Image, plan: Plan):
         self.meta, self.plan = meta, plan
@@ -100,6 +102,7 @@ class Job:
             ph, pw = plan.input_hw
             self._input = pad_reflect(scaled, ph, pw)
         self._output = None
+        self.top1: np.ndarray | None = None  # each pixel's top-1 probability, at the scale the scores were decided
 
     @property
     def single_input(self) -> np.ndarray:
@@ -124,7 +127,9 @@ class Job:
     def mask(self) -> np.ndarray:
         sh, sw = self.plan.scaled_hw
         if self.plan.tiled and not self.meta.dynamic_hw:
-            return self._blender.result()  # already at full resolution
+            mask = self._blender.result()  # already at full resolution
+            self.top1 = self._blender.top1
+            return mask
         if self.plan.tiled:
             probs, ids = self._blender.scores()
         else:
@@ -132,7 +137,21 @@ class Job:
             ids, probs = ids[:sh, :sw], (probs[:, :sh, :sw] if probs is not None else None)
         if probs is None:
             return imaging.resize_mask(np.ascontiguousarray(ids), self.size_wh)
+        self.top1 = probs.max(axis=0)
         return imaging.upsample_scores(probs, self.size_wh, np.ascontiguousarray(ids))
+
+    def confidence(self, below: float = UNCERTAIN_BELOW) -> dict | None:
+        """After `mask()`: {"mean", "uncertain_fraction"} of the top-1 probabilities (contract.metrics.confidence),
+        over the pixels at the scale the model decided them (the model's scale; full resolution for the tiles of a
+        fixed-size model); None when the model gives no probabilities."""
+        return None if self.top1 is None else confidence(self.top1, below)
+
+    def confidence_map(self) -> np.ndarray | None:
+        """After `mask()`: (H, W) uint8 at the image's own size, each pixel's top-1 probability x 255 (bilinear)."""
+        if self.top1 is None:
+            return None
+        top = Image.fromarray(np.asarray(self.top1, np.float32), "F").resize(self.size_wh, Image.BILINEAR)
+        return np.clip(np.asarray(top) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def warmup_shapes(meta: ModelMeta) -> list[tuple[int, int]]:

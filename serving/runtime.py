@@ -200,6 +200,11 @@ class SegmentationRuntime:
         )
         return rt
 
+    @property
+    def has_probs(self) -> bool:
+        """The graph outputs class probabilities (`probs`): confidence figures, scores upsampled at boundaries."""
+        return "probs" in self._outputs
+
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, H, W) uint8 class ids."""
         if self._io_binding:

@@ -5,6 +5,7 @@
     mask = seg.predict("photo.jpg")          # (H, W) uint8 class ids at the photo's size
     seg.overlay("photo.jpg").save("o.png")    # the photo with the class colours blended over it
     seg.stats("photo.jpg")                    # {"width", "height", "classes": [{"id", "name", "pixels", "fraction"}]}
+    seg.confidence("photo.jpg")               # {"mean": 0.97, "uncertain_fraction": 0.02}: how sure the model was
 
 The same data path as the service (serving.pipeline), with ONNX Runtime called directly; used by
 `python -m serving predict` and its Ray runner. Images may be a path, bytes, a PIL image or an
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from contract.metadata import DEFAULT_BATCH_SIZE
+from contract.metrics import UNCERTAIN_BELOW
 
 from . import imaging, pipeline
 from .runtime import SegmentationRuntime
@@ -71,6 +73,18 @@ class Segmenter:
         self, images: list[Image.Image], tile: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> list[np.ndarray]:
         """RGB images -> their masks, in order. Untiled images of the same model input shape share batches."""
+        return [mask for mask, _ in self.analyse_many(images, tile=tile, batch_size=batch_size)]
+
+    def confidence(self, image, tile: bool = False, below: float = UNCERTAIN_BELOW) -> dict | None:
+        """How sure the model was of one image: {"mean": mean top-1 probability, "uncertain_fraction": share of its
+        pixels below `below`} (the service's Seg-Confidence and Seg-Uncertain-Fraction); None without probabilities."""
+        return self.analyse_many([to_image(image)], tile=tile, below=below)[0][1]
+
+    def analyse_many(
+        self, images: list[Image.Image], tile: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
+        below: float = UNCERTAIN_BELOW,
+    ) -> list[tuple[np.ndarray, dict | None]]:  # fmt: skip
+        """RGB images -> (mask, confidence figures or None) each, in order; batched as `predict_many`."""
         jobs = [pipeline.Job(self.meta, img, pipeline.plan(self.meta, img.size, tile=tile)) for img in images]
         by_shape = defaultdict(list)
         for job in jobs:
@@ -84,7 +98,7 @@ class Segmenter:
                 part = group[i : i + batch_size]
                 for job, out in zip(part, self._run(np.stack([job.single_input for job in part]))):
                     job.add([out])
-        return [job.mask() for job in jobs]
+        return [(job.mask(), job.confidence(below)) for job in jobs]
 
     def _run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         masks, probs = self.runtime.run_scores(batch)
@@ -140,8 +154,8 @@ def segment_items(
             )
         except imaging.ImageError as exc:
             res.error = str(exc)
-    masks = seg.predict_many([img for _, img in decoded], tile=tile, batch_size=batch_size)
-    for (res, img), mask in zip(decoded, masks):
+    answers = seg.analyse_many([img for _, img in decoded], tile=tile, batch_size=batch_size)
+    for (res, img), (mask, figures) in zip(decoded, answers):
         res.mask_png = seg.mask_png(mask)
         if overlays:
             res.overlay_png = imaging.overlay_png(img, mask, seg.meta.colours)
@@ -151,6 +165,8 @@ def segment_items(
                 "width": s["width"],
                 "height": s["height"],
                 **{c["name"]: round(c["fraction"], 6) for c in s["classes"]},
+                "confidence": round(figures["mean"], 6) if figures else "",
+                "uncertain_fraction": round(figures["uncertain_fraction"], 6) if figures else "",
             }
     return results
 

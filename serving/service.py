@@ -15,114 +15,39 @@ Nothing is shed after step 4: an admitted request always gets its answer. Config
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import json
 import logging
 import time
 from collections import deque
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, ClassVar
+from typing import Annotated
 
-import attrs
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from fastapi import Depends, FastAPI, Header
 from fastapi import Path as FastAPIPath
-from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from contract import store
 
-from . import imaging, pipeline
-from .batching import QUEUED_BATCHES, Admission, Batcher
+from . import imaging, models, monitor, pipeline
+from .batching import QUEUED_BATCHES, Admission
+from .capture import Capture, Rule
 from .config import ServeConfig
-from .http import ERROR_RESPONSES, Gate, Problem, Upload, busy, check_token, problem_doc, read_upload
+from .http import ERROR_RESPONSES, Gate, Problem, Upload, busy, check_token, problem_doc
+from .io import DESCRIPTION, PNG, ROUTES, DescribedService, ImageInput, Stats, StatsInput
 from .runtime import ContractError, SegmentationRuntime
 
 log = logging.getLogger("serving.service")
 
 CONFIG, CONFIG_ERROR = ServeConfig.load()  # read once; a bad setting stops `bentoml serve` in check_deployment
-ROUTES = ("/segment", "/overlay", "/stats")
 UI_PAGE = (Path(__file__).parent / "ui" / "index.html").read_text()  # static: no CDN, no build step, works offline
 
 
 class StartupError(BentoMLException):
     """A bad setting or model: `bentoml serve` prints the message as one line and exits non-zero."""
-
-
-@functools.cache
-def _metrics() -> SimpleNamespace:
-    """Our Prometheus metrics, created in the worker: BentoML points prometheus_client at its multiprocess
-    directory only after the service module is imported (bentoml.metrics is deprecated for prometheus_client)."""
-    import prometheus_client as prom
-
-    return SimpleNamespace(
-        batch_size=prom.Histogram(
-            "seg_batch_size", "Model inputs per ONNX Runtime call", buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
-        ),
-        batch_seconds=prom.Histogram(
-            "seg_batch_seconds", "Seconds per ONNX Runtime call", buckets=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]
-        ),
-        refused=prom.Counter("seg_refused", "Requests refused before any model work, by status", ["status"]),
-    )
-
-
-class ImageInput(bentoml.IODescriptor):
-    """multipart/form-data: the image file in the field `image`; options as form fields or query parameters."""
-
-    OPTIONS: ClassVar[tuple[str, ...]] = ("tile",)
-    image: Path = Field(
-        description="the photo: JPEG, PNG, WebP, BMP, TIFF or GIF (first frame); EXIF orientation is applied; "
-        "other bytes are answered 415",
-        json_schema_extra={"minLength": 1},
-    )
-    tile: bool = Field(
-        False,
-        description="segment at full resolution by overlapping tiles at the model size (also automatic above "
-        "SEG_TILE_ABOVE pixels)",
-    )
-
-    @classmethod
-    async def from_http_request(cls, request, serde):
-        """The body, parsed with limits (serving.http.read_upload). A problem travels in `image` to the method, which
-        answers it."""
-        svc = bentoml.get_current_service()
-        try:
-            upload = await read_upload(request, cls.OPTIONS, max_bytes=svc.config.max_bytes)
-        except Problem as problem:
-            return cls.model_construct(image=problem)
-        return cls.model_construct(image=upload, **upload.options)
-
-
-class StatsInput(ImageInput):
-    """multipart/form-data: the image file in the field `image`; options as form fields or query parameters."""
-
-    OPTIONS: ClassVar[tuple[str, ...]] = ("tile", "rle")
-    rle: bool = Field(False, description="add each class's mask as COCO uncompressed RLE (column-major run lengths)")
-
-
-class ClassStats(BaseModel):
-    id: int
-    name: str
-    pixels: int
-    fraction: float
-    rle: dict | None = Field(None, description="with rle=true: {size: [H, W], counts: [...]}")
-
-
-class Stats(bentoml.IODescriptor):
-    """Per-class pixel counts of the mask at the upload's size."""
-
-    width: int
-    height: int
-    classes: list[ClassStats]
-
-
-# The wire type of /segment and /overlay: BentoML documents it as image/png and its client saves it to a file. The
-# methods return a starlette Response holding those PNG bytes (BentoML passes a Response through as it is).
-PNG = Annotated[Path, bentoml.validators.ContentType("image/png")]
 
 
 def _current():
@@ -143,34 +68,6 @@ async def _problem(request, problem: Problem):
 def _token(authorization: str = Header("")) -> None:
     """The routes of info_app that need the bearer token depend on this (the inference routes: the Gate)."""
     check_token(CONFIG, authorization)
-
-
-DESCRIPTION = """Semantic segmentation with a fastai U-Net exported to ONNX, served with BentoML over ONNX Runtime
-(CUDA when a GPU is there, CPU otherwise). POST an image to /segment (palette PNG mask), /overlay or /stats: the
-answer has the image's own size. Try it in the browser at /ui; GET /model describes the model."""
-
-
-class DescribedService(bentoml.Service):
-    """BentoML's Swagger UI shows `doc`: a built bento's README (written from this description), and BentoML's
-    generic text under `bentoml serve` from the source tree. Ours says what this service is in both."""
-
-    @property
-    def doc(self) -> str:
-        return self.bento.doc if self.bento is not None else self.description
-
-    @property
-    def openapi_spec(self):
-        """BentoML's document, with the statuses the inference routes really send (and Retry-After) in place
-        of its generic 400/404/500: a client generated from /docs.json knows every answer."""
-        spec = super().openapi_spec
-        for route in ROUTES:
-            operation = spec.paths[route].post
-            operation["responses"] = {200: operation["responses"][200], **ERROR_RESPONSES}
-            operation["requestBody"]["required"] = True  # no body: 415
-            content = operation["requestBody"]["content"]
-            for kind, media in content.items():  # an unknown field: 400 (BentoML's document objects are frozen attrs)
-                content[kind] = attrs.evolve(media, schema=attrs.evolve(media.schema, additionalProperties=False))
-        return spec
 
 
 @bentoml.service(
@@ -207,48 +104,63 @@ class SegmentationService:
     def __init__(self) -> None:
         if CONFIG_ERROR is not None:
             raise CONFIG_ERROR
-        self.config = CONFIG
-        self.metrics = _metrics()
-        self.runtime = SegmentationRuntime.load(
-            store.resolve(CONFIG.model_source),
-            CONFIG.device,
-            CONFIG.variant,
-            threads=CONFIG.intra_op_threads,
-            spin=CONFIG.ort_spin,
-        )
-        self.meta = self.runtime.meta
-        shapes = pipeline.warmup_shapes(self.meta)
-        t = time.perf_counter()
-        self.runtime.warmup(range(1, CONFIG.max_batch_size + 1), shapes)
-        log.warning(
-            "warm-up of batch sizes 1..%d at %s took %.2f s", CONFIG.max_batch_size, shapes, time.perf_counter() - t
-        )
-        h, w = shapes[0]
-        t = time.perf_counter()
-        self._run(np.zeros((CONFIG.max_batch_size, h, w, 3), np.uint8))
-        seed = (time.perf_counter() - t) / CONFIG.max_batch_size
-        self.admission = Admission(CONFIG.max_latency_ms / 1000, CONFIG.max_batch_size)
-        self.batcher = Batcher(
-            self._run,
-            max_batch_size=CONFIG.max_batch_size,
-            unit_pixels=h * w,
-            seed_seconds_per_unit=seed,
-            on_batch=self._observe_batch,
-            share_cap=self.admission.batch_share_cap,
-        )
-        self.admission.watch(self.batcher)
-        folder = self.runtime.path.parent / "samples"
-        self.samples = {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
+        self.config = cfg = CONFIG
+        self.metrics = monitor.metrics()
+        self.admission = Admission(cfg.max_latency_ms / 1000, cfg.max_batch_size)
+        self.model = self._load()
+        self.admission.seed_per_pixel = self._price_pixels(self.model)
+        self.admission.watch(self.model.batcher)
+        self.monitor = monitor.Monitor(cfg.drift_window)
+        self.monitor.use(self.model.reference)
+        rule = Rule(Path(cfg.capture_dir), cfg.capture_below, cfg.capture_sample, cfg.capture_max_files,
+                    cfg.capture_max_bytes)  # fmt: skip
+        self.capture = Capture(rule, self.metrics.captures) if cfg.capture_dir else None
+        self.watcher = models.Watcher(cfg, self.model, self._swap, self._load, self.metrics.reloads)
+        self.samples = self._samples(self.model)
         # What is loaded by now (BentoML, ONNX Runtime, numpy: ~130k objects) lives as long as the worker. Out of
         # the collector's reach, a full collection no longer walks it: the first one under load took ~110 ms and
         # stalled every request in flight on the worker (the p99 at c=16 with a near-zero-cost model).
         gc.collect()
         gc.freeze()
 
-    def _run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """A batch through ONNX Runtime: (mask, probs or None) per input."""
-        masks, probs = self.runtime.run_scores(batch)
-        return list(zip(masks, probs if probs is not None else [None] * len(masks)))
+    def _load(self) -> models.ServedModel:
+        return models.load(self.config, on_batch=self._observe_batch, share_cap=self.admission.batch_share_cap)
+
+    def _swap(self, new: models.ServedModel) -> None:
+        """A new version, checked and warmed up: the requests admitted from now on get it."""
+        self.model, self.samples = new, self._samples(new)
+        self.admission.watch(new.batcher)
+        self.monitor.use(new.reference)
+
+    @bentoml.on_startup
+    def _start_watching(self) -> None:
+        """In the worker's event loop: poll the model source every SEG_RELOAD_S (off at 0)."""
+        self.watcher.start()
+
+    @staticmethod
+    def _samples(model: models.ServedModel) -> dict[str, Path]:
+        folder = model.runtime.path.parent / "samples"
+        return {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
+
+    def _price_pixels(self, model: models.ServedModel) -> float:
+        """Seconds per upload pixel of a request's work around the model (decode, resize, upsample, encode), measured
+        once on a synthetic photo at twice the model's scale: the admission's price until real requests measure it."""
+        h, w = model.meta.input_size
+        yy, xx = np.mgrid[0 : 2 * h, 0 : 2 * w]
+        photo = np.stack([xx * 255 // (2 * w), yy * 255 // (2 * h), (xx + yy) % 256], -1).astype(np.uint8)
+        data, run = imaging.png_bytes(photo), models.batch_runner(model.runtime)
+        spent = []
+        for _ in range(3):
+            t = time.perf_counter()
+            im = imaging.open_image(data, max_bytes=len(data), max_pixels=photo.shape[0] * photo.shape[1])
+            plan = pipeline.plan(model.meta, im.size)
+            job = pipeline.Job(model.meta, imaging.load_rgb(im, data, pipeline.decode_size(plan)), plan)
+            around = time.perf_counter() - t
+            job.add(run(np.stack(next(job.chunks(1)))))
+            t = time.perf_counter()
+            imaging.palette_png(job.mask(), model.meta.colours)
+            spent.append(around + time.perf_counter() - t)
+        return min(spent) / photo.shape[0] / photo.shape[1]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -257,7 +169,7 @@ class SegmentationService:
     @bentoml.api(route="/segment", input_spec=ImageInput)
     async def segment(self, image: Path, tile: bool = False) -> PNG:
         """The mask as a palette PNG of the upload's size: pixel values are class ids, the palette holds the class
-        colours.
+        colours; how sure the model was in the Seg-Confidence and Seg-Uncertain-Fraction headers.
         Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
         return await self._answer("/segment", image, tile=tile)
 
@@ -269,9 +181,16 @@ class SegmentationService:
 
     @bentoml.api(route="/stats", input_spec=StatsInput)
     async def stats(self, image: Path, tile: bool = False, rle: bool = False) -> Stats:
-        """Per-class pixel counts and fractions of the mask (and COCO RLE with rle=true), as JSON.
+        """Per-class pixel counts and fractions of the mask (and COCO RLE with rle=true), and the answer's
+        confidence, as JSON.
         Errors: 400 bad request, 401 token, 413 too large, 415 not an image, 429/503 busy (with Retry-After)."""
         return await self._answer("/stats", image, tile=tile, rle=rle)
+
+    @bentoml.api(route="/confidence", input_spec=ImageInput)
+    async def confidence(self, image: Path, tile: bool = False) -> PNG:
+        """How sure the model was of each pixel: a greyscale PNG of the upload's size, each pixel its top-1 class
+        probability x 255 (white: sure). Errors: as /segment, and 409 for a model without class probabilities."""
+        return await self._answer("/confidence", image, tile=tile)
 
     @info_app.get(
         "/ui",
@@ -336,11 +255,14 @@ class SegmentationService:
             return problem.response()
 
     async def _serve(self, route: str, data: bytes, options: dict[str, bool]) -> Response:
-        cfg = self.config
+        cfg, model = self.config, self.model  # the version current now answers this request, whatever comes after
+        if route == "/confidence" and not model.runtime.has_probs:
+            raise Problem(409, f"the model served ({model.version}) has no class probabilities, so no confidence: "
+                               "re-export it without --no-probs")  # fmt: skip
         im = imaging.open_image(data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels)
         size = imaging.displayed_size(im, data)
         plan = pipeline.plan(
-            self.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap
+            model.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap
         )
         if plan.inputs > cfg.max_tiles:
             raise Problem(
@@ -349,37 +271,46 @@ class SegmentationService:
                 f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
                 "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`",
             )
-        share = self.admission.share(self.batcher.units(plan.input_hw), plan.inputs)
-        retry = self.admission.try_admit(share)
+        pixels = size[0] * size[1]
+        share = self.admission.share(model.batcher.units(plan.input_hw), plan.inputs)
+        own = self.admission.own_seconds(route, pixels)
+        retry = self.admission.try_admit(share, own)
         if retry is not None:
             raise busy(self.admission, retry)
         try:
-            heavy = (
-                size[0] * size[1] > cfg.offload_pixels
-            )  # big images: Pillow and numpy work in a thread, the event loop stays free
+            heavy = pixels > cfg.offload_pixels  # big images: Pillow and numpy work in a thread, the loop stays free
+            t0 = time.perf_counter()
             # the overlay draws on the photo itself; the other answers only need the model's scale
             img = await self._call(
                 heavy, imaging.load_rgb, im, data, None if route == "/overlay" else pipeline.decode_size(plan)
             )
-            job = await self._call(heavy, pipeline.Job, self.meta, img, plan)
-            await self._infer(job)
+            job = await self._call(heavy, pipeline.Job, model.meta, img, plan)
+            t1 = time.perf_counter()
+            await self._infer(job, model.batcher)
+            t2 = time.perf_counter()
             mask = await self._call(heavy, job.mask)
-            body = await self._call(heavy, self._encode, route, img, mask, options.get("rle", False))
+            figures = job.confidence(cfg.uncertain_below)
+            body = await self._call(heavy, self._encode, route, model, img, job, mask, figures, options)
+            self.admission.observe(route, pixels, t1 - t0 + time.perf_counter() - t2)
         finally:
-            self.admission.release(share)
-        return Response(body, media_type="application/json" if route == "/stats" else "image/png")
+            self.admission.release(share, own)
+        self.monitor.answer(figures, mask, model.meta.classes, model.version)
+        if self.capture is not None:
+            self.capture.offer(data, im.format, mask, figures, model.meta.classes, model.meta.colours, model.version)
+        return Response(body, media_type="application/json" if route == "/stats" else "image/png",
+                        headers=answer_headers(model.version, figures))  # fmt: skip
 
     @staticmethod
     async def _call(offload: bool, fn, *args):
         return await asyncio.to_thread(fn, *args) if offload else fn(*args)
 
-    async def _infer(self, job: pipeline.Job) -> None:
+    async def _infer(self, job: pipeline.Job, batcher) -> None:
         """The job's inputs through the batcher in full batches, at most QUEUED_BATCHES queued at a time (the
         share admission reserved), their outputs handed back in order as they come."""
         pending: deque[asyncio.Future] = deque()
         try:
             for chunk in job.chunks(self.config.max_batch_size):
-                pending.append(asyncio.ensure_future(self.batcher.submit(chunk)))
+                pending.append(asyncio.ensure_future(batcher.submit(chunk)))
                 if len(pending) == QUEUED_BATCHES:
                     job.add(await pending.popleft())
             while pending:
@@ -388,51 +319,74 @@ class SegmentationService:
             for fut in pending:
                 fut.cancel()
 
-    def _encode(self, route: str, img, mask: np.ndarray, rle: bool) -> bytes:
+    @staticmethod
+    def _encode(route: str, model, img, job, mask: np.ndarray, figures: dict | None, options: dict) -> bytes:
+        meta = model.meta
         if route == "/segment":
-            return imaging.palette_png(mask, self.meta.colours)
+            return imaging.palette_png(mask, meta.colours)
         if route == "/overlay":
-            return imaging.overlay_png(img, mask, self.meta.colours)
-        return json.dumps(imaging.class_stats(mask, self.meta.classes, rle=rle)).encode()
+            return imaging.overlay_png(img, mask, meta.colours)
+        if route == "/confidence":
+            return imaging.png_bytes(job.confidence_map())
+        stats = imaging.class_stats(mask, meta.classes, rle=options.get("rle", False))
+        return json.dumps({**stats, "confidence": figures, "model": model.version}).encode()
 
     def describe(self) -> dict:
-        """The model's metadata, the provider and variant in use (and why), batching, admission and limits (GET
-        /model)."""
-        cfg = self.config
+        """The model's metadata, version, provider and variant in use (and why), confidence, drift, reloads,
+        capture, batching, admission and limits (GET /model)."""
+        cfg, model = self.config, self.model
+        rt, meta = model.runtime, model.meta
         return {
-            "metadata": self.meta.describe(),
-            "provider": self.runtime.provider,
-            "device_reason": self.runtime.device_reason,
-            "variant": self.runtime.variant,
-            "variant_reason": self.runtime.variant_reason,
-            "int8_check": self.runtime.int8_check,
-            "model_file": str(self.runtime.path),
+            "version": model.version,
+            "metadata": meta.describe(),
+            "provider": rt.provider,
+            "device_reason": rt.device_reason,
+            "variant": rt.variant,
+            "variant_reason": rt.variant_reason,
+            "int8_check": rt.int8_check,
+            "model_file": str(rt.path),
             "model_source": cfg.model_source,
+            "confidence": {"available": rt.has_probs, "uncertain_below": cfg.uncertain_below}
+            if rt.has_probs
+            else {"available": False, "why": "the model has no `probs` output (exported with --no-probs or before)"},
+            "drift": self.monitor.describe(),
+            "reload": self.watcher.describe(),
+            "capture": self.capture.describe() if self.capture else "off (SEG_CAPTURE_DIR unset)",
             "batching": {
                 "max_batch_size": cfg.max_batch_size,
                 "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",
-                "seconds_per_input": self.batcher.seconds_per_unit,
+                "seconds_per_input": model.batcher.seconds_per_unit,
             },
             "admission": {
                 "max_latency_ms": cfg.max_latency_ms,
                 "max_concurrency_per_worker": cfg.max_concurrency,
                 "max_tiles": cfg.max_tiles,
                 "queued_seconds": self.admission.ahead_s(),
+                "seconds_per_upload_pixel": {"seed": self.admission.seed_per_pixel, **self.admission.per_pixel},
                 "in_flight": self.admission.in_flight,
             },
             "geometry": {
-                "dynamic_hw": self.meta.dynamic_hw,
-                "training_size": list(self.meta.input_size),
+                "dynamic_hw": meta.dynamic_hw,
+                "training_size": list(meta.input_size),
                 "resize": "keep aspect, short side to the training size, pad to 32, scores upsampled"
-                if self.meta.dynamic_hw
+                if meta.dynamic_hw
                 else "squish to the model size, scores upsampled",
-                "warmed_up_shapes": [list(x) for x in pipeline.warmup_shapes(self.meta)],
+                "warmed_up_shapes": [list(x) for x in pipeline.warmup_shapes(meta)],
             },
             "tiling": {"tile_above_pixels": cfg.tile_above, "overlap": cfg.tile_overlap or "a quarter of a tile"},
             "threads": cfg.intra_op_threads,
             "workers": cfg.resolved_workers,
             "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s},
         }
+
+
+def answer_headers(version: str, figures: dict | None) -> dict[str, str]:
+    """Seg-Model on every answer; Seg-Confidence and Seg-Uncertain-Fraction where the model gives probabilities."""
+    headers = {"Seg-Model": version}
+    if figures is not None:
+        headers["Seg-Confidence"] = f"{figures['mean']:.4f}"
+        headers["Seg-Uncertain-Fraction"] = f"{figures['uncertain_fraction']:.4f}"
+    return headers
 
 
 SegmentationService.add_asgi_middleware(Gate, routes=ROUTES, service=_current)

@@ -86,6 +86,8 @@ class Blender:
         self.mask = np.zeros((ph, pw), np.uint8)
         self._band = np.zeros((n_classes, ph if keep_scores else layout.tile_hw[0], pw), np.float32)
         self._weight = np.zeros((ph, pw), np.float32) if keep_scores else None
+        self._wband = None if keep_scores else np.zeros((layout.tile_hw[0], pw), np.float32)
+        self.top1 = None  # band mode with scores: (H, W) float16, each pixel's blended top-1 probability
         self._top = 0  # image row of the band's first row
         self._next = 0  # index of the next tile expected
 
@@ -97,8 +99,11 @@ class Blender:
         if k <= 0:
             return
         self.mask[self._top : self._top + k] = self._band[:, :k].argmax(axis=0)
-        self._band[:, :-k] = self._band[:, k:].copy() if k < self._band.shape[1] else 0
-        self._band[:, max(self._band.shape[1] - k, 0) :] = 0
+        if self.top1 is not None:
+            self.top1[self._top : self._top + k] = self._band[:, :k].max(axis=0) / self._wband[:k]
+        for band in (self._band, self._wband[None]):
+            band[:, :-k] = band[:, k:].copy() if k < band.shape[1] else 0
+            band[:, max(band.shape[1] - k, 0) :] = 0
         self._top += k
 
     def add(self, outputs: np.ndarray) -> None:
@@ -114,6 +119,10 @@ class Blender:
                     region[c] += self.window * (out == c)
             else:
                 region += out * self.window
+                if self._wband is not None:
+                    if self.top1 is None:
+                        self.top1 = np.zeros(self.mask.shape, np.float16)
+                    self._wband[row : row + th, x : x + tw] += self.window
             if self._weight is not None:
                 self._weight[y : y + th, x : x + tw] += self.window
             self._next += 1
@@ -123,12 +132,14 @@ class Blender:
             raise ValueError(f"{self._next} of {len(self.layout.origins)} tiles added")
 
     def result(self) -> np.ndarray:
-        """(H, W) uint8 class ids, once every tile was added."""
+        """(H, W) uint8 class ids, once every tile was added (and in band mode with scores, `top1` filled)."""
         self._check_done()
         h, w = self.layout.image_hw
         if self.keep_scores:
             return self._band[:, :h, :w].argmax(axis=0).astype(np.uint8)
         self._finish_rows(self._top + self._band.shape[1])
+        if self.top1 is not None:
+            self.top1 = self.top1[:h, :w]
         return self.mask[:h, :w]
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from .errors import TrainingError
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     from .config import AUGMENT, CLASS_WEIGHTS, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
     from .losses import IMBALANCE_RATIO
-    from .model import DECODER_NORMS
+    from .model import DECODER_NORMS, INPUT_NORMS
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p.add_argument(
@@ -148,6 +148,20 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         "aug_transforms); "
         "field: flips + camera shifts (haze, blur, low resolution, exposure, colour cast, noise, JPEG); none; "
         "auto: same as flip (kept for older commands)",
+    )
+    p.add_argument(
+        "--input-norm",
+        choices=INPUT_NORMS,
+        default=d.input_norm,
+        help="dataset (default): the encoder's fixed mean and std; image: each image also standardised per channel "
+        "inside the model (exposure, contrast and white balance leave its input unchanged)",
+    )
+    p.add_argument(
+        "--field-kinds",
+        type=lambda v: tuple(v.split(",")),
+        default=d.field_kinds,
+        metavar="K,K",
+        help=f"with --augment field: the shifts drawn, comma-separated (default all: {','.join(d.field_kinds)})",
     )
     p.add_argument(
         "--field-p",

@@ -183,7 +183,9 @@ def _labelme_shape(shape: dict, w: int, h: int, where: str) -> Image.Image:
 
 
 def labelme_to_masks(folder: Path, out: Path) -> tuple[int, list[str]]:
-    """A folder of LabelMe JSON files (images beside them, or embedded as imageData) -> the generic layout."""
+    """A folder of LabelMe JSON files (images beside them, or embedded as imageData) -> the generic layout. The
+    classes: a codes.txt in the folder or its parent (the service's capture folder has one: the model's classes, in
+    its order), else background then the labels in alphabetical order."""
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
     if not files:
@@ -193,6 +195,13 @@ def labelme_to_masks(folder: Path, out: Path) -> tuple[int, list[str]]:
         {str(s.get("label", "")) for f, d in docs for s in (d.get("shapes") or [])} - {"_background_", "background", ""}
     )
     codes = ["background"] + labels
+    known = next((p for p in (folder / "codes.txt", folder.parent / "codes.txt") if p.is_file()), None)
+    if known is not None:  # a model's classes in its order (a capture folder): keep them, so ids stay the model's
+        given = [ln.split()[0] for ln in known.read_text().splitlines() if ln.split()]
+        unknown = sorted(set(labels) - set(given))
+        if unknown:
+            raise DataError(f"{folder}: labels {', '.join(unknown)} are not in {known}; add them there or rename them")
+        codes = given
     ids = {c: i for i, c in enumerate(codes)} | {"_background_": 0}
     writer = _Writer(out)
     try:

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from fastai.torch_core import TensorImage
 from fastai.vision.augment import RandTransform
 
+from .config import FIELD_KINDS as KINDS  # the order a camera applies them: scene, optics, sensor, processing
+
 GAMMA = 2.2
 RANGES = {
     "haze": (0.15, 0.6),  # share of an airlight blended in
@@ -30,8 +32,8 @@ RANGES = {
     "noise": (2.0, 18.0),  # Gaussian sigma, of 255
     "jpeg": (10, 70),  # quality
 }
-KINDS = ("haze", "blur", "lowres", "exposure", "cast", "noise", "jpeg")
-KIND_P = 0.35  # each kind's probability on a shifted image (2.5 kinds on average, at least one)
+KIND_P = 0.35  # each kind's probability on a shifted image (at least one)
+OPTICS = ("blur", "lowres", "noise", "jpeg")  # what a per-image standardised input (--input-norm image) cannot undo
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -70,22 +72,23 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     return out.to(x.device, x.dtype) / 255.0
 
 
-def draw_kinds(n: int, p: float, device=None) -> dict[str, torch.Tensor]:
-    """Which kinds each of `n` images gets: a share `p` of the images is shifted, each kind with probability KIND_P
-    on those (at least one, drawn evenly when none was); {kind: (n,) bool}."""
+def draw_kinds(n: int, p: float, device=None, kinds=KINDS) -> dict[str, torch.Tensor]:
+    """Which of `kinds` each of `n` images gets: a share `p` of the images is shifted, each kind with probability
+    KIND_P on those (at least one, drawn evenly when none was); {kind: (n,) bool} over all KINDS."""
     shifted = torch.rand(n, device=device) < p
-    on = torch.rand(n, len(KINDS), device=device) < KIND_P
+    on = torch.rand(n, len(kinds), device=device) < KIND_P
     none = shifted & ~on.any(1)
-    on[none, torch.randint(len(KINDS), (int(none.sum()),), device=device)] = True
+    on[none, torch.randint(len(kinds), (int(none.sum()),), device=device)] = True
     on &= shifted.view(-1, 1)
-    return {k: on[:, i] for i, k in enumerate(KINDS)}
+    drawn = {k: on[:, i] for i, k in enumerate(kinds)}
+    return {k: drawn.get(k, torch.zeros(n, dtype=torch.bool, device=device)) for k in KINDS}
 
 
-def field_shifts(x: torch.Tensor, p: float, scale: float = 1.0) -> torch.Tensor:
-    """(N, 3, H, W) float in [0, 1] -> the same, a share `p` of the images shifted at random (see the module's
-    docstring). `scale`: the training width over 480 (the blur's sigma scales with it)."""
+def field_shifts(x: torch.Tensor, p: float, scale: float = 1.0, kinds=KINDS) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> the same, a share `p` of the images shifted at random by `kinds` (see the
+    module's docstring). `scale`: the training width over 480 (the blur's sigma scales with it)."""
     n, dev = x.shape[0], x.device
-    on = draw_kinds(n, p, dev)
+    on = draw_kinds(n, p, dev, kinds)
     x = x.clone()
     if on["haze"].any():
         t = _uniform(n, *RANGES["haze"], dev) * on["haze"]
@@ -112,9 +115,9 @@ class FieldShifts(RandTransform):
 
     split_idx, order = 0, 45  # training only; after fastai's lighting (40), before Normalize (99)
 
-    def __init__(self, p: float = 0.5, scale: float = 1.0):
+    def __init__(self, p: float = 0.5, scale: float = 1.0, kinds=KINDS):
         super().__init__(p=1.0)
-        self.shift_p, self.scale = p, scale
+        self.shift_p, self.scale, self.kinds = p, scale, tuple(kinds)
 
     def encodes(self, x: TensorImage):
-        return TensorImage(field_shifts(x, self.shift_p, self.scale))
+        return TensorImage(field_shifts(x, self.shift_p, self.scale, self.kinds))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .data import Dataset
 from .errors import TrainingError
-from .model import DECODER_NORMS, ENCODERS
+from .model import DECODER_NORMS, ENCODERS, INPUT_NORMS
 
 
 def parse_hw(value) -> tuple[int, int] | None:
@@ -32,6 +32,7 @@ def parse_hw(value) -> tuple[int, int] | None:
     return value * 2 if len(value) == 1 else value
 
 
+FIELD_KINDS = ("haze", "blur", "lowres", "exposure", "cast", "noise", "jpeg")  # the camera shifts of training.augment
 AUGMENT = ("flip", "affine", "field", "none", "auto")
 
 LOSSES = ("auto", "ce", "ce+dice", "ce+lovasz")
@@ -103,12 +104,11 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
-    augment: str = (
-        "flip"  # flip | affine (+ rotation, zoom, warp, lighting) | field (+ camera shifts) | none; "auto" = flip
-    )
-    field_p: float = (
-        0.5  # with augment "field": the share of training images shifted as a camera would (training.augment)
-    )
+    # flip | affine (+ rotation, zoom, warp, lighting) | field (+ camera shifts: training.augment) | none; auto = flip
+    augment: str = "flip"
+    field_p: float = 0.5  # with augment "field": the share of training images shifted as a camera would
+    field_kinds: tuple[str, ...] = FIELD_KINDS  # with augment "field": the shifts drawn (training.augment.KINDS)
+    input_norm: str = "dataset"  # dataset: the encoder's fixed mean/std; image: each image standardised too (model.py)
     lr_find: bool = False
     lr_find_iters: int = 100
     last_cross: bool = True
@@ -145,6 +145,11 @@ class TrainConfig:
             self.augment = "affine" if self.augment else "none"
         if self.augment not in AUGMENT:
             raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
+        if self.input_norm not in INPUT_NORMS:
+            raise TrainingError(f"--input-norm {self.input_norm!r}: use {', '.join(INPUT_NORMS)}")
+        self.field_kinds = tuple(self.field_kinds)
+        if not self.field_kinds or set(self.field_kinds) - set(FIELD_KINDS):
+            raise TrainingError(f"--field-kinds {','.join(self.field_kinds)}: use some of {', '.join(FIELD_KINDS)}")
         if not 0 < self.field_p <= 1:
             raise TrainingError(f"--field-p {self.field_p}: use a share in (0, 1], e.g. 0.5")
         if self.loss not in LOSSES:

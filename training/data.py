@@ -223,6 +223,7 @@ def make_dataloaders(
     num_workers: int = 0,
     class_crops: float = 0.0,
     field_p: float = 0.5,
+    field_kinds=None,
 ):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
     scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
@@ -240,7 +241,7 @@ def make_dataloaders(
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
 
-    from .augment import FieldShifts
+    from .augment import KINDS, FieldShifts
 
     _, valid_idx = split_pairs(ds, valid_pct, seed)
     mask_of = dict(ds.pairs)
@@ -261,7 +262,7 @@ def make_dataloaders(
     batch_tfms = {
         "affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
         "flip": lambda: [Flip()],
-        "field": lambda: [Flip(), FieldShifts(field_p, scale=size[1] / 480)],
+        "field": lambda: [Flip(), FieldShifts(field_p, scale=size[1] / 480, kinds=field_kinds or KINDS)],
         "none": list,
     }[augment]()
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))

@@ -28,6 +28,7 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
         augment=config.resolved_augment() if augment is None else augment,
         class_crops=config.class_crops,
         field_p=config.field_p,
+        field_kinds=config.field_kinds,
     )
 
 
@@ -53,6 +54,7 @@ def learner_for(
         last_cross=config.last_cross,
         opt=config.opt,
         decoder_norm=config.decoder_norm,
+        input_norm=config.input_norm,
         loss_func=SegmentationLoss(weights, ds.void, dice=loss == "ce+dice", lovasz=loss == "ce+lovasz"),
     )
     if config.bn_momentum is not None:

@@ -119,6 +119,23 @@ def build_encoder(
 
 
 DECODER_NORMS = ("batch", "batch-all", "none")
+INPUT_NORMS = ("dataset", "image")
+
+
+class ImageStandardize(nn.Module):
+    """Each image standardised per channel (its own mean and spread) and scaled to `scale`, the spread the encoder's
+    fixed normalisation gives a typical photo: a change of exposure, contrast (haze) or white balance, which scales
+    and offsets a channel, leaves the input unchanged. The first layer of the encoder with `--input-norm image`;
+    being part of the model, it is in the exported graph as well."""
+
+    def __init__(self, scale: float = 0.5, eps: float = 1e-3):
+        super().__init__()
+        self.scale, self.eps = scale, eps
+
+    def forward(self, x):
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        return (x - mean) / (std + self.eps) * self.scale
 
 
 def build_learner(
@@ -134,13 +151,16 @@ def build_learner(
     loss_func=None,
     opt: str = "adam",
     decoder_norm: str = "none",
+    input_norm: str = "dataset",
 ):
     """fastai `unet_learner` over our encoder. `normalize=False`: the DataLoaders already normalise explicitly.
     `loss_func` None: fastai's default for masks, CrossEntropyLossFlat(axis=1). `opt`: fastai's Adam or ranger.
     `decoder_norm`: "none" is fastai's U-Net (no normalisation in the decoder's convolutions, only on the skip
     connections); "batch-all" is fastai's `norm_type=NormType.Batch`: BatchNorm after each of them, the final 1x1
     classifier included (the logits); "batch" is the same but for the classifier, which stays a plain convolution
-    with a bias (with BatchNorm on the logits, poles came out worse: benchmarks.camvid rows DB and DA)."""
+    with a bias (with BatchNorm on the logits, poles came out worse: docs/research.md). `input_norm` "image": the
+    encoder starts with ImageStandardize (each image standardised per channel); "dataset": the DataLoaders' fixed
+    normalisation only."""
     from fastai.layers import ConvLayer, NormType
     from fastai.optimizer import Adam, ranger
     from fastai.torch_core import apply_init
@@ -149,6 +169,8 @@ def build_learner(
     if decoder_norm not in DECODER_NORMS:
         raise TrainingError(f"decoder norm {decoder_norm!r}: use {', '.join(DECODER_NORMS)}")
     body = build_encoder(encoder, pretrained=pretrained, weights=weights, allow_random=allow_random)
+    if input_norm == "image":
+        body = nn.Sequential(ImageStandardize(), *body)
     learn = unet_learner(
         dls,
         lambda *_a, **_k: body,

@@ -92,6 +92,7 @@ def load_run(run_dir: Path):
         )
     meta = json.loads(cfg_path.read_text())
     meta["config"].setdefault("decoder_norm", "none")  # run folders from before the option: fastai's decoder, no norm
+    meta["config"].setdefault("input_norm", "dataset")  # and from before --input-norm: the fixed normalisation only
     c = dict(meta["config"])
     c.pop("extra", None)
     c["pretrained"] = False  # the trained weights are loaded below; no need for ImageNet ones

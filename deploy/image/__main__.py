@@ -267,7 +267,7 @@ def check(flavour: str = "cpu", timeout: float = 180) -> str:
     port = free_port()
     env = {"BENTOML_HOST": "127.0.0.1", "BENTOML_PORT": str(port)}
     t0 = time.perf_counter()
-    with _started(eng, ref, env) as proc:
+    with _started(eng, ref, env, port) as proc:
         wait_ready(f"http://127.0.0.1:{port}", proc, timeout=timeout, what=f"the image {ref}")
         ready = time.perf_counter() - t0
         photo = Image.fromarray(skimage.data.chelsea())
@@ -304,11 +304,64 @@ def _in_container(eng: str, ref: str, cmd: list[str]) -> str:
     ).stdout
 
 
-class _started:
-    """The image's entry point running with the host's network and `env` added; stopped on exit."""
+def tagged(marker: str) -> list[int]:
+    """The processes whose environment holds `marker` (SEG_CHECK_ID=...): what a check started, wherever it went.
+    Under buildah's chroot isolation the container's processes share the host's process table, and BentoML's workers
+    leave the `buildah run` process group (reparented to init): only their environment says whose they are."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return found
 
-    def __init__(self, eng: str, ref: str, env: dict[str, str]):
-        self.eng, self.ref, self.env, self.ctr = eng, ref, env, None
+
+def reap(marker: str, grace: float = 15.0) -> list[int]:
+    """Stop every process tagged with `marker`: SIGTERM (BentoML drains and stops its workers), then SIGKILL for what
+    is left after `grace` seconds. Returns the processes that had to be killed."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        pids = tagged(marker)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while tagged(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not tagged(marker):
+            return pids if sig == signal.SIGKILL else []
+    raise ImageError(f"processes {tagged(marker)} of the check ({marker}) survived SIGKILL")
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+class _started:
+    """The image's entry point running with the host's network and `env` added. On exit, whatever happened (a passed
+    check, a failed one, Ctrl-C), nothing of it is left running: the engine stops the container, then every process
+    carrying this check's SEG_CHECK_ID is stopped, and the port is free again."""
+
+    grace = 15.0  # seconds the processes get to stop after SIGTERM (BentoML drains its requests) before SIGKILL
+
+    def __init__(self, eng: str, ref: str, env: dict[str, str], port: int | None = None):
+        self.eng, self.ref, self.ctr, self.port = eng, ref, None, port
+        self.marker = f"SEG_CHECK_ID={os.getpid()}-{time.time_ns()}"
+        self.env = {**env, "SEG_CHECK_ID": self.marker.split("=", 1)[1]}
 
     def __enter__(self) -> subprocess.Popen:
         envs = [a for k, v in self.env.items() for a in ("--env" if self.eng == "buildah" else "-e", f"{k}={v}")]
@@ -336,10 +389,17 @@ class _started:
                 break
             except subprocess.TimeoutExpired:
                 continue
+        killed = reap(self.marker, self.grace)  # the workers the engine's stop did not reach
         if self.eng == "buildah":
             _quiet(_cmd(self.eng, "rm", self.ctr))
         self.log.close()
-        if exc_type is not None:  # say what the container printed last
+        if self.port is not None and not port_free(self.port):
+            raise ImageError(f"port {self.port} is still taken after the check stopped its processes")
+        if killed:
+            print(
+                f"deploy.image: {len(killed)} process(es) of the image ignored SIGTERM and were killed", file=sys.stderr
+            )
+        if exc_type is not None and exc_type is not KeyboardInterrupt:  # say what the container printed last
             tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-3:]
             raise ImageError(f"{exc} (container output, {self.log.name}: {' | '.join(tail)[:400]})") from None
 
@@ -366,6 +426,9 @@ def main(argv=None) -> int:
     except (ImageError, ServerError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"deploy.image: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the check's processes were stopped on the way out
+        print("deploy.image: interrupted; nothing of the check is left running", file=sys.stderr)
+        return 130
     return 0
 
 

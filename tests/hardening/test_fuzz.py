@@ -16,7 +16,7 @@ import requests
 
 from loadtest.server import served
 
-ROUTES = {"POST /segment", "POST /overlay", "POST /stats"}
+ROUTES = {"POST /segment", "POST /overlay", "POST /stats", "POST /confidence"}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,11 @@ def fuzz_server(rule_model_dir):
 
 def test_api_document_declares_every_status_and_retry_after(fuzz_server):
     doc = requests.get(fuzz_server.url + "/docs.json", timeout=30).json()
-    for route in ("/segment", "/overlay", "/stats"):
+    for route in ("/segment", "/overlay", "/stats", "/confidence"):
         op = doc["paths"][route]["post"]
-        assert set(op["responses"]) == {"200", "400", "401", "413", "415", "429", "503"}, route
+        extra = {"409"} if route == "/confidence" else set()  # a model without class probabilities
+        assert set(op["responses"]) == {"200", "400", "401", "413", "415", "429", "503"} | extra, route
+        assert set(op["responses"]["200"]["headers"]) == {"Seg-Model", "Seg-Confidence", "Seg-Uncertain-Fraction"}
         for status in ("429", "503"):
             assert "Retry-After" in op["responses"][status]["headers"]
         assert op["responses"]["415"]["content"]["application/json"]["schema"]["required"] == ["error"]

@@ -80,3 +80,72 @@ def test_kubernetes_runs_the_cuda_image_make_image_tags():
     assert "args" not in c  # the image's entry point serves the bento
     env = {e["name"]: e["value"] for e in c["env"]}
     assert int(env["SEG_WORKERS"]) == int(c["resources"]["requests"]["cpu"])  # a worker per requested core
+
+
+FAKE_BUILDAH = r'''#!__PYTHON__
+"""A stand-in for buildah with chroot isolation: `run` starts the entry point's processes detached from its own
+process group (as BentoML's workers end up, reparented to init), one of them deaf to SIGTERM."""
+import json, os, sys, time
+args = [a for a in sys.argv[1:] if a not in ("--storage-driver", "vfs")]
+if args[0] == "from":
+    print("fake-ctr")
+elif args[0] == "inspect":
+    print(json.dumps({"OCIv1": {"config": {"Entrypoint": ["serve"]}}}))
+elif args[0] == "run":
+    env = dict(os.environ)
+    for i, a in enumerate(args):
+        if a == "--env":
+            k, v = args[i + 1].split("=", 1)
+            env[k] = v
+    server = ("import http.server, os, signal, sys\n"
+              "if sys.argv[1] == 'deaf': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "class H(http.server.BaseHTTPRequestHandler):\n"
+              "    def do_GET(self): self.send_response(200); self.end_headers(); self.wfile.write(b'ok')\n"
+              "    def log_message(self, *a): pass\n"
+              "port = int(os.environ['BENTOML_PORT']) if sys.argv[1] == 'server' else 0\n"
+              "http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()\n")
+    for role in ("server", "deaf"):
+        if os.fork() == 0:  # double fork: the grandchild belongs to no process group of ours
+            os.setsid()
+            if os.fork() == 0:
+                os.execve(sys.executable, [sys.executable, "-c", server, role], env)
+            os._exit(0)
+    time.sleep(3600)
+'''
+
+
+@pytest.mark.parametrize("ending", ["passed", "failed", "interrupted"])
+def test_a_check_leaves_nothing_of_the_image_running(tmp_path, monkeypatch, ending):
+    """With the engine faked (its processes leave the run's process group, one ignores SIGTERM): after the check,
+    passed, failed or interrupted by Ctrl-C, no process of it is left and its port is free."""
+    import os
+    import sys
+    import time
+
+    import requests
+
+    from loadtest.server import free_port
+
+    fake = tmp_path / "buildah"
+    fake.write_text(FAKE_BUILDAH.replace("__PYTHON__", sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    port = free_port()
+    started = image._started("buildah", "segmentation:cpu", {"BENTOML_PORT": str(port)}, port)
+    started.grace = 1.0  # the deaf process is killed after it
+    errors = {"passed": None, "failed": RuntimeError("no answer"), "interrupted": KeyboardInterrupt()}
+    expected = {"passed": None, "failed": image.ImageError, "interrupted": KeyboardInterrupt}[ending]
+    try:
+        with started:
+            deadline = time.monotonic() + 30
+            while len(image.tagged(started.marker)) < 2 or image.port_free(port):
+                assert time.monotonic() < deadline, "the fake image never came up"
+                time.sleep(0.1)
+            assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            if errors[ending] is not None:
+                raise errors[ending]
+    except BaseException as exc:
+        assert expected is not None and isinstance(exc, expected), exc
+    else:
+        assert expected is None
+    assert image.tagged(started.marker) == [] and image.port_free(port)

@@ -38,3 +38,12 @@ def test_service_and_hpa_point_at_the_deployment():
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+
+
+def test_drift_alert_fires_on_the_services_drift_gauge_over_its_threshold():
+    from contract.metrics import DRIFT_ALERT
+
+    rules = {r["alert"]: r for g in _load("alerts.yaml")["spec"]["groups"] for r in g["rules"]}
+    drift = rules["SegmentationInputDrift"]
+    assert drift["expr"] == f"max(seg_drift) > {DRIFT_ALERT}" and drift["for"]
+    assert "seg_model_reloads_total" in rules["SegmentationModelReloadFailed"]["expr"]

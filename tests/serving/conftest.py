@@ -5,7 +5,7 @@ import os
 import pytest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(rule_model_dir):
     """The BentoML service in-process (its ASGI app, lifespan included) over the rule model: the same
     request path `bentoml serve` runs.

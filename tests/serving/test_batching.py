@@ -102,26 +102,44 @@ def test_units_scale_with_pixels_and_seconds_per_unit_follows_real_batches():
     assert 0.004 < asyncio.run(go()) < 0.05  # moved from the 1.0 s seed towards ~5 ms per input
 
 
-def test_admission_counts_work_ahead_against_the_budget():
+def test_admission_counts_work_ahead_and_its_own_against_the_budget():
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
     a = Admission(budget_s=1.0, max_batch_size=8)
     a.watch(b)
     assert (
         a.share(1.0, 1) == 1.0 and a.share(1.0, 100) == 16.0 and a.share(2.0, 3) == 6.0
     )  # tiles: two batches queued at most
-    for _ in range(100):  # 100 images of 10 ms each: 1.0 s ahead is still within the budget
+    for _ in range(84):  # 84 images of 10 ms each: with a tiled request's 16 units, 1.0 s: still within the budget
         assert a.try_admit(1.0) is None
-    assert a.try_admit(16.0) is None  # a tiled request reserves its two batches; the queue ahead (1.0 s) fit
-    retry = a.try_admit(1.0)
-    assert retry == 1 and a.reserved == 116  # refused with Retry-After, nothing reserved
+    assert a.try_admit(16.0) is None
+    retry = a.try_admit(1.0)  # 1.0 s ahead and 10 ms of its own: over the budget
+    assert retry == 1 and a.reserved == 100  # refused with Retry-After, nothing reserved
     a.release(16.0)
-    a.release(1.0)
     assert a.try_admit(1.0) is None
-    b.seconds_per_unit = 0.1  # a slower model: 100 units ahead = 10 s, 9 s over the budget
-    assert a.try_admit(1.0) == 9
-    assert a.over_budget() == 9 and a.reserved == 100  # what the gate asks before reading a body: nothing reserved
+    b.seconds_per_unit = 0.1  # a slower model: 85 units ahead = 8.5 s, 7.6 s over the budget with its own
+    assert a.try_admit(1.0) == 8
+    assert a.over_budget() == 8 and a.reserved == 85  # what the gate asks before reading a body: nothing reserved
     a.in_flight = 5
     assert a.batch_share_cap() == 3  # a batch draws from half the requests in flight, rounded up
+
+
+def test_admission_prices_the_work_around_the_model_per_pixel_and_route():
+    """Decoding, resizing, upsampling and encoding cost per pixel of the upload: measured per route on real requests
+    (moving average from a warm-up seed) and reserved with the request, so the queue it leaves counts too."""
+    b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.001)
+    a = Admission(budget_s=1.0, max_batch_size=8, seconds_per_pixel=1e-7)
+    a.watch(b)
+    assert a.own_seconds("/segment", 1_000_000) == pytest.approx(0.1)  # the seed until the route has measured
+    for _ in range(60):
+        a.observe("/overlay", 1_000_000, 0.3)  # the overlay decodes the whole photo and draws on it
+    assert a.own_seconds("/overlay", 1_000_000) == pytest.approx(0.3, rel=0.01)
+    assert a.own_seconds("/segment", 1_000_000) == pytest.approx(0.1)  # another route keeps its own price
+    own = a.own_seconds("/overlay", 1_000_000)
+    assert a.try_admit(1.0, own) is None and a.try_admit(1.0, own) is None and a.try_admit(1.0, own) is None
+    assert a.ahead_s() == pytest.approx(3 * 0.001 + 3 * own)
+    assert a.try_admit(1.0, own) == 1  # 0.9 s ahead + 0.3 s of its own > 1 s: refused, nothing reserved
+    a.release(1.0, own)
+    assert a.try_admit(1.0, own) is None and a.reserved_s == pytest.approx(3 * own)
 
 
 def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_ready():

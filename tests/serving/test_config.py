@@ -47,6 +47,7 @@ def test_configuration_reference_lists_exactly_the_settings():
     table = table[: table.index("\n\n", table.index("|"))]
     documented = re.findall(r"^\| `(SEG_[A-Z0-9_]+)` \|", table, re.M)  # one variable per row
     assert sorted(documented) == sorted(ServeConfig.env_names())
+    assert ServeConfig.markdown() in doc  # made from the code (`python -m serving.config`), not retyped
     used = subprocess.run(
         ["git", "grep", "-h", "-o", "-E", "SEG_[A-Z0-9_]+", "--", "serving/"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
@@ -113,10 +114,10 @@ def test_token_check():
     [
         (
             {},
-            ["/segment", "/overlay", "/stats"],
+            ["/segment", "/overlay", "/stats", "/confidence"],
             False,
         ),  # the defaults: no spans, no access line on the inference routes
-        ({"SEG_TRACING": "false", "SEG_ACCESS_LOG": "false"}, ["/segment", "/overlay", "/stats"], False),
+        ({"SEG_TRACING": "false", "SEG_ACCESS_LOG": "false"}, ["/segment", "/overlay", "/stats", "/confidence"], False),
         ({"SEG_TRACING": "true", "SEG_ACCESS_LOG": "true"}, [], True),
     ],
 )

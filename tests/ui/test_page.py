@@ -83,6 +83,13 @@ def test_the_page_segments_a_real_photo(browser, request, tmp_path):
             "const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight, i.complete];"
         )
         assert size == [451, 300, True]
+        sure = drv.execute_script(
+            "const i = document.getElementById('confidence'); return [i.naturalWidth, i.naturalHeight, i.complete, "
+            "document.getElementById('sure').hidden];"
+        )
+        assert sure == [451, 300, True, False]  # the confidence map, at the photo's size
+        status = drv.find_element(By.ID, "status").text
+        assert "mean confidence 0." in status and "% of the pixels uncertain" in status and "(model tiny@" in status
         names = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#legend li .name")]
         fractions = [float(e.text.rstrip(" %")) for e in drv.find_elements(By.CSS_SELECTOR, "#legend li .fraction")]
         assert names == ["background", "butterfly", "leaf"] and abs(sum(fractions) - 100) < 0.5

@@ -22,7 +22,7 @@ from PIL import Image
 from contract.metrics import check_subset, write_check
 
 from ..errors import ExportError
-from .gates import PARITY_BATCHES, TIE_TOL, load_images, load_truths, parity_gate, tie_pixels
+from .gates import PARITY_BATCHES, TIE_TOL, confidence_reference, load_images, load_truths, parity_gate, tie_pixels
 from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
 from .variants import RECIPE, Recipe, make_fp16, make_int8, quantize, write_variants
 
@@ -127,6 +127,7 @@ def export_run(
         info={
             "encoder": cfg["encoder"],
             "decoder_norm": cfg["decoder_norm"],
+            "input_norm": cfg["input_norm"],
             "pretrained": "true" if cfg.get("pretrained") or cfg.get("weights") else "false",
             "crop": cfg.get("crop"),
             "void": meta.get("void"),
@@ -300,11 +301,12 @@ def _export(
         )
         onnx.checker.check_model(str(fp32))
         parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw)
-        metadata = _metadata(src, used, parity, dynamic_hw)
-        set_metadata(fp32, metadata)
-        result = ExportReport(out=out, exporter=used, parity=parity)
         check = load_images(valid, size)
         truths = load_truths(src.truths, size) if src.truths is not None else None
+        metadata = _metadata(src, used, parity, dynamic_hw)
+        metadata["confidence_reference"] = confidence_reference(fp32, check, truths)
+        set_metadata(fp32, metadata)
+        result = ExportReport(out=out, exporter=used, parity=parity)
         void = src.info.get("void")
         result.int8, result.fp16 = write_variants(
             fp32,
@@ -325,7 +327,14 @@ def _export(
         _write_samples(valid, tmp / "samples")
         (tmp / "export.json").write_text(
             json.dumps(
-                {"exporter": used, "parity": parity, "int8": result.int8, "fp16": result.fp16, "run": src.run},
+                {
+                    "exporter": used,
+                    "parity": parity,
+                    "int8": result.int8,
+                    "fp16": result.fp16,
+                    "run": src.run,
+                    "confidence_reference": metadata["confidence_reference"],
+                },  # fmt: skip
                 indent=2,
                 default=str,
             )

@@ -156,3 +156,23 @@ def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dyna
         flush=True,
     )
     return parity
+
+
+def confidence_reference(fp32: Path, images: np.ndarray, truths: np.ndarray | None) -> dict | None:
+    """The model's confidence on its held-out images, as the service measures it (contract.metrics): the reference
+    the service's drift statistic compares recent answers with, stored with the model. With ground truth, also how
+    often the model is wrong on pixels below and above the uncertainty threshold (what the threshold means).
+    None when the graph has no `probs` output."""
+    from contract.metrics import UNCERTAIN_BELOW, confidence, reference
+
+    masks, probs = run(session(fp32), images, 4)
+    if probs is None:
+        return None
+    top1 = probs.max(axis=1)
+    ref = reference([confidence(t)["mean"] for t in top1])
+    ref["uncertain_fraction"] = float((top1 < UNCERTAIN_BELOW).mean())
+    if truths is not None:
+        wrong, low = masks != truths, top1 < UNCERTAIN_BELOW
+        ref["error_below"] = float(wrong[low].mean()) if low.any() else None
+        ref["error_above"] = float(wrong[~low].mean())
+    return ref
