@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -65,38 +64,20 @@ def mean_batch(metrics_text: str) -> tuple[float, float]:
     return total, count
 
 
-class GpuSampler:
-    """GPU utilisation (%) sampled by `nvidia-smi` every 200 ms while the block runs; empty without nvidia-smi."""
-
-    def __init__(self):
-        self.samples: list[float] = []
-        self._proc = None
-
-    def __enter__(self):
-        exe = shutil.which("nvidia-smi")
-        if exe:
-            self._proc = subprocess.Popen(
-                [exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            threading.Thread(target=self._read, daemon=True).start()
-        return self
-
-    def _read(self):
-        for line in self._proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.samples.append(float(line.split(",")[0]))
-
-    def __exit__(self, *exc):
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-
-    @property
-    def mean(self) -> float | None:
-        return sum(self.samples) / len(self.samples) if self.samples else None
+@contextlib.contextmanager
+def gpu_use():
+    """GPU utilisation samples (%) taken by `nvidia-smi` every 200 ms while the block runs (none without it)."""
+    samples: list[float] = []
+    exe = shutil.which("nvidia-smi")
+    cmd = [exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) if exe else None
+    try:
+        yield samples
+    finally:
+        if proc is not None:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+            samples += [float(v.split(",")[0]) for v in out.split() if v.split(",")[0].replace(".", "").isdigit()]
 
 
 def cell(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
@@ -106,37 +87,28 @@ def cell(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> d
     rate = len(probe[0]) / max(probe[1], 1e-3)
     n = max(concurrency * 4, int(rate * seconds))
     s0, c0 = mean_batch(requests.get(url + "/metrics", timeout=10).text)
-    with GpuSampler() as gpu:
+    with gpu_use() as util:
         results, wall = client.run(url, payloads, concurrency=concurrency, n=n, timeout=60)
     s1, c1 = mean_batch(requests.get(url + "/metrics", timeout=10).text)
-    return {
-        "concurrency": concurrency,
-        **client.summary(results, wall),
-        "mean_batch": (s1 - s0) / (c1 - c0) if c1 > c0 else None,
-        "gpu_util": gpu.mean,
-    }
+    batch = (s1 - s0) / (c1 - c0) if c1 > c0 else None
+    return {"concurrency": concurrency, **client.summary(results, wall), "mean_batch": batch,
+            "gpu_util": sum(util) / len(util) if util else None}  # fmt: skip
 
 
 def to_markdown(rows: list[dict], model_dir: Path) -> str:
-    L = [
-        f"# GPU check ({time.strftime('%Y-%m-%d %H:%M')})",
-        "",
-        f"`python -m benchmarks.gpu --model {model_dir}`: `bentoml serve` with "
-        "SEG_DEVICE=cuda, real photos to /segment, palette PNG answers.",
-        "",
-        "| variant | upload | concurrency | req/s | p50 ms | p99 ms | mean batch | GPU util % | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    L = [f"# GPU check ({time.strftime('%Y-%m-%d %H:%M')})", "",
+         f"`python -m benchmarks.gpu --model {model_dir}`: `bentoml serve` with SEG_DEVICE=cuda, real photos to "
+         "/segment, palette PNG answers.", "",
+         "| variant | upload | concurrency | req/s | p50 ms | p99 ms | mean batch | GPU util % | errors |",
+         "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def opt(v, fmt):
         return "n/a" if v is None else format(v, fmt)
 
     for r in rows:
-        L.append(
-            f"| {r['variant']} | {r['size']} px PNG | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.0f} | "
-            f"{r['p99']:.0f} | "
-            f"{opt(r['mean_batch'], '.1f')} | {opt(r['gpu_util'], '.0f')} | {r['errors']} |"
-        )
+        L.append(f"| {r['variant']} | {r['size']} px PNG | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.0f} | "
+                 f"{r['p99']:.0f} | {opt(r['mean_batch'], '.1f')} | {opt(r['gpu_util'], '.0f')} | "
+                 f"{r['errors']} |")  # fmt: skip
     return "\n".join(L) + "\n"
 
 

@@ -1,6 +1,5 @@
 """What every benchmark shares: paths, reports, photos, servers, load, the race between servers, the CPU. Benchmarks
-import this module; it
-imports none of them (as pytest's conftest.py or asv's benchmarks/ hold their fixtures)."""
+import this module; it imports none of them (as pytest's conftest.py or asv's benchmarks/ hold their fixtures)."""
 
 from __future__ import annotations
 

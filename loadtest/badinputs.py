@@ -4,7 +4,9 @@ tests/hardening/test_corpus.py against a real `bentoml serve`; importable for ma
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
 import zipfile
 import zlib
@@ -220,5 +222,114 @@ def corpus(max_bytes: int) -> list[Case]:
             status=415,
             needle="not an image",
         ),
+        *protocol_cases(png, max_bytes),
     ]
     return cases
+
+
+INFER = "/v2/models/segmentation/infer"
+
+
+def _tensor(datatype: str, shape: list, **kw) -> dict:
+    return {"inputs": [{"name": "image", "datatype": datatype, "shape": shape, **kw}]}
+
+
+def _binary(request: dict, blob: bytes, announce: int | None = None) -> tuple[bytes, dict]:
+    """The binary tensor data extension: the JSON header, then the tensor bytes; its length in a header."""
+    head = json.dumps(request).encode()
+    return head + blob, {"Inference-Header-Content-Length": str(len(head) if announce is None else announce)}
+
+
+def protocol_cases(png: bytes, max_bytes: int) -> list[Case]:
+    """The Open Inference Protocol's infer route (serving.oip): bad tensors get the protocol's {"error"} with the
+    multipart routes' statuses."""
+    b64 = base64.b64encode(png).decode()
+    elem = struct.pack("<I", len(png)) + png
+    cut_body, cut_headers = _binary(_tensor("BYTES", [1], parameters={"binary_data_size": len(elem)}), elem[:-100])
+    past_body, past_headers = _binary(_tensor("BYTES", [1], parameters={"binary_data_size": len(elem)}), elem, 10**6)
+    short, short_headers = _binary(_tensor("BYTES", [1], parameters={"binary_data_size": 20}), elem[:20])
+    raw_short, raw_headers = _binary(_tensor("UINT8", [1, 4, 4, 3], parameters={"binary_data_size": 40}), bytes(40))
+    return [
+        Case("oip: not json", data=b"{nope", route=INFER, needle="not JSON"),
+        Case("oip: no inputs", json={"inputs": []}, route=INFER, needle="inputs"),
+        Case(
+            "oip: wrong input name",
+            json={"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [b64]}]},
+            route=INFER,
+            needle="one input named `image`",
+        ),  # fmt: skip
+        Case(
+            "oip: wrong datatype",
+            json=_tensor("FP32", [1, 2, 2, 3], data=[0.5] * 12),
+            route=INFER,
+            needle="datatype 'FP32'",
+        ),  # fmt: skip
+        Case(
+            "oip: BYTES not base64",
+            json=_tensor("BYTES", [1], data=["not base64 at all!"]),
+            route=INFER,
+            needle="base64",
+        ),  # fmt: skip
+        Case(
+            "oip: BYTES not an image",
+            json=_tensor("BYTES", [1], data=[base64.b64encode(b"hello").decode()]),
+            route=INFER,
+            status=415,
+            needle="not an image",
+        ),  # fmt: skip
+        Case(
+            "oip: BYTES shape and data disagree",
+            json=_tensor("BYTES", [2], data=[b64]),
+            route=INFER,
+            needle="shape [2] but 1 elements",
+        ),  # fmt: skip
+        Case("oip: truncated binary body", data=cut_body, headers=cut_headers, route=INFER, needle="binary_data_size"),
+        Case(
+            "oip: header length past the body",
+            data=past_body,
+            headers=past_headers,
+            route=INFER,
+            needle="Inference-Header-Content-Length is 1000000",
+        ),  # fmt: skip
+        Case("oip: element longer than its tensor", data=short, headers=short_headers, route=INFER, needle="truncated"),
+        Case(
+            "oip: UINT8 bytes short of its shape",
+            data=raw_short,
+            headers=raw_headers,
+            route=INFER,
+            needle="needs 48 bytes",
+        ),  # fmt: skip
+        Case(
+            "oip: huge UINT8 shape",
+            json=_tensor("UINT8", [1, 100000, 100000, 3], data=[0]),
+            route=INFER,
+            status=413,
+            needle="pixel limit",
+        ),  # fmt: skip
+        Case(
+            "oip: UINT8 values out of range",
+            json=_tensor("UINT8", [1, 1, 1, 3], data=[0, 300, 2]),
+            route=INFER,
+            needle="0 to 255",
+        ),  # fmt: skip
+        Case(
+            "oip: body over the byte cap",
+            data=b"{" + b" " * (max_bytes + 10) + b"}",
+            route=INFER,
+            status=413,
+            needle="limit",
+        ),  # fmt: skip
+        Case(
+            "oip: unknown model",
+            json=_tensor("BYTES", [1], data=[b64]),
+            route="/v2/models/other/infer",
+            status=404,
+            needle="not served here",
+        ),  # fmt: skip
+        Case(
+            "oip: unknown output",
+            json={**_tensor("BYTES", [1], data=[b64]), "outputs": [{"name": "depth"}]},
+            route=INFER,
+            needle="output 'depth'",
+        ),  # fmt: skip
+    ]

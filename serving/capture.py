@@ -128,7 +128,8 @@ class Capture:
         files, size = self._usage()
         mask_png = palette_png(mask, colours)
         if files >= self.rule.max_files or size + len(data) + len(mask_png) > self.rule.max_bytes:
-            return self._count("dropped_cap", f"cap reached ({files} images, {size} bytes): SEG_CAPTURE_MAX_*")
+            caps = "SEG_CAPTURE_MAX_FILES, SEG_CAPTURE_MAX_BYTES"
+            return self._count("dropped_cap", f"cap reached ({files} images, {size} bytes): {caps}")
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.written}"
         image = f"{name}{FORMATS.get(fmt, '.png')}"
         codes = root / "codes.txt"

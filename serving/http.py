@@ -237,11 +237,17 @@ class Gate:
     cap (429 + Retry-After) and a queue already over the latency budget (503 + Retry-After), checked
     before any body is read. `service()` gives the running service (its config and admission)."""
 
-    def __init__(self, app, routes: tuple[str, ...], service):
+    def __init__(self, app, routes: tuple[str, ...], service, pattern: str | None = None):
+        import re
+
         self.app, self.routes, self.service = app, routes, service
+        self.pattern = re.compile(pattern) if pattern else None  # more gated paths (the protocol's infer routes)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.routes:
+        gated = scope["type"] == "http" and (
+            scope["path"] in self.routes or (self.pattern is not None and self.pattern.match(scope["path"]))
+        )
+        if not gated:
             return await self.app(scope, receive, send)
         svc = self.service()
         if svc is None:  # not started yet: BentoML answers (its readiness is not ours to fake)

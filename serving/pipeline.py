@@ -161,3 +161,27 @@ def warmup_shapes(meta: ModelMeta) -> list[tuple[int, int]]:
         return [meta.input_size]
     th, tw = ceil32(meta.input_size[0]), ceil32(meta.input_size[1])
     return list(dict.fromkeys([(th, tw), (tw, th)]))
+
+
+@dataclass
+class Prepared:
+    """An upload checked and planned: its image (not decoded yet), bytes (None: raw pixels), size (W, H), plan."""
+
+    im: Image.Image
+    data: bytes | None
+    size: tuple[int, int]
+    plan: Plan
+    heavy: bool  # decoded, resized and encoded in a thread (SEG_OFFLOAD_PIXELS)
+    model_s: float = 0.0  # seconds its model work took (what admission does not price per pixel)
+
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
+
+
+@dataclass
+class Answer:
+    mask: np.ndarray  # (H, W) uint8 class ids at the upload's size
+    figures: dict | None  # contract.metrics.confidence, None without probabilities
+    job: Job
+    img: Image.Image

@@ -15,6 +15,7 @@ Nothing is shed after step 4: an admitted request always gets its answer. Config
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -32,7 +33,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 
 from contract import store
 
-from . import imaging, models, monitor, pipeline
+from . import imaging, models, monitor, oip, pipeline, status
 from .batching import QUEUED_BATCHES, Admission
 from .capture import Capture, Rule
 from .config import ServeConfig
@@ -58,6 +59,7 @@ def _current():
 
 
 info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+info_app.include_router(oip.router)
 
 
 @info_app.exception_handler(Problem)
@@ -108,7 +110,7 @@ class SegmentationService:
         self.metrics = monitor.metrics()
         self.admission = Admission(cfg.max_latency_ms / 1000, cfg.max_batch_size)
         self.model = self._load()
-        self.admission.seed_per_pixel = self._price_pixels(self.model)
+        self.admission.seed_per_pixel = models.price_pixels(self.model)
         self.admission.watch(self.model.batcher)
         self.monitor = monitor.Monitor(cfg.drift_window)
         self.monitor.use(self.model.reference)
@@ -141,26 +143,6 @@ class SegmentationService:
     def _samples(model: models.ServedModel) -> dict[str, Path]:
         folder = model.runtime.path.parent / "samples"
         return {p.name: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
-
-    def _price_pixels(self, model: models.ServedModel) -> float:
-        """Seconds per upload pixel of a request's work around the model (decode, resize, upsample, encode), measured
-        once on a synthetic photo at twice the model's scale: the admission's price until real requests measure it."""
-        h, w = model.meta.input_size
-        yy, xx = np.mgrid[0 : 2 * h, 0 : 2 * w]
-        photo = np.stack([xx * 255 // (2 * w), yy * 255 // (2 * h), (xx + yy) % 256], -1).astype(np.uint8)
-        data, run = imaging.png_bytes(photo), models.batch_runner(model.runtime)
-        spent = []
-        for _ in range(3):
-            t = time.perf_counter()
-            im = imaging.open_image(data, max_bytes=len(data), max_pixels=photo.shape[0] * photo.shape[1])
-            plan = pipeline.plan(model.meta, im.size)
-            job = pipeline.Job(model.meta, imaging.load_rgb(im, data, pipeline.decode_size(plan)), plan)
-            around = time.perf_counter() - t
-            job.add(run(np.stack(next(job.chunks(1)))))
-            t = time.perf_counter()
-            imaging.palette_png(job.mask(), model.meta.colours)
-            spent.append(around + time.perf_counter() - t)
-        return min(spent) / photo.shape[0] / photo.shape[1]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -248,57 +230,105 @@ class SegmentationService:
             if isinstance(image, Problem):
                 raise image
             return await self._serve(route, image.data, options)
-        except imaging.ImageError as exc:
-            return Problem(exc.status, str(exc)).response()
         except Problem as problem:
             self.metrics.refused.labels(status=str(problem.status)).inc()
             return problem.response()
 
     async def _serve(self, route: str, data: bytes, options: dict[str, bool]) -> Response:
-        cfg, model = self.config, self.model  # the version current now answers this request, whatever comes after
+        model = self.model  # the version current now answers this request, whatever comes after
         if route == "/confidence" and not model.runtime.has_probs:
             raise Problem(409, f"the model served ({model.version}) has no class probabilities, so no confidence: "
                                "re-export it without --no-probs")  # fmt: skip
-        im = imaging.open_image(data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels)
-        size = imaging.displayed_size(im, data)
-        plan = pipeline.plan(
-            model.meta, size, tile=options.get("tile", False), tile_above=cfg.tile_above, overlap=cfg.tile_overlap
-        )
-        if plan.inputs > cfg.max_tiles:
+        (upload,) = self._prepare(model, [data], options.get("tile", False))
+        async with self._admitted(model, route, [upload]):
+            answer = await self._segment(model, route, upload)
+            body = await self._call(upload.heavy, self._encode, route, model, answer, options)
+        self._observe(model, upload, answer)
+        return Response(body, media_type="application/json" if route == "/stats" else "image/png",
+                        headers=answer_headers(model.version, answer.figures))  # fmt: skip
+
+    async def infer_many(self, sources: list) -> tuple[list[pipeline.Answer], models.ServedModel]:
+        """The images of one request (encoded bytes, or (H, W, 3) uint8 pixels) through the same path as the multipart
+        routes, admitted together and batched together: their answers in order, and the model version that gave them
+        (the Open Inference Protocol's infer, serving.oip)."""
+        model = self.model
+        uploads = self._prepare(model, sources, False)
+        async with self._admitted(model, "/v2", uploads):
+            answers = await asyncio.gather(*(self._segment(model, "/v2", u) for u in uploads))
+        for upload, answer in zip(uploads, answers):
+            self._observe(model, upload, answer)
+        return answers, model
+
+    def _prepare(self, model, sources: list, tile: bool) -> list[pipeline.Prepared]:
+        """Each upload's header (or raw pixels) checked against the limits and its model work planned; 4xx otherwise."""
+        cfg, out = self.config, []
+        for i, source in enumerate(sources):
+            where = f"image {i}: " if len(sources) > 1 else ""
+            try:
+                if isinstance(source, np.ndarray):
+                    im, data = imaging.Image.fromarray(source), None
+                    size = im.size
+                else:
+                    im, data = imaging.open_image(source, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels), source
+                    size = imaging.displayed_size(im, source)
+            except imaging.ImageError as exc:
+                raise Problem(exc.status, where + str(exc)) from None
+            plan = pipeline.plan(model.meta, size, tile=tile, tile_above=cfg.tile_above, overlap=cfg.tile_overlap)
+            out.append(pipeline.Prepared(im, data, size, plan, size[0] * size[1] > cfg.offload_pixels))
+        tiles = sum(u.plan.inputs for u in out)
+        if tiles > cfg.max_tiles:
+            w, h = out[0].size
             raise Problem(
                 413,
-                f"a {size[0]}x{size[1]} image needs {plan.inputs} tiles of {plan.input_hw[1]}x{plan.input_hw[0]}, "
-                f"over this server's SEG_MAX_TILES={cfg.max_tiles}: send it without tile=true, downscale it, "
-                "or segment it offline with `python -m serving predict INPUT_DIR OUTPUT_DIR --tile`",
+                (f"a {w}x{h} image needs {tiles} tiles" if len(out) == 1 else f"{len(out)} images need {tiles} inputs")
+                + f" of {out[0].plan.input_hw[1]}x{out[0].plan.input_hw[0]}, over this server's SEG_MAX_TILES="
+                f"{cfg.max_tiles}: send it without tile=true, downscale it, or segment it offline with "
+                "`python -m serving predict INPUT_DIR OUTPUT_DIR --tile`",
             )
-        pixels = size[0] * size[1]
-        share = self.admission.share(model.batcher.units(plan.input_hw), plan.inputs)
-        own = self.admission.own_seconds(route, pixels)
+        return out
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, model, route: str, uploads: list[pipeline.Prepared]):
+        """Admission by work for these uploads together (model units and their own pixel work), or 503 + Retry-After;
+        nothing sheds them once admitted. Their measured work around the model updates the route's price."""
+        share = sum(self.admission.share(model.batcher.units(u.plan.input_hw), u.plan.inputs) for u in uploads)
+        own = sum(self.admission.own_seconds(route, u.pixels) for u in uploads)
         retry = self.admission.try_admit(share, own)
         if retry is not None:
             raise busy(self.admission, retry)
+        t = time.perf_counter()
         try:
-            heavy = pixels > cfg.offload_pixels  # big images: Pillow and numpy work in a thread, the loop stays free
-            t0 = time.perf_counter()
-            # the overlay draws on the photo itself; the other answers only need the model's scale
-            img = await self._call(
-                heavy, imaging.load_rgb, im, data, None if route == "/overlay" else pipeline.decode_size(plan)
-            )
-            job = await self._call(heavy, pipeline.Job, model.meta, img, plan)
-            t1 = time.perf_counter()
-            await self._infer(job, model.batcher)
-            t2 = time.perf_counter()
-            mask = await self._call(heavy, job.mask)
-            figures = job.confidence(cfg.uncertain_below)
-            body = await self._call(heavy, self._encode, route, model, img, job, mask, figures, options)
-            self.admission.observe(route, pixels, t1 - t0 + time.perf_counter() - t2)
+            yield
         finally:
             self.admission.release(share, own)
-        self.monitor.answer(figures, mask, model.meta.classes, model.version)
+        spent = time.perf_counter() - t - max(u.model_s for u in uploads)
+        self.admission.observe(route, sum(u.pixels for u in uploads), max(spent, 0.0))
+
+    async def _segment(self, model, route: str, u: pipeline.Prepared) -> pipeline.Answer:
+        """Decode, resize, batches through ONNX Runtime, the mask at the upload's size and the confidence."""
+        try:
+            if u.data is None:
+                img = u.im
+            else:  # the overlay draws on the photo itself; the others only need the model's scale
+                at_least = None if route == "/overlay" else pipeline.decode_size(u.plan)
+                img = await self._call(u.heavy, imaging.load_rgb, u.im, u.data, at_least)
+        except imaging.ImageError as exc:
+            raise Problem(exc.status, str(exc)) from None
+        job = await self._call(u.heavy, pipeline.Job, model.meta, img, u.plan)
+        t = time.perf_counter()
+        await self._infer(job, model.batcher)
+        u.model_s = time.perf_counter() - t
+        mask = await self._call(u.heavy, job.mask)
+        return pipeline.Answer(mask, job.confidence(self.config.uncertain_below), job, img)
+
+    def _observe(self, model, upload: pipeline.Prepared, answer: pipeline.Answer) -> None:
+        """After the answer: the metrics and drift window, and the capture of an upload the model was unsure of."""
+        self.monitor.answer(answer.figures, answer.mask, model.meta.classes, model.version)
         if self.capture is not None:
-            self.capture.offer(data, im.format, mask, figures, model.meta.classes, model.meta.colours, model.version)
-        return Response(body, media_type="application/json" if route == "/stats" else "image/png",
-                        headers=answer_headers(model.version, figures))  # fmt: skip
+            data = upload.data if upload.data is not None else imaging.png_bytes(np.asarray(upload.im))
+            fmt = upload.im.format if upload.data is not None else "PNG"
+            self.capture.offer(data, fmt, answer.mask, answer.figures, model.meta.classes, model.meta.colours,
+                               model.version)  # fmt: skip
 
     @staticmethod
     async def _call(offload: bool, fn, *args):
@@ -320,64 +350,20 @@ class SegmentationService:
                 fut.cancel()
 
     @staticmethod
-    def _encode(route: str, model, img, job, mask: np.ndarray, figures: dict | None, options: dict) -> bytes:
-        meta = model.meta
+    def _encode(route: str, model, answer: pipeline.Answer, options: dict) -> bytes:
+        meta, mask = model.meta, answer.mask
         if route == "/segment":
             return imaging.palette_png(mask, meta.colours)
         if route == "/overlay":
-            return imaging.overlay_png(img, mask, meta.colours)
+            return imaging.overlay_png(answer.img, mask, meta.colours)
         if route == "/confidence":
-            return imaging.png_bytes(job.confidence_map())
+            return imaging.png_bytes(answer.job.confidence_map())
         stats = imaging.class_stats(mask, meta.classes, rle=options.get("rle", False))
-        return json.dumps({**stats, "confidence": figures, "model": model.version}).encode()
+        return json.dumps({**stats, "confidence": answer.figures, "model": model.version}).encode()
 
     def describe(self) -> dict:
-        """The model's metadata, version, provider and variant in use (and why), confidence, drift, reloads,
-        capture, batching, admission and limits (GET /model)."""
-        cfg, model = self.config, self.model
-        rt, meta = model.runtime, model.meta
-        return {
-            "version": model.version,
-            "metadata": meta.describe(),
-            "provider": rt.provider,
-            "device_reason": rt.device_reason,
-            "variant": rt.variant,
-            "variant_reason": rt.variant_reason,
-            "int8_check": rt.int8_check,
-            "model_file": str(rt.path),
-            "model_source": cfg.model_source,
-            "confidence": {"available": rt.has_probs, "uncertain_below": cfg.uncertain_below}
-            if rt.has_probs
-            else {"available": False, "why": "the model has no `probs` output (exported with --no-probs or before)"},
-            "drift": self.monitor.describe(),
-            "reload": self.watcher.describe(),
-            "capture": self.capture.describe() if self.capture else "off (SEG_CAPTURE_DIR unset)",
-            "batching": {
-                "max_batch_size": cfg.max_batch_size,
-                "policy": "same-shape inputs, batched whenever the model is free (no fixed window)",
-                "seconds_per_input": model.batcher.seconds_per_unit,
-            },
-            "admission": {
-                "max_latency_ms": cfg.max_latency_ms,
-                "max_concurrency_per_worker": cfg.max_concurrency,
-                "max_tiles": cfg.max_tiles,
-                "queued_seconds": self.admission.ahead_s(),
-                "seconds_per_upload_pixel": {"seed": self.admission.seed_per_pixel, **self.admission.per_pixel},
-                "in_flight": self.admission.in_flight,
-            },
-            "geometry": {
-                "dynamic_hw": meta.dynamic_hw,
-                "training_size": list(meta.input_size),
-                "resize": "keep aspect, short side to the training size, pad to 32, scores upsampled"
-                if meta.dynamic_hw
-                else "squish to the model size, scores upsampled",
-                "warmed_up_shapes": [list(x) for x in pipeline.warmup_shapes(meta)],
-            },
-            "tiling": {"tile_above_pixels": cfg.tile_above, "overlap": cfg.tile_overlap or "a quarter of a tile"},
-            "threads": cfg.intra_op_threads,
-            "workers": cfg.resolved_workers,
-            "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s},
-        }
+        """GET /model: serving.status.describe."""
+        return status.describe(self)
 
 
 def answer_headers(version: str, figures: dict | None) -> dict[str, str]:
@@ -389,4 +375,4 @@ def answer_headers(version: str, figures: dict | None) -> dict[str, str]:
     return headers
 
 
-SegmentationService.add_asgi_middleware(Gate, routes=ROUTES, service=_current)
+SegmentationService.add_asgi_middleware(Gate, routes=ROUTES, service=_current, pattern=oip.INFER)

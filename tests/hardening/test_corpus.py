@@ -30,6 +30,7 @@ def server(rule_model_dir):
 
 def test_corpus_has_at_least_25_kinds():
     assert len({c.name for c in CASES}) >= 25
+    assert len([c for c in CASES if c.route.startswith("/v2/")]) >= 15  # the protocol's infer route too
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

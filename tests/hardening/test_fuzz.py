@@ -17,6 +17,8 @@ import requests
 from loadtest.server import served
 
 ROUTES = {"POST /segment", "POST /overlay", "POST /stats", "POST /confidence"}
+PROTOCOL = {"GET /v2", "GET /v2/health/ready", "GET /v2/models/{name}", "GET /v2/models/{name}/versions/{ver}/ready",
+            "POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{ver}/infer"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,9 @@ def test_api_document_declares_every_status_and_retry_after(fuzz_server):
         assert op["responses"]["415"]["content"]["application/json"]["schema"]["required"] == ["error"]
         assert op["requestBody"]["required"] is True
     assert set(doc["paths"]["/ui/samples/{name}"]["get"]["responses"]) >= {"200", "401", "404"}
+    infer = doc["paths"]["/v2/models/{name}/infer"]["post"]
+    assert set(infer["responses"]) == {"200", "400", "401", "404", "413", "415", "422", "429", "503"}
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["required"] == ["inputs"]
 
 
 def test_schemathesis_all_checks_find_only_the_documented_415(fuzz_server, tmp_path):
@@ -73,5 +78,5 @@ def test_schemathesis_all_checks_find_only_the_documented_415(fuzz_server, tmp_p
             )
             if not documented_415:
                 unexpected.append(f"{case.get('name')}: {' '.join(text.split())[:400]}")
-    assert ROUTES <= tested, tested
+    assert ROUTES | PROTOCOL <= tested, tested
     assert not unexpected, "\n".join(unexpected)
