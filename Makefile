@@ -8,7 +8,7 @@ PORT ?= 3000
 # pip prints one warning per missing local index folder; keep the log readable.
 PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: install serve test model bento image image-check engine clean
+.PHONY: install serve test model first-model bento image image-check engine clean
 .DEFAULT_GOAL := serve
 
 # One venv with every extra (train + serve + dev); re-installed when pyproject.toml changes.
@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Build the default model when exported_models/ holds none: synth -> fit -> export.
+# Build the default model when exported_models/ holds none: synth -> fit -> export (the full demo, a few minutes).
 model: install
 	@if ls exported_models/*/model.onnx >/dev/null 2>&1; then \
 	  echo "==> exported_models/ already holds a model: $$(ls exported_models/*/model.onnx | head -1)"; \
@@ -31,9 +31,22 @@ model: install
 	  $(BIN)/python -m training demo --out $(MODEL_DIR); \
 	fi
 
-serve: model
+# What `make serve` starts from when exported_models/ holds none: a quick first model (about a minute), and the full
+# demo training in the background, moved into its place when done; the server polls the folder (SEG_RELOAD_S) and
+# serves the full model then, without a restart.
+first-model: install
+	@if ls exported_models/*/model.onnx >/dev/null 2>&1; then \
+	  echo "==> exported_models/ already holds a model: $$(ls exported_models/*/model.onnx | head -1)"; \
+	else \
+	  echo "==> no exported model yet: a quick first model now (python -m training demo --quick), the full one after"; \
+	  $(BIN)/python -m training demo --quick --out $(MODEL_DIR) && mkdir -p runs && \
+	  { nohup $(BIN)/python -m training demo --replace --out $(MODEL_DIR) > runs/demo-full.log 2>&1 & } && \
+	  echo "==> the full demo model trains in the background (runs/demo-full.log) and replaces the quick one when done"; \
+	fi
+
+serve: first-model
 	@echo "==> serving $${SEG_MODEL_DIR:-$$(dirname $$(ls exported_models/*/model.onnx | head -1))} on http://$(HOST):$(PORT)"
-	SEG_MODEL_DIR=$${SEG_MODEL_DIR:-$$(dirname $$(ls exported_models/*/model.onnx | head -1))} \
+	SEG_MODEL_DIR=$${SEG_MODEL_DIR:-$$(dirname $$(ls exported_models/*/model.onnx | head -1))} SEG_RELOAD_S=$${SEG_RELOAD_S:-10} \
 	  $(BIN)/bentoml serve serving.service:SegmentationService --host $(HOST) --port $(PORT)
 
 # The formatter and the linter first (ruff, configured in pyproject.toml), then the suite.

@@ -2,20 +2,18 @@
 
     python -m benchmarks.camvid [--rows plain flips affine field fit] [--seeds 42 7 3 11 23] [--screen] [--tag NAME]
 
-Writes 150 synthetic 360x480 street scenes (training.synth, CamVid layout: Sky, Building, Road, Tree, Car, thin
-Poles, Void), trains each row once per seed (each seed its own 80/20 split, initialisation and crops, the same for
-every row) at one budget (2 frozen + 6 unfrozen epochs on 192x256 crops), exports it with `python -m training export
---int8` and scores the held-out scenes at 360x480, Void excluded, through the served data path (serving.Segmenter),
-as generated and under each camera shift of training.shifts (labels unchanged). `--screen`: scored by fit's own
-held-out evaluation (the same path in PyTorch, report.json), no export. The rows:
+150 synthetic 360x480 street scenes (training.synth, CamVid layout); each row trained once per seed (its own split,
+initialisation and crops, the same for every row), 2 frozen + 6 unfrozen epochs on 192x256 crops, exported with
+`--int8`; the held-out scenes scored at 360x480 (Void excluded) through serving.Segmenter, as generated and under each
+shift of training.shifts (labels unchanged). `--screen`: fit's own held-out evaluation (report.json), no export.
+Resumable (a run or export that exists is reused). Writes benchmarks/results/camvid[-<tag>].md/.json.
 
 - plain: the plain fastai recipe (benchmarks.camvid_plain: RandomCrop + Flip, weighted cross-entropy, last epoch);
-- flips: `fit` with flips only (`--augment flip`, its default until the field augmentation);
-- affine: `fit` with fastai's own `aug_transforms` (`--augment affine`: flips, rotation, zoom, warp, lighting);
-- field: `fit` with the camera shifts of training.augment (`--augment field`);
+- flips: `fit` as it was before (`--input-norm dataset --augment flip`); affine: with fastai's `aug_transforms`;
+- standardised: each image standardised inside the model (`--input-norm image`), flips only;
+- field: standardised, and sensor noise and JPEG on 30 % of the training images (`--augment field --field-kinds
+  noise,jpeg --field-p 0.3`);
 - fit: `fit`'s defaults (the same model as the row whose arguments resolve alike, not trained twice).
-
-Resumable (a row's run or export that exists is reused). Writes benchmarks/results/camvid[-<tag>].md/.json and a PNG.
 """
 
 from __future__ import annotations
@@ -31,11 +29,16 @@ from PIL import Image
 from benchmarks.harness import ROOT, run, stamp, write_report
 
 SCALE = ["--size", "360", "480", "--crop", "192", "256"]
+BEFORE = [*SCALE, "--input-norm", "dataset"]  # `fit` before the field recipe: the encoder's fixed normalisation only
 ROWS = {
     "plain": (None, "the plain fastai recipe (RandomCrop + Flip, weighted cross-entropy, last epoch)"),
-    "flips": ([*SCALE, "--augment", "flip"], "`fit`, flips only"),
-    "affine": ([*SCALE, "--augment", "affine"], "`fit` with fastai's aug_transforms (warps, lighting)"),
-    "field": ([*SCALE, "--augment", "field"], "`fit` with the camera shifts (training.augment)"),
+    "flips": ([*BEFORE, "--augment", "flip"], "`fit` before: flips only"),
+    "affine": ([*BEFORE, "--augment", "affine"], "`fit` with fastai's aug_transforms (warps, lighting)"),
+    "standardised": ([*SCALE, "--input-norm", "image", "--augment", "flip"], "each image standardised in the model"),
+    "field": (
+        [*SCALE, "--input-norm", "image", "--augment", "field", "--field-kinds", "noise,jpeg", "--field-p", "0.3"],
+        "standardised, and noise and JPEG on 30 % of the training images",
+    ),
     "fit": (SCALE, "`fit`'s defaults"),
 }
 SEED = 42  # fit's default; other seeds get their own folders (run-field-s7)

@@ -54,22 +54,13 @@ def main(argv=None) -> int:
     w = median_frequency_weights(class_frequencies(ds, train_idx), ds.void).clip(max=WEIGHT_CLIP)
     masks = dict(ds.pairs)
     spec = ENCODERS["efficientnet_lite0"]
-    block = DataBlock(
-        blocks=(ImageBlock, MaskBlock(list(ds.codes))),
-        get_items=lambda _: [p for p, _ in ds.pairs],
-        get_y=lambda x: PILMask.create(read_mask(masks[Path(x)])),
-        splitter=IndexSplitter(valid_idx),
-        item_tfms=RandomCrop(tuple(a.crop)),
-        batch_tfms=[Flip(), Normalize.from_stats(list(spec.mean), list(spec.std))],
-    )
+    block = DataBlock(blocks=(ImageBlock, MaskBlock(list(ds.codes))), get_items=lambda _: [p for p, _ in ds.pairs],
+                      get_y=lambda x: PILMask.create(read_mask(masks[Path(x)])), splitter=IndexSplitter(valid_idx),
+                      item_tfms=RandomCrop(tuple(a.crop)),
+                      batch_tfms=[Flip(), Normalize.from_stats(list(spec.mean), list(spec.std))])  # fmt: skip
     dls = block.dataloaders(ds.root, bs=WHOLE_BS, num_workers=0)  # fastai course notebooks: 8
-    learn = build_learner(
-        dls,
-        n_out=ds.n_classes,
-        encoder=spec.name,
-        pretrained=True,
-        loss_func=CrossEntropyLossFlat(weight=torch.tensor(w, dtype=torch.float32), axis=1),
-    )
+    loss = CrossEntropyLossFlat(weight=torch.tensor(w, dtype=torch.float32), axis=1)
+    learn = build_learner(dls, n_out=ds.n_classes, encoder=spec.name, pretrained=True, loss_func=loss)
     t = time.perf_counter()
     learn.freeze()
     learn.fit_one_cycle(a.epochs[0], 4e-3)
@@ -77,43 +68,23 @@ def main(argv=None) -> int:
     learn.fit_one_cycle(a.epochs[1], slice(2e-4, 2e-3))
     train_s = time.perf_counter() - t
     h, wd = ds.image_size()
-    config = TrainConfig(
-        data=a.data,
-        out=a.out,
-        size=(h, wd),
-        crop=tuple(a.crop),
-        frozen_epochs=a.epochs[0],
-        unfrozen_epochs=a.epochs[1],
-        class_weights="on",
-        keep_best=False,
-        seed=a.seed,
-        decoder_norm="none",
-    )
-    meta = {
-        "config": config.to_json(),
-        "size": [h, wd],
-        "codes": list(ds.codes),
-        "colours": class_colours(ds.n_classes),
-        "layout": ds.layout,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "void": ds.void,
-        "train_images": [str(ds.pairs[i][0]) for i in train_idx],
-        "valid_images": [str(ds.pairs[i][0]) for i in valid_idx],
-    }
+    # the network as `fit` would rebuild it for export: fastai's decoder, the fixed normalisation only
+    config = TrainConfig(data=a.data, out=a.out, size=(h, wd), crop=tuple(a.crop), frozen_epochs=a.epochs[0],
+                         unfrozen_epochs=a.epochs[1], class_weights="on", keep_best=False, seed=a.seed,
+                         decoder_norm="none", input_norm="dataset", augment="flip")  # fmt: skip
+    meta = {"config": config.to_json(), "size": [h, wd], "codes": list(ds.codes), "layout": ds.layout,
+            "colours": class_colours(ds.n_classes), "mean": list(spec.mean), "std": list(spec.std), "void": ds.void,
+            "train_images": [str(ds.pairs[i][0]) for i in train_idx],
+            "valid_images": [str(ds.pairs[i][0]) for i in valid_idx]}  # fmt: skip
     metrics = evaluate(learn, ds, valid_idx, (h, wd), spec.mean, spec.std)[0]
     a.out.mkdir(parents=True, exist_ok=True)
     torch.save(learn.model.state_dict(), a.out / "model.pth")
     (a.out / "config.json").write_text(json.dumps(meta, indent=2))
-    report = {
-        **meta,
-        "recipe": "plain fastai (benchmarks.camvid_plain)",
-        "weights": dict(zip(ds.codes, map(float, w))),
-        "timings": {"train_s": train_s},
-        "schedule": {"frozen_epochs": a.epochs[0], "unfrozen_epochs": a.epochs[1]},
-        "metrics": metrics,
-        "shifted": evaluate_shifted(learn, ds, valid_idx, (h, wd), spec.mean, spec.std, metrics)[0],
-    }
+    shifted = evaluate_shifted(learn, ds, valid_idx, (h, wd), spec.mean, spec.std, metrics)[0]
+    report = {**meta, "recipe": "plain fastai (benchmarks.camvid_plain)", "weights": dict(zip(ds.codes, map(float, w))),
+              "timings": {"train_s": train_s},
+              "schedule": {"frozen_epochs": a.epochs[0], "unfrozen_epochs": a.epochs[1]},
+              "metrics": metrics, "shifted": shifted}  # fmt: skip
     (a.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"plain recipe: {train_s / 60:.1f} min, written {a.out}", flush=True)
     return 0

@@ -1,6 +1,6 @@
 """The near-zero-cost model: an export's contract and metadata with next to no work inside.
 
-    python -m benchmarks.free_model SOURCE_DIR OUT_DIR
+    from benchmarks.free_model import build; build(SOURCE_DIR, OUT_DIR)   # what server_cost and profile_service do
 
 What a GPU leaves of the real model's cost at these sizes is close to nothing; what remains is the
 server's own work per request. This graph keeps the export's inputs, outputs and metadata (so every
@@ -11,7 +11,6 @@ class boundaries), a 1x1 convolution to the export's classes, softmax and argmax
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -69,18 +68,3 @@ def build(source: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out / "model.onnx"))
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("source", type=Path, help="an exported model folder (its metadata is copied)")
-    p.add_argument("out", type=Path, help="folder to write model.onnx into")
-    a = p.parse_args(argv)
-    if not (a.source / "model.onnx").is_file():
-        raise SystemExit(f"error: {a.source}: no model.onnx; pass an exported model folder")
-    print(build(a.source, a.out) / "model.onnx")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,8 @@
 """The GPU check in one command: `python -m benchmarks.gpu [--model DIR] [--seconds 8]`.
 
-On a CUDA host it serves the model with `bentoml serve` (SEG_DEVICE=cuda; fp16 and fp32), posts real
-photos at 128 and 256 px at c=1/16/64 for a few seconds each, and prints req/s, p99, the mean batch the
-service ran (from its seg_batch_size metric) and GPU utilisation (sampled with `nvidia-smi` where
-present); it writes benchmarks/results/gpu.md/.json. About 2-3 minutes.
-
-Without CUDA it ends with one line saying why and exit status 2.
-"""
+On a CUDA host: `bentoml serve` with SEG_DEVICE=cuda (fp16 and fp32), real photos at 128 and 256 px at c=1/16/64,
+req/s, p99, the mean batch (seg_batch_size) and GPU utilisation (`nvidia-smi`); writes benchmarks/results/gpu.md.
+Without CUDA it ends with one line saying why and exit status 2."""
 
 from __future__ import annotations
 
@@ -53,15 +49,10 @@ def cuda_problem(model_dir: Path) -> str | None:
 
 def mean_batch(metrics_text: str) -> tuple[float, float]:
     """(sum, count) of the seg_batch_size histogram in a Prometheus /metrics page (all workers)."""
-    total = count = 0.0
-    for line in metrics_text.splitlines():
-        m = re.match(r"^seg_batch_size_(sum|count)(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
-        if m:
-            if m.group(1) == "sum":
-                total += float(m.group(3))
-            else:
-                count += float(m.group(3))
-    return total, count
+    found = {"sum": 0.0, "count": 0.0}
+    for m in re.finditer(r"^seg_batch_size_(sum|count)(\{[^}]*\})?\s+([0-9.eE+-]+)$", metrics_text, re.M):
+        found[m.group(1)] += float(m.group(3))
+    return found["sum"], found["count"]
 
 
 @contextlib.contextmanager
@@ -118,18 +109,14 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per cell")
     a = p.parse_args(argv)
     if not (a.model / "model.onnx").is_file():
-        print(
-            f"benchmarks.gpu: {a.model}: no model.onnx; build one with `python -m training demo` or pass --model",
-            file=sys.stderr,
-        )
+        print(f"benchmarks.gpu: {a.model}: no model.onnx; build one with `python -m training demo`", file=sys.stderr)
         return 2
     problem = cuda_problem(a.model)
     if problem is not None:
         print(f"benchmarks.gpu: no CUDA here, nothing measured: {problem}", file=sys.stderr)
         return 2
-    variants = [
-        v for v in ("fp16", "fp32") if (a.model / ("model.fp16.onnx" if v == "fp16" else "model.onnx")).is_file()
-    ]
+    files = {"fp16": "model.fp16.onnx", "fp32": "model.onnx"}
+    variants = [v for v, f in files.items() if (a.model / f).is_file()]
     rows = []
     for variant in variants:
         print(f"== {variant}", flush=True)

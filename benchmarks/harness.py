@@ -52,20 +52,9 @@ def photos(size: int, fmt: str = "PNG") -> list[bytes]:
 
 def load(url: str, payloads: list[bytes], concurrency: int, n: int, route: str = "/segment") -> dict:
     """n requests at `concurrency` (after a warm-up round): req/s, p50/p95/p99 ms, errors."""
-    results, wall = client.run(
-        url, payloads, concurrency=concurrency, n=n, route=route, timeout=120, warmup=min(concurrency, n)
-    )
+    kw = dict(concurrency=concurrency, n=n, route=route, timeout=120, warmup=min(concurrency, n))
+    results, wall = client.run(url, payloads, **kw)
     return {"concurrency": concurrency, **client.summary(results, wall)}
-
-
-@contextlib.contextmanager
-def peer_server(module: str, *args: str, timeout: float = 240):
-    """Run `python -m <module> ... --port P` in its own process group; yield its URL once /readyz answers."""
-    with process([sys.executable, "-m", module, *args, "--port", "{port}"], module, timeout, stop_timeout=30) as (
-        _,
-        url,
-    ):
-        yield url
 
 
 @contextlib.contextmanager
@@ -88,11 +77,8 @@ def run(cmd: list[str]) -> None:
 
 def rss_mb(pids: list[int]) -> list[float]:
     """Resident memory of each process, MB (from /proc/<pid>/status)."""
-    out = []
-    for pid in pids:
-        status = Path(f"/proc/{pid}/status").read_text()
-        out.append(int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:"))) / 1024)
-    return out
+    lines = [Path(f"/proc/{pid}/status").read_text().splitlines() for pid in pids]
+    return [int(next(ln.split()[1] for ln in st if ln.startswith("VmRSS:"))) / 1024 for st in lines]
 
 
 def children(pid: int) -> list[int]:
@@ -119,33 +105,26 @@ def payload_sets(quick: bool = False) -> dict[str, list[bytes]]:
     return sets
 
 
-def _tree_cpu(pid: int) -> float:
+def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of a process and all its descendants (children still alive)."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(p.cpu_times()[:2])
     return total
 
 
 def measure(url: str, pid: int, payloads: list[bytes], concurrency: int, n: int) -> dict:
     """n requests at `concurrency` after a warm-up: the client's summary, plus the server tree's CPU ms per request."""
     client.run(url, payloads, concurrency=concurrency, n=min(concurrency * 4, n), timeout=120)
-    c0 = _tree_cpu(pid)
+    c0 = tree_cpu(pid)
     results, wall = client.run(url, payloads, concurrency=concurrency, n=n, timeout=120)
-    return {
-        "concurrency": concurrency,
-        **client.summary(results, wall),
-        "cpu_ms_per_request": (_tree_cpu(pid) - c0) / n * 1000,
-    }
+    cpu = (tree_cpu(pid) - c0) / n * 1000
+    return {"concurrency": concurrency, **client.summary(results, wall), "cpu_ms_per_request": cpu}
 
 
 @contextlib.contextmanager
@@ -157,15 +136,13 @@ def ours(model_dir: Path, cwd: Path = ROOT, variant: str = "fp32", **env):
 
 @contextlib.contextmanager
 def peer(module: str, model_dir: Path, variant: str = "fp32"):
-    """A peer server module (benchmarks.peers.*) over `model_dir`: yields (url, pid)."""
+    """A peer server module (benchmarks.peers.*) over `model_dir`: yields (url, pid) once its /readyz answers."""
     cmd = [sys.executable, "-m", module, "--model", str(model_dir), "--variant", variant, "--port", "{port}"]
     with process(cmd, module, 240, stop_timeout=30) as (proc, url):
         yield url, proc.pid
 
 
-def contenders(
-    model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32"
-) -> list[tuple[str, callable]]:
+def contenders(model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32") -> list:
     """(name, start) of this service, the previous main (a worktree) and the installed peers, all serving
     `model_dir`'s `variant`; `start()` yields (url, pid)."""
     out = [("this service", lambda: ours(model_dir, variant=variant))]
@@ -191,16 +168,13 @@ def race(servers, sets: dict[str, list[bytes]], n: int, rounds: int, concurrenci
                         measure(url, pid, payloads, c, k if c > 1 else max(k // 4, 50)) for c in concurrencies
                     ]
                 runs[name].append(cells)
-    table: dict = {}
-    for name, sweeps in runs.items():
-        table[name] = {}
-        for label in sets:
-            row = []
-            for i, _ in enumerate(concurrencies):
-                cells = sorted((s[label][i] for s in sweeps), key=lambda x: x["rps"])
-                row.append({**cells[len(cells) // 2], "rounds_rps": [s[label][i]["rps"] for s in sweeps]})
-            table[name][label] = row
-    return table
+
+    def median(sweeps, label, i):
+        cells = sorted((s[label][i] for s in sweeps), key=lambda x: x["rps"])
+        return {**cells[len(cells) // 2], "rounds_rps": [s[label][i]["rps"] for s in sweeps]}
+
+    return {name: {label: [median(sweeps, label, i) for i in range(len(concurrencies))] for label in sets}
+            for name, sweeps in runs.items()}  # fmt: skip
 
 
 def tables(report: dict) -> list[str]:
@@ -230,17 +204,15 @@ def goal_lines(table: dict, label: str) -> list[str]:
         return []
     out = []
     for i, c in enumerate(CONCURRENCIES):
-        if c == 1:
-            a, b = table["this service"][label][i], lit[label][i]
-            out.append(f"- c=1: {a['rps'] / b['rps']:.2f}x LitServe (the lead at c=1 is to be kept)")
-            continue
         a, b = table["this service"][label][i], lit[label][i]
         ratio = a["rps"] / b["rps"]
-        out.append(
-            f"- c={c}: {ratio:.2f}x LitServe's req/s (goal >= 1.3x: "
-            f"{'met' if ratio >= 1.3 else f'missed by {1.3 - ratio:.2f}'}); "
-            f"p99 {a['p99']:.0f} vs {b['p99']:.0f} ms ({'met' if a['p99'] <= b['p99'] else 'higher: missed'})"
-        )
+        if c == 1:
+            out.append(f"- c=1: {ratio:.2f}x LitServe (the lead at c=1 is to be kept)")
+            continue
+        goal = "met" if ratio >= 1.3 else f"missed by {1.3 - ratio:.2f}"
+        p99 = "met" if a["p99"] <= b["p99"] else "higher: missed"
+        out.append(f"- c={c}: {ratio:.2f}x LitServe's req/s (goal >= 1.3x: {goal}); "
+                   f"p99 {a['p99']:.0f} vs {b['p99']:.0f} ms ({p99})")  # fmt: skip
     return out
 
 
@@ -255,12 +227,7 @@ def plot(report: dict, out: Path, title: str = "near-zero-cost model: the server
     for ax, label in zip(axes[0], sets):
         for name, rows in report["table"].items():
             ax.plot(CONCURRENCIES, [x["rps"] for x in rows[label]], "o-", label=name)
-        (
-            ax.set_xscale("log", base=2),
-            ax.set_title(label, fontsize=9),
-            ax.set_xlabel("concurrency"),
-            ax.set_ylabel("req/s"),
-        )
+        ax.set_xscale("log", base=2), ax.set_title(label, fontsize=9), ax.set_xlabel("concurrency")  # fmt: skip
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

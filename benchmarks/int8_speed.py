@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from benchmarks.harness import cpu_features, write_report
+from benchmarks.harness import stamp, write_report
 
 
 def main(argv=None) -> int:
@@ -33,45 +32,22 @@ def main(argv=None) -> int:
     for folder in a.folders:
         check = read_check(folder)
         if not (folder / "model.int8.onnx").is_file() or check is None:
-            raise SystemExit(
-                f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (an export with --int8 and ground "
-                "truth)"
-            )
+            raise SystemExit(f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (export with --int8)")
         images = check[0]
         fp32, int8 = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], images, repeats=a.repeats)
         export = folder / "export.json"
         at_export = json.loads(export.read_text()).get("int8", {}).get("speedup") if export.is_file() else None
-        rows.append(
-            {
-                "model": str(folder),
-                "size": f"{images.shape[1]}x{images.shape[2]}",
-                "fp32_img_s": fp32,
-                "int8_img_s": int8,
-                "speedup": int8 / fp32,
-                "speedup_at_export": at_export,
-            }
-        )
+        rows.append({"model": str(folder), "size": f"{images.shape[1]}x{images.shape[2]}", "fp32_img_s": fp32,
+                     "int8_img_s": int8, "speedup": int8 / fp32, "speedup_at_export": at_export})  # fmt: skip
         print(f"{folder}: {int8 / fp32:.2f}x ({int8:.1f} vs {fp32:.1f} img/s)", flush=True)
-    cpu = cpu_features()
-    how = (
-        f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its "
-        "training size, "
-        f"fp32 and int8 passes interleaved, median of {a.repeats}; {os.cpu_count()} cores, {cpu}."
-    )
-    L = [
-        "# int8 against fp32, as a worker runs them (`python -m benchmarks.int8_speed`)",
-        "",
-        how,
-        "",
-        "| model | size | fp32 img/s | int8 img/s | speed-up | at export |",
-        "|---|---|---|---|---|---|",
-    ]
+    L = [f"# int8 against fp32, as a worker runs them ({stamp(argv, 'benchmarks.int8_speed')})", "",
+         f"ONNX Runtime CPU, {SPEED_THREADS} thread, batch {SPEED_BATCH}, each model's bundled held-out images at its "
+         f"training size, fp32 and int8 passes interleaved, median of {a.repeats}.", "",
+         "| model | size | fp32 img/s | int8 img/s | speed-up | at export |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         was = f"{r['speedup_at_export']:.2f}x" if r["speedup_at_export"] else "-"
-        L.append(
-            f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | **{r['speedup']:.2f}x** "
-            f"| {was} |"
-        )
+        L.append(f"| {r['model']} | {r['size']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} | "
+                 f"**{r['speedup']:.2f}x** | {was} |")  # fmt: skip
     write_report(f"int8-speed-{a.tag}" if a.tag else "int8-speed", "\n".join(L) + "\n", rows)
     return 0
 

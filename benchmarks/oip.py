@@ -1,10 +1,8 @@
 """Images per request on the Open Inference Protocol: `python -m benchmarks.oip [--model DIR] [--rounds 20]`.
 
-A real `bentoml serve` of the model with its defaults; the same 8 real photos (256 px PNG) sent as 8 single-image
-infer requests one after the other, as 8 at once (concurrency 8), and as one infer request holding all 8 (BYTES [8],
-binary), in alternating rounds; per image: wall milliseconds and the server's CPU milliseconds (its whole process
-tree). Writes benchmarks/results/oip.md/.json.
-"""
+`bentoml serve` of the model, its defaults; 8 real photos (256 px PNG) sent as 8 single-image infer requests one after
+the other, as 8 at once, and as one request holding the 8 (binary BYTES [8]), in alternating rounds: wall and server
+CPU milliseconds per image (its process tree). Writes benchmarks/results/oip.md/.json."""
 
 from __future__ import annotations
 
@@ -15,10 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import psutil
 import requests
 
-from benchmarks.harness import ROOT, photos, served, stamp, write_report
+from benchmarks.harness import ROOT, photos, served, stamp, tree_cpu, write_report
 from contract import DEFAULT_MODEL_DIR
 
 INFER = "/v2/models/segmentation/infer"
@@ -31,11 +28,6 @@ def body(images: list[bytes]) -> tuple[bytes, dict]:
                                    "parameters": {"binary_data_size": len(blob)}}],
                        "outputs": [{"name": "mask_png", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
     return head + blob, {"Inference-Header-Content-Length": str(len(head))}
-
-
-def cpu(pid: int) -> float:
-    p = psutil.Process(pid)
-    return sum(sum(q.cpu_times()[:2]) for q in [p, *p.children(recursive=True)])
 
 
 def main(argv=None) -> int:
@@ -61,7 +53,7 @@ def main(argv=None) -> int:
             list(pool.map(send, singles))
         for r in range(a.rounds):
             for way, how in ways.items() if r % 2 == 0 else reversed(list(ways.items())):
-                c, t = cpu(proc.pid), time.perf_counter()
+                c, t = tree_cpu(proc.pid), time.perf_counter()
                 if how == "batch":
                     send(batch)
                 elif how is None:
@@ -70,7 +62,7 @@ def main(argv=None) -> int:
                 else:
                     list(pool.map(send, singles))
                 times[way].append((time.perf_counter() - t) / 8 * 1000)
-                cpus[way].append((cpu(proc.pid) - c) / 8 * 1000)
+                cpus[way].append((tree_cpu(proc.pid) - c) / 8 * 1000)
     med = {w: (float(np.median(times[w])), float(np.median(cpus[w]))) for w in ways}
     rows = {w: {"ms_per_image": t, "cpu_ms_per_image": c} for w, (t, c) in med.items()}
     base = rows["8 single-image requests, one after the other"]

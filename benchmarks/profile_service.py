@@ -75,92 +75,48 @@ def aggregate(raw: Path, n_requests: int) -> dict[str, float]:
     return ms
 
 
-def profile_service(
-    model_dir: Path,
-    variant: str = "int8",
-    n: int = 1500,
-    fmt: str = "PNG",
-    concurrency: int = 16,
-    cwd: Path = ROOT,
-    size: int = 256,
-    label: str = "",
-) -> dict:
-    """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post `size` px
+def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: str = "PNG", concurrency: int = 16,
+                    cwd: Path = ROOT, label: str = "") -> dict:  # fmt: skip
+    """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post 256 px
     photos."""
     pyspy = Path(sys.executable).with_name("py-spy")
     if not pyspy.is_file():
         raise SystemExit("error: py-spy not found next to this Python; pip install py-spy (it is in the dev extras)")
-    payloads = photos(size, fmt)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        served(model_dir, cwd=cwd, SEG_VARIANT=variant, SEG_MAX_BATCH_SIZE=8) as proc,
-    ):
+    payloads = photos(256, fmt)
+    with tempfile.TemporaryDirectory() as tmp, served(model_dir, cwd=cwd, SEG_VARIANT=variant) as proc:
         raw = Path(tmp) / "stacks.txt"
         load(proc.url, payloads, concurrency, 100)  # warm
         cmd = f"record --subprocesses --nonblocking -r {RATE} --format raw -o {raw} -p {proc.pid}".split()
-        spy = subprocess.Popen(
-            [str(pyspy), *cmd],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        spy = subprocess.Popen([str(pyspy), *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(2)  # py-spy attaches
         res = load(proc.url, payloads, concurrency, n)
         spy.send_signal(2)
         _, err = spy.communicate(timeout=120)
         if not raw.is_file():
-            raise SystemExit(
-                f"error: py-spy wrote nothing ({(err or '').strip().splitlines()[-1:]}); it needs ptrace rights over "
-                "the server"
-            )
+            why = (err or "").strip().splitlines()[-1:]
+            raise SystemExit(f"error: py-spy wrote nothing ({why}); it needs ptrace rights over the server")
         layers = aggregate(raw, n)
-    return {
-        "format": fmt if size == 256 else f"{size} px {fmt}",
-        "label": label,
-        "requests": n,
-        "concurrency": concurrency,
-        "rps": res["rps"],
-        "errors": res["errors"],
-        "layers": layers,
-    }
+    return {"format": fmt, "label": label, "requests": n, "concurrency": concurrency, "rps": res["rps"],
+            "errors": res["errors"], "layers": layers}  # fmt: skip
 
 
 def to_markdown(profiles: list[dict], when: str = "") -> str:
-    L = [
-        f"# Where a request's time goes ({when})",
-        "",
-        "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post photos "
-        "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py "
-        "for the rules and what thread time means on 2 shared cores.",
-        "",
-        "Server settings: "
-        + ", ".join(f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN"))
-        + ".",
-        "",
-    ]
-    names = list(dict.fromkeys(k for p in profiles for k in p["layers"]))
-    L += [
-        "| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |",
-        "|---|" + "---|" * len(profiles),
-    ]
-    for k in names:
-        L.append(f"| {k} | " + " | ".join(f"{p['layers'].get(k, 0):.2f}" for p in profiles) + " |")
-    L.append(
-        "| **all but the model rows** | "
-        + " | ".join(
-            f"**{sum(v for k, v in p['layers'].items() if not k.startswith(('model', 'batch queue'))):.2f}**"
-            for p in profiles
-        )
-        + " |"
+    settings = ", ".join(
+        f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN")
     )
-    L += [
-        "",
-        " ".join(
-            f"{p.get('label', '')} {p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors.".strip() for p in profiles
-        ),
-        "",
-    ]
-    return "\n".join(L) + "\n"
+    L = [f"# Where a request's time goes ({when})", "",
+         "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post 256 px photos "
+         "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py for the "
+         f"rules and what thread time means on 2 shared cores. Server settings: {settings}.", "",
+         "| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |",
+         "|---|" + "---|" * len(profiles)]  # fmt: skip
+    for k in dict.fromkeys(k for p in profiles for k in p["layers"]):
+        L.append(f"| {k} | " + " | ".join(f"{p['layers'].get(k, 0):.2f}" for p in profiles) + " |")
+    rest = [sum(v for k, v in p["layers"].items() if not k.startswith(("model", "batch queue"))) for p in profiles]
+    L.append("| **all but the model rows** | " + " | ".join(f"**{v:.2f}**" for v in rest) + " |")
+    runs = " ".join(f"{p.get('label', '')} {p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors.".strip()
+                    for p in profiles)  # fmt: skip
+    return "\n".join(L + ["", runs, ""]) + "\n"
 
 
 def main(argv=None) -> int:
@@ -169,10 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"))
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--format", nargs="+", default=["PNG", "JPEG"], choices=("PNG", "JPEG"))
-    p.add_argument("--size", type=int, default=256, help="upload side in pixels")
-    p.add_argument(
-        "--free", action="store_true", help="serve the near-zero-cost model built from --model (benchmarks.free_model)"
-    )
+    p.add_argument("--free", action="store_true", help="serve the near-zero-cost model built from --model")
     p.add_argument("--baseline", metavar="REF", help="profile this git ref (a worktree) first, then this checkout")
     a = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -184,11 +137,8 @@ def main(argv=None) -> int:
         trees = [(ROOT, "this checkout")]
         if a.baseline:
             trees.insert(0, (stack.enter_context(baseline_checkout(a.baseline)), f"previous main ({a.baseline[:7]})"))
-        profiles = [
-            profile_service(model, a.variant, a.requests, f, cwd=tree, size=a.size, label=label)
-            for tree, label in trees
-            for f in a.format
-        ]
+        profiles = [profile_service(model, a.variant, a.requests, f, tree, label=label)
+                    for tree, label in trees for f in a.format]  # fmt: skip
     write_report("profile", to_markdown(profiles, stamp(argv, "benchmarks.profile_service")), profiles)
     return 0
 

@@ -289,6 +289,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--work", type=Path, default=Path("runs/demo"), help="where the data set and the run go")
     p.add_argument("--n", type=int, default=300, help="synthetic scenes (80 %% train, 20 %% held out)")
+    p.add_argument("--quick", action="store_true", help="a first model in about a minute (fewer steps, fp32 only)")
+    p.add_argument("--replace", action="store_true", help="build beside --out, then move it into --out's place "
+                   "(a service with SEG_RELOAD_S picks it up)")  # fmt: skip
     _add_fit_args(p)
     _add_export_args(p)
     return parser
@@ -367,7 +370,8 @@ def _export(a: argparse.Namespace) -> None:
 def _demo(a: argparse.Namespace) -> None:
     from .demo import demo
 
-    demo(out=a.out, work=a.work, n=a.n, base=_fit_config(a, Path("."), Path(".")), exporter=a.exporter)
+    base = _fit_config(a, Path("."), Path("."))
+    demo(out=a.out, work=a.work, n=a.n, base=base, exporter=a.exporter, quick=a.quick, replace=a.replace)
 
 
 COMMANDS = {"synth": _synth, "masks": _masks, "fit": _fit, "export": _export, "demo": _demo}

@@ -222,13 +222,13 @@ def make_dataloaders(
     augment: str = "affine",
     num_workers: int = 0,
     class_crops: float = 0.0,
-    field_p: float = 0.5,
-    field_kinds=None,
+    field=None,
 ):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
     scale), then for training a random `crop` (H, W) at that scale if given (validation sees whole images),
     `augment` ("affine": flips, rotation, zoom, warp and lighting; "flip": flips only; "field": flips and
-    training.augment's camera shifts on a share `field_p` of the images; "none"), explicit Normalize.
+    `field`, a batch transform (training.augment.FieldShifts: camera shifts on a share of the images); "none"),
+    explicit Normalize.
     `class_crops`: the share of training crops centred on a pixel of a class drawn evenly from those in the
     image, Void excluded (nnU-Net's foreground oversampling, which centres a third of its patches so); the
     rest fall anywhere, as fastai's RandomCrop.
@@ -241,8 +241,8 @@ def make_dataloaders(
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
 
-    from .augment import KINDS, FieldShifts
-
+    if augment == "field" and field is None:
+        raise ValueError("augment='field' needs `field`, a batch transform (training.augment.FieldShifts)")
     _, valid_idx = split_pairs(ds, valid_pct, seed)
     mask_of = dict(ds.pairs)
     binary = ds.binary_255
@@ -262,7 +262,7 @@ def make_dataloaders(
     batch_tfms = {
         "affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
         "flip": lambda: [Flip()],
-        "field": lambda: [Flip(), FieldShifts(field_p, scale=size[1] / 480, kinds=field_kinds or KINDS)],
+        "field": lambda: [Flip(), field],
         "none": list,
     }[augment]()
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))

@@ -16,6 +16,7 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
     if half:  # progressive resizing: the same scale ratio, half the pixels per side
         size = (max(32, size[0] // 2), max(32, size[1] // 2))
         crop = (max(32, crop[0] // 2), max(32, crop[1] // 2)) if crop else None
+    augment = config.resolved_augment() if augment is None else augment
     return make_dataloaders(
         ds,
         size=size,
@@ -25,11 +26,17 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
         std=spec.std,
         valid_pct=config.valid_pct,
         seed=config.seed,
-        augment=config.resolved_augment() if augment is None else augment,
+        augment=augment,
         class_crops=config.class_crops,
-        field_p=config.field_p,
-        field_kinds=config.field_kinds,
+        field=_field(config, size) if augment == "field" else None,
     )
+
+
+def _field(config: TrainConfig, size: tuple[int, int]):
+    """The camera shifts of --augment field (training.augment), scaled to the training width."""
+    from .augment import FieldShifts
+
+    return FieldShifts(config.field_p, scale=size[1] / 480, kinds=config.field_kinds)
 
 
 def learner_for(

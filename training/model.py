@@ -122,20 +122,34 @@ DECODER_NORMS = ("batch", "batch-all", "none")
 INPUT_NORMS = ("dataset", "image")
 
 
-class ImageStandardize(nn.Module):
+def standardize(x, scale: float = 0.5, eps: float = 1e-3):
     """Each image standardised per channel (its own mean and spread) and scaled to `scale`, the spread the encoder's
     fixed normalisation gives a typical photo: a change of exposure, contrast (haze) or white balance, which scales
-    and offsets a channel, leaves the input unchanged. The first layer of the encoder with `--input-norm image`;
-    being part of the model, it is in the exported graph as well."""
+    and offsets a channel, leaves the result unchanged."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / (x.std(dim=(2, 3), keepdim=True) + eps) * scale
 
-    def __init__(self, scale: float = 0.5, eps: float = 1e-3):
-        super().__init__()
-        self.scale, self.eps = scale, eps
 
-    def forward(self, x):
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True)
-        return (x - mean) / (std + self.eps) * self.scale
+@functools.cache
+def _standardized(unet_class):
+    """`unet_class` (fastai's DynamicUnet) whose input is standardised first (`standardize`), for every layer that
+    sees it: the encoder and the last cross connection, which concatenates the input itself to the last features."""
+
+    class StandardizedUnet(unet_class):
+        def forward(self, x):
+            return super().forward(standardize(x))
+
+    StandardizedUnet.__qualname__ = "StandardizedUnet"  # pickled (learn.export()) as training.model.StandardizedUnet
+    return StandardizedUnet
+
+
+def __getattr__(name: str):
+    """`training.model.StandardizedUnet`, made on first use (it needs fastai, which this module imports lazily)."""
+    if name == "StandardizedUnet":
+        from fastai.vision.models.unet import DynamicUnet
+
+        return _standardized(DynamicUnet)
+    raise AttributeError(name)
 
 
 def build_learner(
@@ -159,8 +173,8 @@ def build_learner(
     connections); "batch-all" is fastai's `norm_type=NormType.Batch`: BatchNorm after each of them, the final 1x1
     classifier included (the logits); "batch" is the same but for the classifier, which stays a plain convolution
     with a bias (with BatchNorm on the logits, poles came out worse: docs/research.md). `input_norm` "image": the
-    encoder starts with ImageStandardize (each image standardised per channel); "dataset": the DataLoaders' fixed
-    normalisation only."""
+    U-Net standardises each image per channel first (`standardize`, in its forward: the exported graph has it);
+    "dataset": the DataLoaders' fixed normalisation only."""
     from fastai.layers import ConvLayer, NormType
     from fastai.optimizer import Adam, ranger
     from fastai.torch_core import apply_init
@@ -169,8 +183,6 @@ def build_learner(
     if decoder_norm not in DECODER_NORMS:
         raise TrainingError(f"decoder norm {decoder_norm!r}: use {', '.join(DECODER_NORMS)}")
     body = build_encoder(encoder, pretrained=pretrained, weights=weights, allow_random=allow_random)
-    if input_norm == "image":
-        body = nn.Sequential(ImageStandardize(), *body)
     learn = unet_learner(
         dls,
         lambda *_a, **_k: body,
@@ -184,6 +196,8 @@ def build_learner(
         norm_type=NormType.Batch if decoder_norm in ("batch", "batch-all") else None,
         **({"loss_func": loss_func} if loss_func is not None else {}),
     )
+    if input_norm == "image":  # the same modules and weights: only the forward changes (old run folders load as before)
+        learn.model.__class__ = _standardized(type(learn.model))
     if decoder_norm == "batch":  # the classifier without BatchNorm: a 1x1 conv with a bias, kaiming init, zero bias
         final = learn.model.layers[-2]
         assert isinstance(final, ConvLayer) and final[0].kernel_size == (1, 1), "fastai's DynamicUnet layout changed"

@@ -69,11 +69,11 @@ def test_documented_scripts_end_in_one_line_when_the_server_cannot_start(tmp_pat
 def test_peer_servers_do_the_same_work(module, tiny_export):
     """LitServe and Ray Serve peers, as the benchmark runs them, answer with exactly our offline masks."""
     pytest.importorskip("litserve" if "litserve" in module else "ray.serve")
-    from benchmarks.harness import peer_server
+    from benchmarks.harness import peer
 
     payloads = client.photos((128,), square=False)[:2]
     expected = offline_masks(tiny_export, payloads, variant="fp32")
-    with peer_server(module, "--model", str(tiny_export), "--variant", "fp32") as url:
+    with peer(module, tiny_export, "fp32") as (url, _):
         results, _ = client.run(
             url,
             payloads,

@@ -23,7 +23,7 @@ def test_field_augmentation_reaches_the_training_batches_only(tiny_dataset):
 
     ds = load_dataset(tiny_dataset)
     kw = dict(size=(64, 64), bs=2, mean=[0.5] * 3, std=[0.5] * 3, valid_pct=0.25, seed=0)
-    dls = make_dataloaders(ds, augment="field", field_p=1.0, **kw)
+    dls = make_dataloaders(ds, augment="field", field=FieldShifts(1.0), **kw)
     (tfm,) = [t for t in dls.after_batch.fs if isinstance(t, FieldShifts)]
     assert tfm.shift_p == 1.0 and tfm.split_idx == 0 and tfm.order < 99  # before Normalize
     x = TensorImage(torch.rand(4, 3, 64, 64))

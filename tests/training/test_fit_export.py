@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -245,3 +246,26 @@ def test_demo_command_builds_a_servable_model(tmp_path):
         timeout=120,
     )
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
+
+
+def test_quick_first_model_then_the_full_one_moved_into_its_place(tmp_path):
+    """What `make serve` does without a model: `demo --quick` (few steps, fp32 only, legacy exporter), then
+    `demo --replace` builds the full one beside it and moves it into the same folder (a polling service reloads)."""
+    out, work = tmp_path / "exported" / "default", tmp_path / "work"
+    small = ["--work", str(work), "--n", "8", "--size", "32", "--bs", "4"]
+
+    def demo(*extra):
+        cmd = [sys.executable, "-m", "training", "demo", "--out", str(out), *small, *extra]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-1500:]
+        return r.stdout
+
+    stdout = demo("--quick")
+    quick = json.loads((out / "export.json").read_text())
+    assert quick["exporter"] == "legacy" and quick["int8"] is None and not (out / "model.fp16.onnx").exists()
+    run = json.loads((Path(quick["run"]) / "report.json").read_text())
+    assert run["schedule"]["steps_budget"] == 90 and "== demo done" in stdout
+    stdout = demo("--replace", "--frozen-epochs", "1", "--unfrozen-epochs", "0")
+    assert f"{out} replaced by the full demo model" in stdout and (out / "model.fp16.onnx").is_file()
+    assert not list(out.parent.glob(".default.*"))  # nothing left beside it
+    assert json.loads((out / "export.json").read_text())["run"] != quick["run"]
