@@ -18,6 +18,15 @@ queued ahead of it and its own fit the latency budget together (or nothing is ah
 faster), so an admitted request is answered within the budget as far as the prices hold; nothing sheds it once
 admitted: it always finishes. A tiled request keeps at most two batches of its tiles in the
 queue at a time, so small requests arriving meanwhile wait for those, not for the whole image.
+
+The prices miss what they do not see: a load that takes the cores (another worker, the client on the same host),
+reading and parsing bodies, the refusals' own handling, the HTTP send. Two feedbacks correct them. `scale`: each
+admitted request's time from admission to answer against the time its prices predicted (a moving average of the
+ratio, so the first answers of a burst, a few milliseconds in, reprice the requests behind them). `limit_s`, the
+work admitted against (at most the budget): follows what the admitted requests measured from the gate to their
+last byte, as TCP's window and adaptive concurrency limits follow their round trips: an answer later than
+LATE_SHARE of the budget cuts it by CUT (once per cohort: only a request that entered after the last cut cuts
+again), an answer in time raises it by GROW.
 """
 
 from __future__ import annotations
@@ -144,6 +153,10 @@ class Batcher:
 QUEUED_BATCHES = 2  # a tiled request keeps at most this many batches of its tiles in the queue at a time
 
 
+LATE_SHARE, CUT, GROW, FLOOR = 0.6, 0.8, 1.01, 0.1  # the admission limit's feedback (module docstring)
+SCALE_RANGE = (0.5, 4.0)  # the prices' correction: measured over predicted time, a moving average within this range
+
+
 class Admission:
     """Admission by work for one worker process, and the requests in flight on it: see the module docstring.
 
@@ -159,6 +172,9 @@ class Admission:
         self.per_pixel: dict[str, float] = {}  # route -> moving average of seconds per upload pixel
         self.in_flight = 0  # requests between the gate and their answer
         self.batcher: Batcher | None = None
+        self.limit_s = budget_s  # the work admitted against, <= the budget: follows the measured latencies
+        self.cut_at = 0.0  # perf_counter of the last cut of limit_s
+        self.scale = 1.0  # measured over predicted time of the admitted requests (module docstring)
 
     def watch(self, batcher: Batcher) -> None:
         self.batcher = batcher
@@ -183,24 +199,40 @@ class Admission:
 
     def ahead_s(self) -> float:
         """Seconds of work queued ahead of a request arriving now: the model's and the admitted requests' own."""
-        return self.reserved * self.batcher.seconds_per_unit + self.reserved_s
+        return (self.reserved * self.batcher.seconds_per_unit + self.reserved_s) * self.scale
 
     def over_budget(self, own_s: float = 0.0) -> int | None:
         """Retry-After seconds when the work already queued, plus `own_s`, is over the budget, else None: the gate
         refuses requests before reading their body when the queue alone is over it."""
         ahead = self.ahead_s() + own_s
-        return max(1, math.ceil(ahead - self.budget_s)) if ahead > self.budget_s else None
+        return max(1, math.ceil(ahead - self.limit_s)) if ahead > self.limit_s else None
 
     def try_admit(self, share: float, own_s: float = 0.0) -> int | None:
         """Reserve `share` units of model work and `own_s` seconds of the request's own work and return None, or
         return the Retry-After seconds when work is queued ahead and with this request's it does not fit the budget
         (nothing reserved). With nothing ahead, a request is admitted whatever its size: waiting would not help."""
         idle = self.reserved == 0 and self.reserved_s == 0
-        retry = None if idle else self.over_budget(share * self.batcher.seconds_per_unit + own_s)
+        retry = None if idle else self.over_budget((share * self.batcher.seconds_per_unit + own_s) * self.scale)
         if retry is None:
             self.reserved += share
             self.reserved_s += own_s
         return retry
+
+    def measured(self, predicted_s: float, seconds: float) -> None:
+        """An admitted request took `seconds` from admission to answer where its prices said `predicted_s` (the work
+        ahead of it and its own, unscaled): the prices' correction moves towards the ratio."""
+        ratio = seconds / max(predicted_s, 0.02 * self.budget_s)
+        lo, hi = SCALE_RANGE
+        self.scale = min(hi, max(lo, 0.8 * self.scale + 0.2 * ratio))
+
+    def answered(self, entered: float, seconds: float) -> None:
+        """An admitted request answered `seconds` after it `entered` the gate (perf_counter): the limit follows."""
+        if seconds > LATE_SHARE * self.budget_s:
+            if entered > self.cut_at:  # the requests admitted before the last cut were priced by the old limit
+                self.limit_s = max(FLOOR * self.budget_s, self.limit_s * CUT)
+                self.cut_at = time.perf_counter()
+        else:
+            self.limit_s = min(self.budget_s, self.limit_s * GROW)
 
     def release(self, share: float, own_s: float = 0.0) -> None:
         self.reserved = max(0.0, self.reserved - share)

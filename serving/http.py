@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -270,7 +271,16 @@ class Gate:
             svc.metrics.refused.labels(status=str(problem.status)).inc()
             return await problem.response()(scope, receive, send)
         svc.admission.in_flight += 1
+        entered, status = time.perf_counter(), []
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sending)
         finally:
             svc.admission.in_flight -= 1
+        if status and status[0] == 200:  # admitted and answered: its latency steers the admission limit
+            svc.admission.answered(entered, time.perf_counter() - entered)

@@ -293,6 +293,7 @@ class SegmentationService:
         nothing sheds them once admitted. Their measured work around the model updates the route's price."""
         share = sum(self.admission.share(model.batcher.units(u.plan.input_hw), u.plan.inputs) for u in uploads)
         own = sum(self.admission.own_seconds(route, u.pixels) for u in uploads)
+        predicted = self.admission.ahead_s() / self.admission.scale + share * model.batcher.seconds_per_unit + own
         retry = self.admission.try_admit(share, own)
         if retry is not None:
             raise busy(self.admission, retry)
@@ -301,7 +302,9 @@ class SegmentationService:
             yield
         finally:
             self.admission.release(share, own)
-        spent = time.perf_counter() - t - max(u.model_s for u in uploads)
+        took = time.perf_counter() - t
+        self.admission.measured(predicted, took)
+        spent = took - max(u.model_s for u in uploads)
         self.admission.observe(route, sum(u.pixels for u in uploads), max(spent, 0.0))
 
     async def _segment(self, model, route: str, u: pipeline.Prepared) -> pipeline.Answer:

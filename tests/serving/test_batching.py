@@ -142,6 +142,49 @@ def test_admission_prices_the_work_around_the_model_per_pixel_and_route():
     assert a.try_admit(1.0, own) is None and a.reserved_s == pytest.approx(3 * own)
 
 
+def test_admission_follows_what_the_admitted_requests_measured():
+    """Unpriced work (a client on the same cores, parsing, sending) shows as answers slower than their prices said:
+    the prices' scale follows the ratio, and answers late against the budget cut the limit once per cohort."""
+    from serving import batching
+
+    b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
+    a = Admission(budget_s=1.0, max_batch_size=8)
+    a.watch(b)
+    for _ in range(20):
+        a.measured(0.2, 0.4)  # took twice what the prices said
+    assert a.scale == pytest.approx(2.0, rel=0.02)
+    admitted = 0
+    while a.try_admit(1.0) is None:
+        admitted += 1
+    assert admitted == 50  # 10 ms a unit, scaled to 20 ms: the 51st does not fit 1 s
+    assert a.ahead_s() == pytest.approx(1.0, rel=0.02)
+    a.measured(0.0, 10.0)
+    assert a.scale <= batching.SCALE_RANGE[1]  # bounded, whatever one request measured
+    for _ in range(50):
+        a.measured(0.5, 0.1)
+    assert a.scale == batching.SCALE_RANGE[0]
+    a.release(50.0)
+
+    c = Admission(budget_s=1.0, max_batch_size=8)
+    c.watch(b)
+    t0 = time.perf_counter()
+    c.answered(t0, 0.9)  # later than LATE_SHARE of the budget: the limit is cut
+    assert c.limit_s == pytest.approx(batching.CUT)
+    c.answered(t0, 0.95)  # the same cohort (entered before the cut): no second cut
+    assert c.limit_s == pytest.approx(batching.CUT)
+    c.answered(time.perf_counter() + 1, 0.9)  # entered after the cut: cut again
+    assert c.limit_s == pytest.approx(batching.CUT**2)
+    for _ in range(100):
+        c.answered(time.perf_counter(), 0.1)  # in time: the limit grows back, never past the budget
+    assert c.limit_s == 1.0
+    for _ in range(30):
+        c.answered(time.perf_counter() + 1, 5.0)
+    assert c.limit_s == pytest.approx(batching.FLOOR)  # never below the floor: something is always admitted
+    for _ in range(int(batching.FLOOR / 0.010)):
+        assert c.try_admit(1.0) is None
+    assert c.try_admit(1.0) == 1  # the queue at the lowered limit refuses, with Retry-After
+
+
 def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_ready():
     model = FakeModel()
     cap = {"n": 2}
