@@ -102,13 +102,17 @@ def main(argv=None) -> int:
                 th.start()
             time.sleep(a.phase_s)
             swaps = {}
+            broken_info = {}
             for key, folder in (("B", versions["B"]), ("broken", broken), ("C", versions["C"])):
                 swaps[key] = replace(live, folder)
                 time.sleep(a.phase_s)
+                if key == "broken":  # what /model says while the broken version sits in the folder
+                    broken_info = requests.get(proc.url + "/model", timeout=10).json()["reload"]
             stop.set()
             for th in threads:
                 th.join()
             info = requests.get(proc.url + "/model", timeout=10).json()
+    info["reload"]["last_error"] = broken_info.get("last_error")
     report = summarise(results, swaps, info)
     write(report, a)
     return 0 if report["errors"] == 0 and report["wrong"] == 0 else 1
