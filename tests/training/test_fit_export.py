@@ -86,7 +86,7 @@ def test_onnx_masks_identical_to_fastai(tiny_export, tiny_run, tiny_dataset, bat
         masks.append(m), probs.append(p)
     masks, probs = np.concatenate(masks), np.concatenate(probs)
     differ = masks != ref.argmax(1).astype(np.uint8)
-    # identical everywhere except numerical ties (fastai's top-2 probabilities within 1e-4), and those are rare
+    # identical everywhere except numerical ties (fastai's top-2 probabilities within TIE_TOL), and those are rare
     assert not (differ & ~tie_pixels(ref)).any()
     assert differ.sum() <= 3
     assert np.abs(probs - ref).max() < 1e-4

@@ -13,7 +13,10 @@ from .graph import TRACE_BATCH
 
 PARITY_BATCHES = (1, 3)
 SHAPE_IMAGES = 16  # held-out images checked at the other shapes (each shape runs PyTorch and ONNX Runtime on them)
-TIE_TOL = 1e-4  # probability gap below which PyTorch and ONNX Runtime may pick either class
+# probability gap below which PyTorch and ONNX Runtime may pick either class: the per-image standardisation inside the
+# graph (reductions over the whole image, summed in another order) moves probabilities by up to ~5e-4 (the demo, seed
+# 1: 5.3e-4, one pixel flipped at a gap of 4.0e-4); a real export error flips thousands of pixels by far more
+TIE_TOL = 1e-3
 
 
 def session(path: Path, threads: int | None = None):
