@@ -17,6 +17,11 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@echo "==> installing the project with extras train, serve, dev (torch comes from this machine's disk)"
 	$(PIP) install -q -e '.[train,serve,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	@# labelme (dev) pulls the CPU-only onnxruntime through osam, which overwrites onnxruntime-gpu's files: put the one
+	@# ONNX Runtime back (it carries the CPU provider too; the service opens CUDA only where a GPU is)
+	@if $(PIP) show -q onnxruntime 2>/dev/null; then \
+	  $(PIP) uninstall -q -y onnxruntime && \
+	  $(PIP) install -q --no-deps --force-reinstall "$$(grep -o 'onnxruntime-gpu==[0-9.]*' pyproject.toml | head -1)"; fi
 	@$(BIN)/python -c "import fastai, torch, onnxruntime, bentoml" || { echo "install failed: see the pip output above" >&2; exit 1; }
 	@touch $@
 
