@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import TrainingError
 
-QUICK_STEPS = 90  # the quick first model: 3 epochs of the demo's 240 training images, one of them frozen
+QUICK_STEPS = 60  # the quick first model: 2 epochs of the demo's 240 training images, one of them frozen
 
 
 def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, exporter: str = "auto",

@@ -73,14 +73,19 @@ def test_readme_short_table_states_the_real_defaults():
         "SEG_MAX_LATENCY_MS": str(c.max_latency_ms),
         "SEG_API_TOKEN": "unset",
         "SEG_WORKERS": "one per core",
+        "SEG_RELOAD_S": f"{c.reload_s} (`make serve`: 10)",
+        "SEG_CAPTURE_DIR": "unset",
     }
-    assert len(rows) == 7
+    assert len(rows) == 9
     for names, default in rows:
         for name in re.findall(r"SEG_[A-Z_]+", names):
             assert name in ServeConfig.env_names()
             if name in expected:
                 assert default.strip() == expected[name], (name, default)
-    assert c.api_token == "" and c.workers == 0 and c.model == ""
+    assert c.api_token == "" and c.workers == 0 and c.model == "" and c.capture_dir in ("", None)
+    assert (
+        "SEG_RELOAD_S=$${SEG_RELOAD_S:-10}" in (ROOT / "Makefile").read_text()
+    )  # what the README says make serve sets
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from training.demo import QUICK_STEPS
 from training.export import load_images, read_metadata, tie_pixels
 from training.export.gates import _fastai_probs
 
@@ -264,7 +265,7 @@ def test_quick_first_model_then_the_full_one_moved_into_its_place(tmp_path):
     quick = json.loads((out / "export.json").read_text())
     assert quick["exporter"] == "legacy" and quick["int8"] is None and not (out / "model.fp16.onnx").exists()
     run = json.loads((Path(quick["run"]) / "report.json").read_text())
-    assert run["schedule"]["steps_budget"] == 90 and "== demo done" in stdout
+    assert run["schedule"]["steps_budget"] == QUICK_STEPS and "== demo done" in stdout
     stdout = demo("--replace", "--frozen-epochs", "1", "--unfrozen-epochs", "0")
     assert f"{out} replaced by the full demo model" in stdout and (out / "model.fp16.onnx").is_file()
     assert not list(out.parent.glob(".default.*"))  # nothing left beside it
