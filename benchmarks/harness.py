@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -14,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.peers import available as available_peers
-from loadtest import client
+from loadtest import client, server
 from loadtest.server import ROOT, process, served  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -22,13 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def write_report(name: str, md: str, data) -> Path:
     """Print `md` and write it to benchmarks/results/<name>.md, `data` beside it as .json (the history is git's)."""
-    out = RESULTS / f"{name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=float))
-    print(md)
-    print(f"report: {out}")
-    return out
+    return server.write_report(name, md, data, RESULTS)
 
 
 def stamp(argv: list[str] | None, module: str) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from loadtest.server import ROOT, served
+from loadtest.server import ROOT, served, write_report
 
 PY = sys.executable
 
@@ -195,10 +195,7 @@ def write(r: dict, a) -> None:
          f"fit v2 + export took {r['reload']['fit_and_export_s'] / 60:.1f} min; from the new "
          f"version in the store to its first answer {r['reload']['to_first_answer_of_v2_s']:.1f} s "
          "(SEG_RELOAD_S=5)."]  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / "field-loop.md"
-    out.write_text("\n".join(L) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(r, indent=2, default=float))
-    print("\n".join(L))
+    write_report("field-loop", "\n".join(L) + "\n", r)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,20 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
+RESULTS = ROOT / "benchmarks" / "results"  # where the benchmarks and load tests write their current reports
+
+
+def write_report(name: str, md: str, data, results: Path = RESULTS) -> Path:
+    """Print `md` and write it to <results>/<name>.md, `data` beside it as .json (the history is git's)."""
+    out = results / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=float))
+    print(md)
+    print(f"report: {out}")
+    return out
+
+
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 

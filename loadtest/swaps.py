@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from PIL import Image
 
 from contract import DEFAULT_MODEL_DIR
 from loadtest.client import photos
-from loadtest.server import ROOT, served
+from loadtest.server import served, write_report
 
 
 def variant(src: Path, out: Path, shift: float) -> Path:
@@ -150,10 +149,7 @@ def write(r: dict, a) -> None:
          + ", ".join(f"{k} {v:.1f} s" for k, v in r["to_every_worker_s"].items()) + " |",
          f"| p99 steady / within 5 s of a swap | {r['p99_steady_ms']:.0f} / {r['p99_around_swaps_ms']:.0f} "
          "ms |"]  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / "swaps.md"
-    out.write_text("\n".join(L) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(r, indent=2, default=float))
-    print("\n".join(L))
+    write_report("swaps", "\n".join(L) + "\n", r)
 
 
 if __name__ == "__main__":
