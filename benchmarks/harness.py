@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,13 +136,15 @@ def peer(module: str, model_dir: Path, variant: str = "fp32"):
         yield url, proc.pid
 
 
-def contenders(model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32") -> list:
-    """(name, start) of this service, the previous main (a worktree) and the installed peers, all serving
-    `model_dir`'s `variant`; `start()` yields (url, pid)."""
+def contenders(
+    model_dir: Path, baseline_tree: Path | None, baseline: str | None, variant: str = "fp32", peers: bool = True
+) -> list:
+    """(name, start) of this service, the previous main (a worktree) and (with `peers`) the installed peers, all
+    serving `model_dir`'s `variant`; `start()` yields (url, pid)."""
     out = [("this service", lambda: ours(model_dir, variant=variant))]
     if baseline_tree is not None:
         out.append((f"previous main ({baseline[:7]})", lambda: ours(model_dir, cwd=baseline_tree, variant=variant)))
-    for name, module in available_peers():
+    for name, module in available_peers() if peers else []:
         out.append((name, lambda module=module: peer(module, model_dir, variant)))
     return out
 
@@ -164,7 +167,9 @@ def race(servers, sets: dict[str, list[bytes]], n: int, rounds: int, concurrenci
 
     def median(sweeps, label, i):
         cells = sorted((s[label][i] for s in sweeps), key=lambda x: x["rps"])
-        return {**cells[len(cells) // 2], "rounds_rps": [s[label][i]["rps"] for s in sweeps]}
+        rounds = {"rounds_rps": [s[label][i]["rps"] for s in sweeps],
+                  "rounds_cpu": [s[label][i]["cpu_ms_per_request"] for s in sweeps]}  # fmt: skip
+        return {**cells[len(cells) // 2], **rounds}
 
     return {name: {label: [median(sweeps, label, i) for i in range(len(concurrencies))] for label in sets}
             for name, sweeps in runs.items()}  # fmt: skip
@@ -186,7 +191,8 @@ def tables(report: dict) -> list[str]:
             f"{name} " + ", ".join("/".join(f"{v:.0f}" for v in x["rounds_rps"]) for x in rows[label])
             for name, rows in report["table"].items()
         )
-        L += ["", f"req/s per round: {per_round}", "", *goal_lines(report["table"], label), ""]
+        L += ["", f"req/s per round: {per_round}", "", *goal_lines(report["table"], label),
+              *change_lines(report["table"], label), ""]  # fmt: skip
     return L
 
 
@@ -206,6 +212,21 @@ def goal_lines(table: dict, label: str) -> list[str]:
         p99 = "met" if a["p99"] <= b["p99"] else "higher: missed"
         out.append(f"- c={c}: {ratio:.2f}x LitServe's req/s (goal >= 1.3x: {goal}); "
                    f"p99 {a['p99']:.0f} vs {b['p99']:.0f} ms ({p99})")  # fmt: skip
+    return out
+
+
+def change_lines(table: dict, label: str) -> list[str]:
+    """This service against the previous main, per concurrency: req/s (median round) and the server's CPU ms per
+    request (median over rounds), as a change in per cent (the cost goal: no more than +3 % CPU, no less req/s)."""
+    before = next((v for k, v in table.items() if k.startswith("previous main")), None)
+    if before is None or "this service" not in table:
+        return []
+    out = []
+    for i, c in enumerate(CONCURRENCIES):
+        a, b = table["this service"][label][i], before[label][i]
+        cpu_a, cpu_b = (statistics.median(x.get("rounds_cpu", [x["cpu_ms_per_request"]])) for x in (a, b))
+        out.append(f"- c={c} against the previous main: req/s {a['rps'] / b['rps'] - 1:+.1%}, "
+                   f"server CPU per request {cpu_a:.2f} vs {cpu_b:.2f} ms ({cpu_a / cpu_b - 1:+.1%})")  # fmt: skip
     return out
 
 

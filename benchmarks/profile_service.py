@@ -1,6 +1,7 @@
 """Where a served request's time goes, layer by layer: py-spy samples a real `bentoml serve` under load.
 
     python -m benchmarks.profile_service [--model DIR] [--variant int8] [--requests 1500] [--format PNG|JPEG]
+        [--size 256]
     python -m benchmarks.profile_service --free --baseline REF --format PNG   # the server's own cost, before and after
 
 py-spy (a sampling profiler, in the dev extras) records every Python thread of the server's process
@@ -39,7 +40,7 @@ LAYERS = [
     ("to the model's scale (resize, pad)", ("Job.__init__",)),
     ("scores upsampled to the upload's size", ("upsample_scores", "Job.mask", "resize_mask")),
     ("palette PNG encode (Pillow)", ("palette_png",)),
-    ("stats / overlay / RLE / confidence", ("class_stats", "confidence")),
+    ("stats / overlay / RLE / confidence, metrics", ("class_stats", "confidence", "Monitor.")),
     (
         "multipart parse + gate, admission (ours)",
         ("read_upload", "python_multipart", "formparsers", "Gate.", "serving/"),
@@ -76,13 +77,13 @@ def aggregate(raw: Path, n_requests: int) -> dict[str, float]:
 
 
 def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: str = "PNG", concurrency: int = 16,
-                    cwd: Path = ROOT, label: str = "") -> dict:  # fmt: skip
-    """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post 256 px
-    photos."""
+                    cwd: Path = ROOT, label: str = "", size: int = 256) -> dict:  # fmt: skip
+    """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post
+    `size` px photos."""
     pyspy = Path(sys.executable).with_name("py-spy")
     if not pyspy.is_file():
         raise SystemExit("error: py-spy not found next to this Python; pip install py-spy (it is in the dev extras)")
-    payloads = photos(256, fmt)
+    payloads = photos(size, fmt)
     with tempfile.TemporaryDirectory() as tmp, served(model_dir, cwd=cwd, SEG_VARIANT=variant) as proc:
         raw = Path(tmp) / "stacks.txt"
         load(proc.url, payloads, concurrency, 100)  # warm
@@ -96,7 +97,7 @@ def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: 
             why = (err or "").strip().splitlines()[-1:]
             raise SystemExit(f"error: py-spy wrote nothing ({why}); it needs ptrace rights over the server")
         layers = aggregate(raw, n)
-    return {"format": fmt, "label": label, "requests": n, "concurrency": concurrency, "rps": res["rps"],
+    return {"format": fmt, "size": size, "label": label, "requests": n, "concurrency": concurrency, "rps": res["rps"],
             "errors": res["errors"], "layers": layers}  # fmt: skip
 
 
@@ -105,7 +106,8 @@ def to_markdown(profiles: list[dict], when: str = "") -> str:
         f"{k}={os.environ.get(k, 'default')}" for k in ("SEG_TRACING", "SEG_ACCESS_LOG", "SEG_ORT_SPIN")
     )
     L = [f"# Where a request's time goes ({when})", "",
-         "py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post 256 px photos "
+         f"py-spy samples (200 Hz) of every Python thread of a real `bentoml serve` while 16 clients post "
+         f"{profiles[0].get('size', 256)} px photos "
          "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py for the "
          f"rules and what thread time means on 2 shared cores. Server settings: {settings}.", "",
          "| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |",
@@ -124,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_DIR)
     p.add_argument("--variant", default="int8", choices=("fp32", "int8"))
     p.add_argument("--requests", type=int, default=1500)
+    p.add_argument("--size", type=int, default=256, help="the photos' side in pixels")
     p.add_argument("--format", nargs="+", default=["PNG", "JPEG"], choices=("PNG", "JPEG"))
     p.add_argument("--free", action="store_true", help="serve the near-zero-cost model built from --model")
     p.add_argument("--baseline", metavar="REF", help="profile this git ref (a worktree) first, then this checkout")
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
         trees = [(ROOT, "this checkout")]
         if a.baseline:
             trees.insert(0, (stack.enter_context(baseline_checkout(a.baseline)), f"previous main ({a.baseline[:7]})"))
-        profiles = [profile_service(model, a.variant, a.requests, f, tree, label=label)
+        profiles = [profile_service(model, a.variant, a.requests, f, cwd=tree, label=label, size=a.size)
                     for tree, label in trees for f in a.format]  # fmt: skip
     write_report("profile", to_markdown(profiles, stamp(argv, "benchmarks.profile_service")), profiles)
     return 0

@@ -2,6 +2,7 @@
 is left is each server's per-request work.
 
     python -m benchmarks.server_cost [--model DIR] [--baseline REF] [--rounds 2] [--requests 1500] [--quick]
+        [--no-peers]
 
 Rows: req/s and p50/p99 at c=1/16/32 for a 128 px PNG, a 256 px PNG and a ~1.2 Mpx JPEG, for this
 service, the previous main (a git worktree of REF), LitServe and Ray Serve, in alternating order over
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--quick", action="store_true", help="128 and 256 px only, fewer requests")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="this service (and --baseline) only")
     a = p.parse_args(argv)
     if not (a.model / "model.onnx").is_file():
         raise SystemExit(f"error: {a.model}: no model.onnx; build one with `python -m training demo` or pass --model")
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="free-model-") as tmp, contextlib.ExitStack() as stack:
         free = build(a.model, Path(tmp) / "free")
         tree = stack.enter_context(baseline_checkout(a.baseline)) if a.baseline else None
-        table = race(contenders(free, tree, a.baseline), sets, n, a.rounds)
+        table = race(contenders(free, tree, a.baseline, peers=a.peers), sets, n, a.rounds)
     report = {"sets": list(sets), "table": table, "rounds": a.rounds, "source": str(a.model)}
     L = [f"# The server's own cost ({stamp(argv, 'benchmarks.server_cost')})", "",
          f"The near-zero-cost graph built from {a.model} (benchmarks.free_model: the export's inputs, outputs and "

@@ -19,6 +19,7 @@ import numpy as np
 from contract.metrics import psi
 
 MIN_ANSWERS = 50  # answers in the window before the drift figure means anything
+DRIFT_EVERY = 10  # answers between two computations of the drift figure (a window of hundreds moves slowly)
 BUCKETS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0]
 
 
@@ -57,23 +58,28 @@ class Monitor:
         self.reference: dict | None = None
         self.drift: float | None = None
         self.m = metrics()
+        self.answers = 0
+        self._counters: tuple[str | None, list] = (None, [])  # the model version's class counters, looked up once
 
     def use(self, reference: dict | None) -> None:
         """A new model: its reference, and an empty window (its answers are not the old model's)."""
-        self.reference, self.drift = reference, None
+        self.reference, self.drift, self.answers = reference, None, 0
         self.window.clear()
 
-    def answer(self, figures: dict | None, mask: np.ndarray, classes, version: str) -> None:
-        counts = np.bincount(mask.ravel(), minlength=len(classes))
-        for name, n in zip(classes, counts.tolist()):
+    def answer(self, figures: dict | None, class_pixels: np.ndarray, classes, version: str) -> None:
+        """One answer: its figures (None without probabilities) and its pixels per class (pipeline.Job.class_pixels)."""
+        if self._counters[0] != version:
+            self._counters = (version, [self.m.class_pixels.labels(model=version, class_name=c) for c in classes])
+        for counter, n in zip(self._counters[1], class_pixels.tolist()):
             if n:
-                self.m.class_pixels.labels(model=version, class_name=name).inc(n)
+                counter.inc(n)
         if figures is None:
             return
         self.m.confidence.observe(figures["mean"])
         self.m.uncertain.observe(figures["uncertain_fraction"])
         self.window.append(figures["mean"])
-        if self.reference is not None and len(self.window) >= MIN_ANSWERS:
+        self.answers += 1
+        if self.reference is not None and len(self.window) >= MIN_ANSWERS and self.answers % DRIFT_EVERY == 0:
             self.drift = psi(list(self.window), self.reference)
             self.m.drift.set(self.drift)
 

@@ -103,6 +103,7 @@ class Job:
             self._input = pad_reflect(scaled, ph, pw)
         self._output = None
         self.top1: np.ndarray | None = None  # each pixel's top-1 probability, at the scale the scores were decided
+        self.decided: np.ndarray | None = None  # the class ids at that scale
 
     @property
     def single_input(self) -> np.ndarray:
@@ -128,13 +129,14 @@ class Job:
         sh, sw = self.plan.scaled_hw
         if self.plan.tiled and not self.meta.dynamic_hw:
             mask = self._blender.result()  # already at full resolution
-            self.top1 = self._blender.top1
+            self.top1, self.decided = self._blender.top1, mask
             return mask
         if self.plan.tiled:
             probs, ids = self._blender.scores()
         else:
             ids, probs = self._output
             ids, probs = ids[:sh, :sw], (probs[:, :sh, :sw] if probs is not None else None)
+        self.decided = ids
         if probs is None:
             return imaging.resize_mask(np.ascontiguousarray(ids), self.size_wh)
         self.top1 = probs.max(axis=0)
@@ -145,6 +147,13 @@ class Job:
         over the pixels at the scale the model decided them (the model's scale; full resolution for the tiles of a
         fixed-size model); None when the model gives no probabilities."""
         return None if self.top1 is None else confidence(self.top1, below)
+
+    def class_pixels(self, n_classes: int) -> np.ndarray:
+        """After `mask()`: pixels per class at the image's own size, from the class ids at the scale the model decided
+        them (exact for the full-resolution tiles of a fixed-size model), scaled by the area: counting a 1.2 Mpx mask
+        cost ~2 ms a request, its 128 px decision 0.02 ms."""
+        w, h = self.size_wh
+        return np.bincount(self.decided.ravel(), minlength=n_classes) * (w * h / self.decided.size)
 
     def confidence_map(self) -> np.ndarray | None:
         """After `mask()`: (H, W) uint8 at the image's own size, each pixel's top-1 probability x 255 (bilinear)."""

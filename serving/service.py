@@ -326,7 +326,8 @@ class SegmentationService:
 
     def _observe(self, model, upload: pipeline.Prepared, answer: pipeline.Answer) -> None:
         """After the answer: the metrics and drift window, and the capture of an upload the model was unsure of."""
-        self.monitor.answer(answer.figures, answer.mask, model.meta.classes, model.version)
+        pixels = answer.job.class_pixels(len(model.meta.classes))
+        self.monitor.answer(answer.figures, pixels, model.meta.classes, model.version)
         if self.capture is not None:
             data = upload.data if upload.data is not None else imaging.png_bytes(np.asarray(upload.im))
             fmt = upload.im.format if upload.data is not None else "PNG"

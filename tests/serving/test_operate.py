@@ -85,10 +85,10 @@ def test_drift_is_the_psi_of_recent_answers_against_the_reference():
     assert psi(list(rng.normal(0.9, 0.02, 200)), ref) < 0.25 < psi(list(rng.normal(0.84, 0.02, 200)), ref)
     mon = Monitor(window=100)
     mon.use(ref)
-    mask = np.zeros((4, 4), np.uint8)
+    pixels = np.array([16.0, 0.0])
     for i, m in enumerate(rng.normal(0.8, 0.02, MIN_ANSWERS)):
         assert mon.drift is None or i >= MIN_ANSWERS - 1
-        mon.answer({"mean": float(m), "uncertain_fraction": 0.1}, mask, CLASSES, "v1")
+        mon.answer({"mean": float(m), "uncertain_fraction": 0.1}, pixels, CLASSES, "v1")
     assert mon.drift > 1.0 and mon.describe()["answers_in_window"] == MIN_ANSWERS
     mon.use(ref)  # a new model version: a new window
     assert mon.drift is None and not mon.window

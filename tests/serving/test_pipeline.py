@@ -58,6 +58,18 @@ def test_jobs_pad_crop_and_upsample_back_to_the_image_size():
     job.add([(probs.argmax(0).astype(np.uint8), probs)])
     mask = job.mask()
     assert mask.shape == (200, 330) and (mask == 1).all()
+    assert job.class_pixels(3).tolist() == [0, 200 * 330, 0]  # counted at 96 x 158, scaled to the image's area
+
+
+def test_class_pixels_share_follows_the_decision_and_sums_to_the_image_area():
+    m = meta(False, (64, 64))
+    img = Image.new("RGB", (128, 96))
+    job = pipeline.Job(m, img, pipeline.plan(m, img.size))
+    ids = np.zeros((64, 64), np.uint8)
+    ids[:, 48:] = 2  # a quarter of the decided pixels are class 2
+    job.add([(ids, None)])
+    assert job.mask().shape == (96, 128)
+    assert job.class_pixels(3).tolist() == [128 * 96 * 3 / 4, 0, 128 * 96 / 4]
 
 
 def test_segmenter_batches_equal_shapes_and_keeps_order(tiny_export):
