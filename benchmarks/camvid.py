@@ -145,11 +145,8 @@ def tables(rows: dict) -> list[str]:
                  f"**{r['shifted']:.3f}** | {r['ratio']:.3f} | "
                  + " | ".join(f"{r['mean'][s]['mean']:.3f}" for s in shifts)
                  + f" | {np.mean(r['min_per_epoch']):.2f} |")  # fmt: skip
-    L += [
-        "",
-        "| row | " + " | ".join(f"{c} clean / shifted" for c in classes) + " |",
-        "|---" * (1 + len(classes)) + "|",
-    ]
+    L += ["", "| row | " + " | ".join(f"{c} clean / shifted" for c in classes) + " |", "|---" * (1 + len(classes))
+          + "|"]  # fmt: skip
     for name, r in rows.items():
         cells = [f"{r['mean']['clean'][c]:.3f} / {np.mean([r['mean'][s][c] for s in shifts]):.3f}" for c in classes]
         L.append(f"| {name} | " + " | ".join(cells) + " |")

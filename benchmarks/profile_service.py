@@ -41,17 +41,11 @@ LAYERS = [
     ("scores upsampled to the upload's size", ("upsample_scores", "Job.mask", "resize_mask")),
     ("palette PNG encode (Pillow)", ("palette_png",)),
     ("stats / overlay / RLE / confidence, metrics", ("class_stats", "confidence", "Monitor.")),
-    (
-        "multipart parse + gate, admission (ours)",
-        ("read_upload", "python_multipart", "formparsers", "Gate.", "serving/"),
-    ),
+    ("multipart, gate, admission (ours)", ("read_upload", "python_multipart", "formparsers", "Gate.", "serving/")),
     ("BentoML: OpenTelemetry tracing", ("OpenTelemetry", "opentelemetry", "otel_", "Span.", "Tracer.")),
     ("BentoML: access log", ("AccessLog",)),
     ("BentoML: prometheus metrics", ("Metrics", "prometheus")),
-    (
-        "BentoML: other middleware",
-        ("TimeoutMiddleware", "ServerErrorMiddleware", "MaxConcurrencyMiddleware", "bentoml"),
-    ),
+    ("BentoML: other middleware", ("TimeoutMiddleware", "ServerErrorMiddleware", "MaxConcurrency", "bentoml")),
     ("HTTP: uvicorn/httptools, starlette", ("HttpToolsProtocol", "RequestResponseCycle", "uvicorn", "starlette")),
     ("event loop (asyncio/uvloop) and hand-offs", ("asyncio", "Runner.run")),
 ]

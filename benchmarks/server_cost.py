@@ -2,7 +2,7 @@
 is left is each server's per-request work.
 
     python -m benchmarks.server_cost [--model DIR] [--baseline REF] [--rounds 2] [--requests 1500] [--quick]
-        [--no-peers]
+        [--sets 128 256 1.2] [--no-peers]
 
 Rows: req/s and p50/p99 at c=1/16/32 for a 128 px PNG, a 256 px PNG and a ~1.2 Mpx JPEG, for this
 service, the previous main (a git worktree of REF), LitServe and Ray Serve, in alternating order over
@@ -39,11 +39,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--quick", action="store_true", help="128 and 256 px only, fewer requests")
+    p.add_argument("--sets", nargs="+", choices=("128", "256", "1.2"), help="only these uploads (side or Mpx)")
     p.add_argument("--no-peers", dest="peers", action="store_false", help="this service (and --baseline) only")
     a = p.parse_args(argv)
     if not (a.model / "model.onnx").is_file():
         raise SystemExit(f"error: {a.model}: no model.onnx; build one with `python -m training demo` or pass --model")
     n, sets = (300 if a.quick else a.requests), payload_sets(a.quick)
+    sets = {k: v for k, v in sets.items() if not a.sets or k.split()[0] in a.sets}
     with tempfile.TemporaryDirectory(prefix="free-model-") as tmp, contextlib.ExitStack() as stack:
         free = build(a.model, Path(tmp) / "free")
         tree = stack.enter_context(baseline_checkout(a.baseline)) if a.baseline else None
