@@ -104,8 +104,8 @@ def tree_cpu(pid: int) -> float:
 
 
 def measure(url: str, pid: int, payloads: list[bytes], concurrency: int, n: int) -> dict:
-    """n requests at `concurrency` after a warm-up: the client's summary, plus the server tree's CPU ms per request."""
-    client.run(url, payloads, concurrency=concurrency, n=min(concurrency * 4, n), timeout=120)
+    """n requests at `concurrency` after >= 40 warm-up ones: the client's summary, the server tree's CPU ms each."""
+    client.run(url, payloads, concurrency=concurrency, n=min(max(concurrency * 4, 40), n), timeout=120)
     c0 = tree_cpu(pid)
     results, wall = client.run(url, payloads, concurrency=concurrency, n=n, timeout=120)
     cpu = (tree_cpu(pid) - c0) / n * 1000
