@@ -50,7 +50,7 @@ def main(argv=None) -> int:
          f"{rows[0]['augment']}, "
          f"trained in {rows[0]['precision']}; held-out foreground Dice clean and under training.shifts.", "",
          "| seed | Dice clean | shifted mean | shifted / clean | " + " | ".join(shifts)
-         + " | training min | int8 kept (ratio, speed-up) |", "|---" * (7 + len(shifts)) + "|"]  # fmt: skip
+         + " | training min | int8 kept (ratio, speed-up) |", "|---" * (6 + len(shifts)) + "|"]  # fmt: skip
     for r in rows:
         int8 = f"{'yes' if r['int8_kept'] else 'no'} ({r['int8_ratio']:.2%}, {r['int8_speedup']:.2f}x)"
         cells = " | ".join(f"{r['shifts'][s]:.3f}" for s in shifts)
