@@ -147,16 +147,13 @@ def main(argv=None) -> int:
         merged = work / "train-plus-captured"
         shutil.rmtree(merged, ignore_errors=True)
         shutil.copytree(work / "train", merged)
-        used = 0
-        for img in kept:  # the true mask stands in for the person's correction of the pre-annotation
-            key = pixels(img.read_bytes())
-            if key in unseen_keys or key not in truth_of:
-                continue
+        keys = {img: pixels(img.read_bytes()) for img in kept}
+        train_on = [img for img in kept if keys[img] in truth_of and keys[img] not in unseen_keys]
+        for img in train_on:  # the true mask stands in for the person's correction of the pre-annotation
             shutil.copy(img, merged / "images" / f"captured_{img.name}")
-            Image.fromarray(truth_of[key]).save(merged / "masks" / f"captured_{img.name}")
-            used += 1
-        report["captured"] = {"images": len(kept), "of_field": sum(pixels(k.read_bytes()) in field_keys for k in kept),
-                              "trained_on": used}  # fmt: skip
+            Image.fromarray(truth_of[keys[img]]).save(merged / "masks" / f"captured_{img.name}")
+        report["captured"] = {"images": len(kept), "of_field": sum(k in field_keys for k in keys.values()),
+                              "trained_on": len(train_on)}  # fmt: skip
         shutil.rmtree(work / "run-v2", ignore_errors=True)
         shutil.rmtree(work / "export-v2", ignore_errors=True)
         t = time.perf_counter()
