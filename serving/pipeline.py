@@ -151,9 +151,14 @@ class Job:
     def class_pixels(self, n_classes: int) -> np.ndarray:
         """After `mask()`: pixels per class at the image's own size, from the class ids at the scale the model decided
         them (exact for the full-resolution tiles of a fixed-size model), scaled by the area: counting a 1.2 Mpx mask
-        cost ~2 ms a request, its 128 px decision 0.02 ms."""
+        cost ~2 ms a request, its 128 px decision 0.01 ms."""
         w, h = self.size_wh
-        return np.bincount(self.decided.ravel(), minlength=n_classes) * (w * h / self.decided.size)
+        ids = self.decided
+        if n_classes <= 16:  # a comparison per class beats bincount's copy to intp (3 classes: 7 vs 24 us at 128 px)
+            counts = np.array([np.count_nonzero(ids == k) for k in range(n_classes)])
+        else:
+            counts = np.bincount(ids.ravel(), minlength=n_classes)
+        return counts * (w * h / ids.size)
 
     def confidence_map(self) -> np.ndarray | None:
         """After `mask()`: (H, W) uint8 at the image's own size, each pixel's top-1 probability x 255 (bilinear)."""

@@ -72,6 +72,20 @@ def test_class_pixels_share_follows_the_decision_and_sums_to_the_image_area():
     assert job.class_pixels(3).tolist() == [128 * 96 * 3 / 4, 0, 128 * 96 / 4]
 
 
+def test_class_pixels_count_the_same_with_few_and_many_classes():
+    """Up to 16 classes are counted a comparison per class, more by bincount: the same counts either way."""
+    rng = np.random.default_rng(3)
+    for n in (3, 16, 17, 40):
+        m = ModelMeta(classes=tuple(f"c{i}" for i in range(n)), colours=((0, 0, 0),) * n, input_size=(32, 48))
+        img = Image.new("RGB", (96, 64))
+        job = pipeline.Job(m, img, pipeline.plan(m, img.size))
+        ids = rng.integers(0, n, (32, 48)).astype(np.uint8)
+        job.add([(ids, None)])
+        job.mask()
+        want = np.bincount(ids.ravel(), minlength=n) * (96 * 64 / ids.size)
+        assert job.class_pixels(n).tolist() == want.tolist(), n
+
+
 def test_segmenter_batches_equal_shapes_and_keeps_order(tiny_export):
     from serving import Segmenter
 
