@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .demo import DEMO_DEFAULTS, DEMO_RECIPE
 from .errors import TrainingError
 
 
@@ -285,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="exported_models/NAME (must not exist)")
     _add_export_args(p, store=True)
 
-    p = sub.add_parser("demo", help="synth -> fit -> export: the default model `make serve` serves")
+    p = sub.add_parser("demo", help="synth -> fit -> export: the default model `make serve` serves",
+                       description=f"fit's options; the demo's own defaults: {DEMO_RECIPE}")  # fmt: skip
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--work", type=Path, default=Path("runs/demo"), help="where the data set and the run go")
     p.add_argument("--n", type=int, default=300, help="synthetic scenes (80 %% train, 20 %% held out)")
@@ -293,6 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="build beside --out, then move it into --out's place "
                    "(a service with SEG_RELOAD_S picks it up)")  # fmt: skip
     _add_fit_args(p)
+    p.set_defaults(**DEMO_DEFAULTS)
     _add_export_args(p)
     return parser
 

@@ -123,3 +123,28 @@ def test_bad_field_options_are_one_line_errors(tmp_path, tiny_dataset, args, nee
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and needle in lines[-1] and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_demo_has_its_own_recipe_and_fit_keeps_its_defaults():
+    """`training demo` trains with DEMO_DEFAULTS (more steps, camera shifts on a tenth of the images) unless an option
+    says otherwise; `training fit` keeps fit's defaults."""
+    from training.__main__ import _fit_config, _parser
+    from training.config import TrainConfig
+    from training.demo import DEMO_DEFAULTS
+
+    def config(*argv):
+        return _fit_config(_parser().parse_args(list(argv)), Path("."), Path("."))
+
+    demo = config("demo")
+    assert {k: getattr(demo, k) for k in DEMO_DEFAULTS} == DEMO_DEFAULTS
+    assert (demo.steps, demo.augment, demo.field_p) == (600, "field", 0.1)
+    given = config("demo", "--augment", "flip", "--field-p", "0.3", "--steps", "100")
+    assert (given.steps, given.augment, given.field_p) == (100, "flip", 0.3)
+    fit, plain = config("fit", "--data", "d", "--out", "o"), TrainConfig(data=Path("d"), out=Path("o"))
+    assert (fit.steps, fit.augment, fit.field_kinds, fit.field_p) == (
+        plain.steps,
+        plain.augment,
+        plain.field_kinds,
+        plain.field_p,
+    )
+    assert fit.augment == "flip" and fit.steps != 600

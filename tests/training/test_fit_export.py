@@ -225,6 +225,8 @@ def test_demo_command_builds_a_servable_model(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-1500:]
     assert "== demo 3/3" in r.stdout and "== demo done" in r.stdout
+    (report,) = [json.loads(f.read_text()) for f in (tmp_path / "work").glob("run-*/report.json")]
+    assert report["augment"] == "field"  # the demo's own recipe (training.demo.DEMO_DEFAULTS)
     meta = read_metadata(out / "model.onnx")
     assert json.loads(meta["input_size"]) == [32, 32] and json.loads(meta["classes"]) == [
         "background",
