@@ -199,6 +199,15 @@ def _grid(h: int, w: int, H: int, W: int) -> tuple[np.ndarray, ...]:
 PER_PIXEL_BELOW = 9  # output pixels per source cell under which mixed cells are done a pixel at a time (measured)
 
 
+def _bilinear_argmax(a, b, c, d, wy, wx) -> np.ndarray:
+    """The argmax over classes (axis 0) of the scores at corners a (top left), b (top right), c, d (bottom) blended
+    with weights wy, wx, in torch's order of operations (upsample_bilinear2d): the two columns of each row, then the
+    two rows."""
+    top = (1 - wx) * a + wx * b
+    bottom = (1 - wx) * c + wx * d
+    return ((1 - wy) * top + wy * bottom).argmax(axis=0)
+
+
 def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray | None = None) -> np.ndarray:
     """(C, h, w) class scores -> (H, W) uint8: the argmax of the scores upsampled bilinearly to `size_wh`.
 
@@ -217,7 +226,6 @@ def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray
     mixed = (ids != ids[down]) | (ids != ids[:, right]) | (ids != ids[down][:, right])
     cr, cq = np.nonzero(mixed)
     by, bx = ry[cr + 1] - ry[cr], rx[cq + 1] - rx[cq]
-    # torch's order of operations (upsample_bilinear2d): the two columns of each row, then the two rows
     if H * W < PER_PIXEL_BELOW * h * w:  # small blocks: every pixel of the mixed cells in one go
         n = by * bx
         cell = np.repeat(np.arange(len(n)), n)
@@ -225,10 +233,8 @@ def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray
         r, q, bxc = cr[cell], cq[cell], bx[cell]
         yy, xx = ry[r] + k // bxc, rx[q] + k % bxc
         rd, qr = down[r], right[q]
-        wy, wx = fy[yy], fx[xx]
-        top = (1 - wx) * probs[:, r, q] + wx * probs[:, r, qr]
-        bottom = (1 - wx) * probs[:, rd, q] + wx * probs[:, rd, qr]
-        out[yy, xx] = ((1 - wy) * top + wy * bottom).argmax(axis=0)
+        corners = probs[:, r, q], probs[:, r, qr], probs[:, rd, q], probs[:, rd, qr]
+        out[yy, xx] = _bilinear_argmax(*corners, fy[yy], fx[xx])
         return out
     # large blocks: a block shape at a time, the 4 corners gathered once per cell, not once per pixel
     for sy, sx in set(zip(by.tolist(), bx.tolist())):
@@ -239,9 +245,8 @@ def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray
         a, b, cc, d = probs[:, r, q], probs[:, r, right[q]], probs[:, down[r], q], probs[:, down[r], right[q]]  # (C, n)
         yy, xx = ry[r][:, None] + np.arange(sy), rx[q][:, None] + np.arange(sx)  # (n, sy), (n, sx)
         wy, wx = fy[yy][None, :, :, None], fx[xx][None, :, None, :]
-        top = (1 - wx) * a[:, :, None, None] + wx * b[:, :, None, None]
-        bottom = (1 - wx) * cc[:, :, None, None] + wx * d[:, :, None, None]
-        out[yy[:, :, None], xx[:, None, :]] = ((1 - wy) * top + wy * bottom).argmax(axis=0)
+        corners = (v[:, :, None, None] for v in (a, b, cc, d))
+        out[yy[:, :, None], xx[:, None, :]] = _bilinear_argmax(*corners, wy, wx)
     return out
 
 

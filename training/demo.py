@@ -30,8 +30,8 @@ def demo(out: Path, work: Path, n: int = 300, base: TrainConfig | None = None, e
     """Build the default model into `out` (must not exist, unless `replace`); the data set and run go under `work`.
 
     `base` holds the training settings (its `data` and `out` are replaced here); fit's defaults with DEMO_DEFAULTS
-    otherwise. `quick`: a
-    first model in QUICK_STEPS steps, fp32 only. `replace`: built beside `out`, then moved into its place."""
+    otherwise. `quick`: a first model in QUICK_STEPS steps, fp32 only. `replace`: built beside `out`, then moved into
+    its place."""
     if replace:
         return _replace(Path(out), lambda tmp: demo(tmp, work, n, base, exporter, quick))
     from .export import export_run
