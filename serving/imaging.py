@@ -223,7 +223,8 @@ def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray
         return ids
     y0, fy, x0, fx, down, right, ry, rx = _grid(h, w, H, W)
     out = ids.take(x0, axis=1).take(y0, axis=0)  # columns first: 6x faster than ids[y0][:, x0] at 1.2 Mpx
-    mixed = (ids != ids[down]) | (ids != ids[:, right]) | (ids != ids[down][:, right])
+    below = ids[down]
+    mixed = (ids != below) | (ids != ids[:, right]) | (ids != below[:, right])
     cr, cq = np.nonzero(mixed)
     by, bx = ry[cr + 1] - ry[cr], rx[cq + 1] - rx[cq]
     if H * W < PER_PIXEL_BELOW * h * w:  # small blocks: every pixel of the mixed cells in one go
@@ -242,10 +243,10 @@ def upsample_scores(probs: np.ndarray, size_wh: tuple[int, int], ids: np.ndarray
             continue
         sel = (by == sy) & (bx == sx)
         r, q = cr[sel], cq[sel]
-        a, b, cc, d = probs[:, r, q], probs[:, r, right[q]], probs[:, down[r], q], probs[:, down[r], right[q]]  # (C, n)
+        rd, qr = down[r], right[q]
         yy, xx = ry[r][:, None] + np.arange(sy), rx[q][:, None] + np.arange(sx)  # (n, sy), (n, sx)
         wy, wx = fy[yy][None, :, :, None], fx[xx][None, :, None, :]
-        corners = (v[:, :, None, None] for v in (a, b, cc, d))
+        corners = (probs[:, i, j][:, :, None, None] for i, j in ((r, q), (r, qr), (rd, q), (rd, qr)))  # (C, n, 1, 1)
         out[yy[:, :, None], xx[:, None, :]] = _bilinear_argmax(*corners, wy, wx)
     return out
 
