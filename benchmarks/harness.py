@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import platform
 import statistics
@@ -103,9 +104,10 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def measure(url: str, pid: int, payloads: list[bytes], concurrency: int, n: int) -> dict:
+def measure(url: str, pid: int, payloads: list[bytes], concurrency: int, n: int, warm: bool = True) -> dict:
     """n requests at `concurrency` after >= 40 warm-up ones: the client's summary, the server tree's CPU ms each."""
-    client.run(url, payloads, concurrency=concurrency, n=min(max(concurrency * 4, 40), n), timeout=120)
+    if warm:
+        client.run(url, payloads, concurrency=concurrency, n=min(max(concurrency * 4, 40), n), timeout=120)
     c0 = tree_cpu(pid)
     results, wall = client.run(url, payloads, concurrency=concurrency, n=n, timeout=120)
     cpu = (tree_cpu(pid) - c0) / n * 1000
@@ -140,21 +142,26 @@ def contenders(
     return out
 
 
-def race(servers, sets: dict[str, list[bytes]], n: int, rounds: int, concurrencies=CONCURRENCIES) -> dict:
-    """Every server over every payload set and concurrency, `rounds` times in alternating order; each cell
-    is the median round (by req/s), with every round's req/s kept."""
+def race(servers, sets: dict[str, list[bytes]], n: int, rounds: int, concurrencies=CONCURRENCIES, together=0) -> dict:
+    """Every server over every payload set and concurrency, `rounds` times in alternating order; each cell is the
+    median round (by req/s), with every round's req/s and CPU kept. `together` > 0: each round serves them all at once,
+    every cell in `together` bursts each taking turns, a burst kept as a round: what loads the host then loads both."""
     runs: dict[str, list[dict]] = {name: [] for name, _ in servers}
     for r in range(rounds):
-        for name, start in servers if r % 2 == 0 else servers[::-1]:
-            print(f"   round {r + 1}: {name}", flush=True)
-            with start() as (url, pid):
-                cells = {}
+        order = servers if r % 2 == 0 else servers[::-1]  # together: who starts first alternates too
+        for group in [order] if together else [[s] for s in order]:
+            print(f"   round {r + 1}: {', '.join(name for name, _ in group)}", flush=True)
+            with contextlib.ExitStack() as stack:
+                up = [(name, *stack.enter_context(start())) for name, start in group]
+                sweeps = {name: [{label: [] for label in sets} for _ in range(max(together, 1))] for name, *_ in up}
                 for label, payloads in sets.items():
                     k = n if "Mpx" not in label else max(n // 5, 60)  # a large upload costs ~20x a small one
-                    cells[label] = [
-                        measure(url, pid, payloads, c, k if c > 1 else max(k // 4, 50)) for c in concurrencies
-                    ]
-                runs[name].append(cells)
+                    for c, b, i in itertools.product(concurrencies, range(max(together, 1)), range(len(up))):
+                        name, url, pid = (up if b % 2 == 0 else up[::-1])[i]  # who goes first alternates by burst
+                        m = k if c > 1 else max(k // 4, 50)
+                        sweeps[name][b][label].append(measure(url, pid, payloads, c, m, warm=b == 0))
+            for name, bursts in sweeps.items():
+                runs[name] += bursts
 
     def median(sweeps, label, i):
         cells = sorted((s[label][i] for s in sweeps), key=lambda x: x["rps"])
@@ -183,7 +190,7 @@ def tables(report: dict) -> list[str]:
             for name, rows in report["table"].items()
         )
         L += ["", f"req/s per round: {per_round}", "", *goal_lines(report["table"], label),
-              *change_lines(report["table"], label), ""]  # fmt: skip
+              *change_lines(report["table"], label, report.get("together", 0)), ""]  # fmt: skip
     return L
 
 
@@ -206,16 +213,23 @@ def goal_lines(table: dict, label: str) -> list[str]:
     return out
 
 
-def change_lines(table: dict, label: str) -> list[str]:
+def change_lines(table: dict, label: str, together: int = 0) -> list[str]:
     """This service against the previous main per concurrency: req/s (median round) and the server's CPU ms per
     request (median over rounds), in per cent (the cost goal: CPU no more than +3 %, req/s no lower)."""
     before = next((v[label] for k, v in table.items() if k.startswith("previous main")), None)
     if before is None or "this service" not in table:
         return []
     cpu = [[statistics.median(x["rounds_cpu"]) for x in rows] for rows in (table["this service"][label], before)]
-    return [f"- c={c} against the previous main: req/s {a['rps'] / b['rps'] - 1:+.1%}, server CPU per request "
-            f"{ca:.2f} vs {cb:.2f} ms ({ca / cb - 1:+.1%})"
-            for c, a, b, ca, cb in zip(CONCURRENCIES, table["this service"][label], before, *cpu)]  # fmt: skip
+    out = []
+    for c, a, b, ca, cb in zip(CONCURRENCIES, table["this service"][label], before, *cpu):
+        out.append(f"- c={c} against the previous main: req/s {a['rps'] / b['rps'] - 1:+.1%}, server CPU per request "
+                   f"{ca:.2f} vs {cb:.2f} ms ({ca / cb - 1:+.1%})")  # fmt: skip
+        if together:  # served at once: a burst against the other's next to it; by round, who starts first alternates
+            q = [x / y - 1 for x, y in zip(a["rounds_cpu"], b["rounds_cpu"])]
+            by = ", ".join(f"{statistics.median(q[i : i + together]):+.1%}" for i in range(0, len(q), together))
+            out[-1] += (f"; bursts paired: {statistics.median(q):+.1%} (median of {len(q)}, this one lower in "
+                        f"{sum(v < 0 for v in q)}; by round: {by})")  # fmt: skip
+    return out
 
 
 def plot(report: dict, out: Path, title: str = "near-zero-cost model: the server's own cost") -> Path:

@@ -33,11 +33,10 @@ def main(argv=None) -> int:
         check = read_check(folder)
         if not (folder / "model.int8.onnx").is_file() or check is None:
             raise SystemExit(f"error: {folder}: needs model.onnx, model.int8.onnx and check/ (export with --int8)")
-        images = check[0]
-        fp32, int8 = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], images, repeats=a.repeats)
+        fp32, int8 = throughputs([folder / "model.onnx", folder / "model.int8.onnx"], check[0], repeats=a.repeats)
         export = folder / "export.json"
         at_export = json.loads(export.read_text()).get("int8", {}).get("speedup") if export.is_file() else None
-        rows.append({"model": str(folder), "size": f"{images.shape[1]}x{images.shape[2]}", "fp32_img_s": fp32,
+        rows.append({"model": str(folder), "size": f"{check[0].shape[1]}x{check[0].shape[2]}", "fp32_img_s": fp32,
                      "int8_img_s": int8, "speedup": int8 / fp32, "speedup_at_export": at_export})  # fmt: skip
         print(f"{folder}: {int8 / fp32:.2f}x ({int8:.1f} vs {fp32:.1f} img/s)", flush=True)
     L = [f"# int8 against fp32, as a worker runs them ({stamp(argv, 'benchmarks.int8_speed')})", "",

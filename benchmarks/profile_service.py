@@ -2,7 +2,7 @@
 
     python -m benchmarks.profile_service [--model DIR] [--variant int8] [--requests 1500] [--format PNG|JPEG]
         [--size 256]
-    python -m benchmarks.profile_service --free --baseline REF --format PNG   # the server's own cost, before and after
+    python -m benchmarks.profile_service --free --format PNG   # the server's own cost (before/after: server_cost)
 
 py-spy (a sampling profiler, in the dev extras) records every Python thread of the server's process
 tree at 200 Hz while 16 concurrent clients post 256 px photos to /segment. Each sample is charged to
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import ROOT, baseline_checkout, load, photos, served, stamp, write_report
+from benchmarks.free_model import build
+from benchmarks.harness import ROOT, load, photos, served, stamp, write_report
 from contract import DEFAULT_MODEL_DIR
 
 RATE = 200
@@ -66,19 +66,17 @@ def aggregate(raw: Path, n_requests: int) -> dict[str, float]:
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
             samples[classify(stack.split(";"))] += int(count)
-    ms = {k: v / RATE * 1000 / n_requests for k, v in samples.most_common()}
-    return ms
+    return {k: v / RATE * 1000 / n_requests for k, v in samples.most_common()}
 
 
 def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: str = "PNG", concurrency: int = 16,
-                    cwd: Path = ROOT, label: str = "", size: int = 256) -> dict:  # fmt: skip
-    """py-spy over `bentoml serve` of `model_dir` from the checkout `cwd` while `concurrency` clients post
-    `size` px photos."""
+                    size: int = 256) -> dict:  # fmt: skip
+    """py-spy over `bentoml serve` of `model_dir` while `concurrency` clients post `size` px photos."""
     pyspy = Path(sys.executable).with_name("py-spy")
     if not pyspy.is_file():
         raise SystemExit("error: py-spy not found next to this Python; pip install py-spy (it is in the dev extras)")
     payloads = photos(size, fmt)
-    with tempfile.TemporaryDirectory() as tmp, served(model_dir, cwd=cwd, SEG_VARIANT=variant) as proc:
+    with tempfile.TemporaryDirectory() as tmp, served(model_dir, SEG_VARIANT=variant) as proc:
         raw = Path(tmp) / "stacks.txt"
         load(proc.url, payloads, concurrency, 100)  # warm
         cmd = f"record --subprocesses --nonblocking -r {RATE} --format raw -o {raw} -p {proc.pid}".split()
@@ -91,7 +89,7 @@ def profile_service(model_dir: Path, variant: str = "int8", n: int = 1500, fmt: 
             why = (err or "").strip().splitlines()[-1:]
             raise SystemExit(f"error: py-spy wrote nothing ({why}); it needs ptrace rights over the server")
         layers = aggregate(raw, n)
-    return {"format": fmt, "size": size, "label": label, "requests": n, "concurrency": concurrency, "rps": res["rps"],
+    return {"format": fmt, "size": size, "requests": n, "concurrency": concurrency, "rps": res["rps"],
             "errors": res["errors"], "layers": layers}  # fmt: skip
 
 
@@ -104,13 +102,13 @@ def to_markdown(profiles: list[dict], when: str = "") -> str:
          f"{profiles[0].get('size', 256)} px photos "
          "to /segment (batches of up to 8). ms of thread time per request; see benchmarks/profile_service.py for the "
          f"rules and what thread time means on 2 shared cores. Server settings: {settings}.", "",
-         "| layer | " + " | ".join(f"{p.get('label', '')} {p['format']} upload".strip() for p in profiles) + " |",
+         "| layer | " + " | ".join(f"{p['format']} upload" for p in profiles) + " |",
          "|---|" + "---|" * len(profiles)]  # fmt: skip
     for k in dict.fromkeys(k for p in profiles for k in p["layers"]):
         L.append(f"| {k} | " + " | ".join(f"{p['layers'].get(k, 0):.2f}" for p in profiles) + " |")
     rest = [sum(v for k, v in p["layers"].items() if not k.startswith(("model", "batch queue"))) for p in profiles]
     L.append("| **all but the model rows** | " + " | ".join(f"**{v:.2f}**" for v in rest) + " |")
-    runs = " ".join(f"{p.get('label', '')} {p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors.".strip()
+    runs = " ".join(f"{p['format']}: {p['rps']:.0f} req/s, {p['errors']} errors."
                     for p in profiles)  # fmt: skip
     return "\n".join(L + ["", runs, ""]) + "\n"
 
@@ -123,19 +121,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256, help="the photos' side in pixels")
     p.add_argument("--format", nargs="+", default=["PNG", "JPEG"], choices=("PNG", "JPEG"))
     p.add_argument("--free", action="store_true", help="serve the near-zero-cost model built from --model")
-    p.add_argument("--baseline", metavar="REF", help="profile this git ref (a worktree) first, then this checkout")
     a = p.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        model = a.model
-        if a.free:
-            from benchmarks.free_model import build
-
-            model, a.variant = build(a.model, Path(stack.enter_context(tempfile.TemporaryDirectory())) / "free"), "fp32"
-        trees = [(ROOT, "this checkout")]
-        if a.baseline:
-            trees.insert(0, (stack.enter_context(baseline_checkout(a.baseline)), f"previous main ({a.baseline[:7]})"))
-        profiles = [profile_service(model, a.variant, a.requests, f, cwd=tree, label=label, size=a.size)
-                    for tree, label in trees for f in a.format]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        model, a.variant = (build(a.model, Path(tmp) / "free"), "fp32") if a.free else (a.model, a.variant)
+        profiles = [profile_service(model, a.variant, a.requests, f, size=a.size) for f in a.format]
     write_report("profile", to_markdown(profiles, stamp(argv, "benchmarks.profile_service")), profiles)
     return 0
 

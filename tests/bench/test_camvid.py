@@ -8,17 +8,14 @@ from benchmarks import camvid
 
 
 def test_rows_are_named_and_fit_resolves_to_the_row_with_its_defaults():
-    assert set(camvid.ROWS) == {"plain", "flips", "affine", "standardised", "field", "fit"}
+    assert set(camvid.ROWS) == {"plain", "flips", "affine", "standardised", "encoder", "fit"}
     from training.config import TrainConfig
 
     default = TrainConfig(data=Path("."), out=Path(".")).resolved_augment()
-    assert (
-        camvid.same_as("fit")
-        in {"flip": ("flips", "standardised"), "field": ("field",), "affine": ("affine",)}[default]
-    )
-    assert camvid.same_as("plain") is None and camvid.same_as("affine") != "field"
-    assert camvid._folder(Path("w"), "run", "field", 42) == Path("w/run-field")
-    assert camvid._folder(Path("w"), "export", "field", 7) == Path("w/export-field-s7")
+    assert camvid.same_as("fit") in {"flip": ("flips", "standardised"), "affine": ("affine",)}[default]
+    assert camvid.same_as("plain") is None and camvid.same_as("affine") != "standardised"
+    assert camvid._folder(Path("w"), "run", "affine", 42) == Path("w/run-affine")
+    assert camvid._folder(Path("w"), "export", "affine", 7) == Path("w/export-affine-s7")
 
 
 def test_tables_put_clean_and_shifted_side_by_side():

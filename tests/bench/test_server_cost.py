@@ -12,10 +12,11 @@ import onnxruntime as ort
 import pytest
 from contract_model import make_contract_model
 
+from benchmarks import harness
 from benchmarks.free_model import build
 from benchmarks.gpu import mean_batch
 from benchmarks.gpu import to_markdown as gpu_markdown
-from benchmarks.harness import goal_lines, tables
+from benchmarks.harness import change_lines, goal_lines, race, tables
 from loadtest.server import ROOT
 from serving.runtime import SegmentationRuntime
 
@@ -75,6 +76,45 @@ def test_report_states_each_goal_met_or_missed_by_how_much():
     )
     md = "\n".join(tables({"sets": ["256 px PNG"], "table": table}))
     assert "| this service | 100 (10 / 20) | 390 (30 / 60) | 400 (75 / 150) | 2.00 | 0 |" in md
+
+
+def test_race_together_serves_both_at_once_and_pairs_each_burst_with_the_others(monkeypatch):
+    """--together: both servers up at once in every round (who starts first alternating), every cell measured in K
+    bursts each taking turns, each burst kept as a round; the report pairs a burst's CPU with the other's."""
+    import contextlib
+
+    calls, started, alive = [], [], set()
+
+    def server(name, pid):
+        @contextlib.contextmanager
+        def start():
+            started.append(name), alive.add(name)
+            yield f"http://{name}", pid
+            alive.discard(name)
+
+        return name, start
+
+    def measure(url, pid, payloads, c, n, warm=True):
+        assert alive == {"this service", "previous main (abc)"}  # every burst runs with both servers up
+        calls.append((url, c, warm))
+        cpu = 2.0 if pid == 1 else 2.5  # this service a fifth cheaper on every burst
+        return {"concurrency": c, "rps": 100.0, "p50": 1.0, "p99": 2.0, "errors": 0, "cpu_ms_per_request": cpu}
+
+    monkeypatch.setattr(harness, "measure", measure)
+    servers = [server("this service", 1), server("previous main (abc)", 2)]
+    table = race(servers, {"256 px PNG": [b"x"]}, 200, rounds=2, concurrencies=(1, 16, 32), together=3)
+    assert started == ["this service", "previous main (abc)", "previous main (abc)", "this service"]
+    assert len(calls) == 2 * 3 * 3 * 2  # rounds x concurrencies x bursts x servers
+    this, prev = "http://this service", "http://previous main (abc)"
+    assert [u for u, _, _ in calls[:6]] == [this, prev, prev, this, this, prev]  # who goes first alternates by burst
+    assert [w for _, _, w in calls[:6]] == [True, True, False, False, False, False]  # warmed once per cell
+    assert [len(x["rounds_cpu"]) for x in table["this service"]["256 px PNG"]] == [6, 6, 6]  # 2 rounds x 3 bursts
+    lines = change_lines(table, "256 px PNG", together=3)
+    assert lines[0] == (
+        "- c=1 against the previous main: req/s +0.0%, server CPU per request 2.00 vs 2.50 ms (-20.0%); bursts paired:"
+        " -20.0% (median of 6, this one lower in 6; by round: -20.0%, -20.0%)"
+    )
+    assert "bursts paired" not in change_lines(table, "256 px PNG")[0]  # whole rounds: no pairing claimed
 
 
 def test_gpu_check_reads_mean_batch_from_metrics_and_reports_na_without_nvidia_smi():
