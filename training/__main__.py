@@ -154,8 +154,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         "--input-norm",
         choices=INPUT_NORMS,
         default=d.input_norm,
-        help="dataset (default): the encoder's fixed mean and std; image: each image also standardised per channel "
-        "inside the model (exposure, contrast and white balance leave its input unchanged)",
+        help="image (default): each image standardised per channel inside the model (exposure, contrast and white "
+        "balance leave its input unchanged); encoder: the encoder's input only; dataset: the fixed mean and std only",
     )
     p.add_argument(
         "--field-kinds",

@@ -119,7 +119,7 @@ def build_encoder(
 
 
 DECODER_NORMS = ("batch", "batch-all", "none")
-INPUT_NORMS = ("dataset", "image")
+INPUT_NORMS = ("dataset", "image", "encoder")
 
 
 def standardize(x, scale: float = 0.5, eps: float = 1e-3):
@@ -131,24 +131,37 @@ def standardize(x, scale: float = 0.5, eps: float = 1e-3):
 
 
 @functools.cache
-def _standardized(unet_class):
+def _standardized(unet_class, encoder_only: bool = False):
     """`unet_class` (fastai's DynamicUnet) whose input is standardised first (`standardize`), for every layer that
-    sees it: the encoder and the last cross connection, which concatenates the input itself to the last features."""
+    sees it: the encoder and the last cross connection, which concatenates the input itself to the last features.
+    `encoder_only`: the encoder sees it standardised, the last cross connection the input as it is (its colours)."""
 
     class StandardizedUnet(unet_class):
         def forward(self, x):
             return super().forward(standardize(x))
 
-    StandardizedUnet.__qualname__ = "StandardizedUnet"  # pickled (learn.export()) as training.model.StandardizedUnet
-    return StandardizedUnet
+    class EncoderStandardizedUnet(unet_class):
+        def forward(self, x):  # fastai's SequentialEx.forward, but its first layer (the encoder) gets x standardised
+            res = x
+            for i, layer in enumerate(self.layers):
+                res.orig = x
+                nres = layer(standardize(res) if i == 0 else res)
+                res.orig, nres.orig = None, None
+                res = nres
+            return res
+
+    cls = EncoderStandardizedUnet if encoder_only else StandardizedUnet
+    cls.__qualname__ = cls.__name__  # pickled (learn.export()) as training.model.<name>
+    return cls
 
 
 def __getattr__(name: str):
-    """`training.model.StandardizedUnet`, made on first use (it needs fastai, which this module imports lazily)."""
-    if name == "StandardizedUnet":
+    """`training.model.StandardizedUnet` and `EncoderStandardizedUnet`, made on first use (they need fastai, which
+    this module imports lazily)."""
+    if name in ("StandardizedUnet", "EncoderStandardizedUnet"):
         from fastai.vision.models.unet import DynamicUnet
 
-        return _standardized(DynamicUnet)
+        return _standardized(DynamicUnet, name.startswith("Encoder"))
     raise AttributeError(name)
 
 
@@ -174,6 +187,7 @@ def build_learner(
     classifier included (the logits); "batch" is the same but for the classifier, which stays a plain convolution
     with a bias (with BatchNorm on the logits, poles came out worse: docs/research.md). `input_norm` "image": the
     U-Net standardises each image per channel first (`standardize`, in its forward: the exported graph has it);
+    "encoder": only the encoder's input is standardised, the last cross connection gets the image as it is;
     "dataset": the DataLoaders' fixed normalisation only."""
     from fastai.layers import ConvLayer, NormType
     from fastai.optimizer import Adam, ranger
@@ -196,8 +210,8 @@ def build_learner(
         norm_type=NormType.Batch if decoder_norm in ("batch", "batch-all") else None,
         **({"loss_func": loss_func} if loss_func is not None else {}),
     )
-    if input_norm == "image":  # the same modules and weights: only the forward changes (old run folders load as before)
-        learn.model.__class__ = _standardized(type(learn.model))
+    if input_norm in ("image", "encoder"):  # the same modules and weights: only the forward changes
+        learn.model.__class__ = _standardized(type(learn.model), input_norm == "encoder")
     if decoder_norm == "batch":  # the classifier without BatchNorm: a 1x1 conv with a bias, kaiming init, zero bias
         final = learn.model.layers[-2]
         assert isinstance(final, ConvLayer) and final[0].kernel_size == (1, 1), "fastai's DynamicUnet layout changed"

@@ -31,6 +31,28 @@ def test_any_size_patch_is_bit_identical_and_runs_at_odd_sizes(tiny_run):
             assert torch.equal(plain(x), patched(x)), (h, w)
 
 
+def test_input_norms_standardise_what_they_say(tiny_run):
+    """--input-norm image: another exposure and contrast (a scale and offset per channel) leave the output as it
+    was; encoder: they leave the encoder's features as they were, but the last cross connection sees the change."""
+    from fastai.vision.models.unet import DynamicUnet
+
+    from training.model import _standardized
+    from training.run import load_run
+
+    learn, _, _ = load_run(tiny_run)  # fit's default: image
+    model, feats = learn.model.eval(), []
+    model.layers[0].register_forward_hook(lambda m, i, o: feats.append(o))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = x * torch.tensor([0.5, 0.7, 0.4]).view(1, 3, 1, 1) + torch.tensor([0.2, -0.1, 0.3]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        a, b = model(x), model(y)
+        model.__class__ = _standardized(DynamicUnet, True)
+        c, d = model(x), model(y)
+    assert (a - b).abs().max() < 0.25 * (c - d).abs().max()  # the head sees the shifted colours only with "encoder"
+    assert torch.allclose(feats[2], feats[3], atol=0.02 * feats[2].abs().max().item())
+    assert torch.allclose(feats[0], feats[2]) and not torch.equal(a, c)  # same encoder input; the last cross differs
+
+
 @pytest.mark.parametrize(
     "args,want", [(["360", "480"], (360, 480)), (["360x480"], (360, 480)), (["128"], (128, 128)), (["96X64"], (96, 64))]
 )
