@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--together", type=int, default=0, metavar="K", help="serve all at once, K bursts each per cell")
     p.add_argument("--no-peers", dest="peers", action="store_false", help="this service (and --baseline) only")
     a = p.parse_args(argv)
+    if a.together < 0:
+        raise SystemExit(f"error: --together {a.together}: give K >= 1 bursts per server and cell (0: one at a time)")
     if not (a.model / "model.onnx").is_file():
         raise SystemExit(f"error: {a.model}: no model.onnx; build one with `python -m training demo` or pass --model")
     n, sets = (300 if a.quick else a.requests), payload_sets(a.quick)

@@ -159,3 +159,10 @@ def test_gpu_check_on_a_host_without_cuda_ends_in_one_line_and_exit_2(rule_model
         and len(lines) == 1
         and lines[0].startswith("benchmarks.gpu: no CUDA here, nothing measured: ")
     )
+
+
+def test_server_cost_refuses_a_negative_burst_count_in_one_line():
+    from benchmarks.server_cost import main
+
+    with pytest.raises(SystemExit, match=r"^error: --together -2: give K >= 1 bursts per server and cell"):
+        main(["--together", "-2"])
