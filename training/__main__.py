@@ -145,24 +145,23 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         "--augment",
         choices=AUGMENT,
         default=d.augment,
-        help="flip (default): random flips; affine: flips + rotation, zoom, warp and lighting (fastai's "
-        "aug_transforms); "
-        "field: flips + camera shifts (haze, blur, low resolution, exposure, colour cast, noise, JPEG); none; "
-        "auto: same as flip (kept for older commands)",
+        help="field (default): flips + camera shifts (--field-kinds of haze, blur, low resolution, exposure, colour "
+        "cast, noise, JPEG); flip: random flips; affine: flips + rotation, zoom, warp and lighting (fastai's "
+        "aug_transforms); none; auto: same as flip (kept for older commands)",
     )
     p.add_argument(
         "--input-norm",
         choices=INPUT_NORMS,
         default=d.input_norm,
-        help="image (default): each image standardised per channel inside the model (exposure, contrast and white "
-        "balance leave its input unchanged); encoder: the encoder's input only; dataset: the fixed mean and std only",
+        help="encoder (default): each image standardised per channel inside the model before the encoder (exposure, "
+        "contrast and white balance leave its input unchanged); image: for the head too; dataset: fixed mean/std only",
     )
     p.add_argument(
         "--field-kinds",
         type=lambda v: tuple(v.split(",")),
         default=d.field_kinds,
         metavar="K,K",
-        help=f"with --augment field: the shifts drawn, comma-separated (default all: {','.join(d.field_kinds)})",
+        help=f"with --augment field: the shifts drawn, comma-separated (default: {','.join(d.field_kinds)})",
     )
     p.add_argument(
         "--field-p",

@@ -105,10 +105,11 @@ class TrainConfig:
     channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
     # flip | affine (+ rotation, zoom, warp, lighting) | field (+ camera shifts: training.augment) | none; auto = flip
-    augment: str = "flip"
+    augment: str = "field"
     field_p: float = 0.3  # with augment "field": the share of training images shifted as a camera would
-    field_kinds: tuple[str, ...] = ("noise", "jpeg")  # with augment "field": the shifts drawn (FIELD_KINDS)
-    input_norm: str = "image"  # image: each image standardised in the model (model.py); dataset: fixed mean/std only
+    field_kinds: tuple[str, ...] = ("haze", "exposure", "cast")  # with augment "field": the shifts drawn (FIELD_KINDS)
+    # encoder: the encoder's input standardised per image (model.py), the head sees it as is; image: both; dataset: none
+    input_norm: str = "encoder"
     lr_find: bool = False
     lr_find_iters: int = 100
     last_cross: bool = True

@@ -17,9 +17,10 @@ from .errors import TrainingError
 QUICK_STEPS = 60  # the quick first model: 2 epochs of the demo's 240 training images, one of them frozen
 # The demo's own recipe where it differs from fit's defaults, chosen over 5 seeds (benchmarks.demo_seeds; the README's
 # "How accurate"): fit's 450 steps left it still learning (held-out Dice 0.951 on seed 4), and camera shifts on a tenth
-# of the training images hold JPEG, noise and low resolution (shifted / clean 0.948 -> 0.97). `python -m training demo`
-# takes these as its defaults; any fit option given overrides them.
-DEMO_DEFAULTS = {"steps": 600, "augment": "field", "field_kinds": ("noise", "jpeg", "lowres"), "field_p": 0.1}
+# of the training images hold JPEG, noise and low resolution (shifted / clean 0.948 -> 0.97), each image standardised
+# for the head as well (measured so; fit's street-scene default standardises the encoder's input only). `python -m
+# training demo` takes these as its defaults; any fit option given overrides them.
+DEMO_DEFAULTS = {"steps": 600, "field_kinds": ("noise", "jpeg", "lowres"), "field_p": 0.1, "input_norm": "image"}
 DEMO_RECIPE = " ".join(
     f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}" for k, v in DEMO_DEFAULTS.items()
 )

@@ -12,7 +12,10 @@ def test_rows_are_named_and_fit_resolves_to_the_row_with_its_defaults():
     from training.config import TrainConfig
 
     default = TrainConfig(data=Path("."), out=Path(".")).resolved_augment()
-    assert camvid.same_as("fit") in {"flip": ("flips", "standardised"), "affine": ("affine",)}[default]
+    assert (
+        camvid.same_as("fit")
+        in {"flip": ("flips", "standardised"), "field": ("encoder",), "affine": ("affine",)}[default]
+    )
     assert camvid.same_as("plain") is None and camvid.same_as("affine") != "standardised"
     assert camvid._folder(Path("w"), "run", "affine", 42) == Path("w/run-affine")
     assert camvid._folder(Path("w"), "export", "affine", 7) == Path("w/export-affine-s7")

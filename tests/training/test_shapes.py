@@ -39,17 +39,17 @@ def test_input_norms_standardise_what_they_say(tiny_run):
     from training.model import _standardized
     from training.run import load_run
 
-    learn, _, _ = load_run(tiny_run)  # fit's default: image
+    learn, _, _ = load_run(tiny_run)  # fit's default: encoder
     model, feats = learn.model.eval(), []
     model.layers[0].register_forward_hook(lambda m, i, o: feats.append(o))
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = x * torch.tensor([0.5, 0.7, 0.4]).view(1, 3, 1, 1) + torch.tensor([0.2, -0.1, 0.3]).view(1, 3, 1, 1)
     with torch.inference_mode():
-        a, b = model(x), model(y)
-        model.__class__ = _standardized(DynamicUnet, True)
         c, d = model(x), model(y)
+        model.__class__ = _standardized(DynamicUnet, False)  # image
+        a, b = model(x), model(y)
     assert (a - b).abs().max() < 0.25 * (c - d).abs().max()  # the head sees the shifted colours only with "encoder"
-    assert torch.allclose(feats[2], feats[3], atol=0.02 * feats[2].abs().max().item())
+    assert torch.allclose(feats[0], feats[1], atol=0.02 * feats[0].abs().max().item())
     assert torch.allclose(feats[0], feats[2]) and not torch.equal(a, c)  # same encoder input; the last cross differs
 
 
@@ -76,14 +76,14 @@ def test_bad_sizes_are_one_line_errors(tmp_path):
 
 
 def test_augmentation_levels(tmp_path, tiny_dataset):
-    """flips by default, on random crops and whole images ("auto", the older default, now means the same);
+    """flips and camera shifts by default, on random crops and whole images ("auto", the older default, means flips);
     old run folders' booleans still load; a bad level is a one-line error; the DataLoaders get what was resolved."""
     from fastai.vision.augment import AffineCoordTfm, LightingTfm
 
     from training.data import load_dataset, make_dataloaders
 
-    assert TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(64, 96)).resolved_augment() == "flip"
-    assert TrainConfig(data=tmp_path, out=tmp_path).resolved_augment() == "flip"
+    assert TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(64, 96)).resolved_augment() == "field"
+    assert TrainConfig(data=tmp_path, out=tmp_path).resolved_augment() == "field"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment="auto").resolved_augment() == "flip"
     assert TrainConfig(data=tmp_path, out=tmp_path, crop=(64, 64), augment="affine").resolved_augment() == "affine"
     assert TrainConfig(data=tmp_path, out=tmp_path, augment=False).augment == "none"
@@ -232,9 +232,8 @@ def test_fit_on_crops_with_weights_then_any_size_export_serves_native_size(tmp_p
         )
     )
     assert report["size"] == [96, 128] and report["config"]["crop"] == [64, 96] and report["void"] == 6
-    assert (
-        report["loss"] == "ce+dice" and report["augment"] == "flip" and np.isfinite(report["history"][-1]["train_loss"])
-    )
+    assert report["loss"] == "ce+dice" and report["augment"] == "field"
+    assert np.isfinite(report["history"][-1]["train_loss"])
     balance = report["class_balance"]
     assert balance["used"] and balance["imbalance_ratio"] > 10 and balance["weights"]["Void"] == 0
     assert balance["weights"]["Pole"] > balance["weights"]["Road"]
