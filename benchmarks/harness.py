@@ -156,10 +156,10 @@ def race(servers, sets: dict[str, list[bytes]], n: int, rounds: int, concurrenci
                 sweeps = {name: [{label: [] for label in sets} for _ in range(max(together, 1))] for name, *_ in up}
                 for label, payloads in sets.items():
                     k = n if "Mpx" not in label else max(n // 5, 60)  # a large upload costs ~20x a small one
+                    m = {c: k if c > 1 else max(k // 4, 50) for c in concurrencies}
                     for c, b, i in itertools.product(concurrencies, range(max(together, 1)), range(len(up))):
                         name, url, pid = (up if b % 2 == 0 else up[::-1])[i]  # who goes first alternates by burst
-                        m = k if c > 1 else max(k // 4, 50)
-                        sweeps[name][b][label].append(measure(url, pid, payloads, c, m, warm=b == 0))
+                        sweeps[name][b][label].append(measure(url, pid, payloads, c, m[c], warm=b == 0))
             for name, bursts in sweeps.items():
                 runs[name] += bursts
 
