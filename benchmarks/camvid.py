@@ -5,7 +5,7 @@
 150 synthetic 360x480 street scenes (training.synth, CamVid layout); each row trained once per seed (its own split,
 initialisation and crops, the same for every row), 2 frozen + 6 unfrozen epochs on 192x256 crops, exported with
 `--int8`; the held-out scenes scored at 360x480 (Void excluded) through serving.Segmenter, as generated and under each
-shift of training.shifts (labels unchanged). `--screen`: fit's own held-out evaluation (report.json), no export.
+shift of contract.shifts (labels unchanged). `--screen`: fit's own held-out evaluation (report.json), no export.
 Resumable (a run or export that exists is reused). Writes benchmarks/results/camvid[-<tag>].md/.json.
 
 Rows (ROWS): plain is benchmarks.camvid_plain; fit is `fit`'s defaults, the model of the row they resolve to.
@@ -39,11 +39,11 @@ SEED = 42  # fit's default; other seeds get their own folders (run-flips-s7)
 
 def _resolved(args: list[str]) -> dict:
     """The configuration `python -m training fit` runs with these arguments (its own parser and defaults)."""
-    from training.__main__ import _add_fit_args, _fit_config
+    from training.options import add_fit_args, fit_config
 
     p = argparse.ArgumentParser()
-    _add_fit_args(p)
-    c = _fit_config(p.parse_args(args), Path("."), Path("."))
+    add_fit_args(p)
+    c = fit_config(p.parse_args(args), Path("."), Path("."))
     return {**c.to_json(), "data": None, "out": None, "augment": c.resolved_augment(), "loss": c.resolved_loss()}
 
 
@@ -78,8 +78,8 @@ def train(name: str, data: Path, work: Path, seed: int, export: bool) -> Path:
 def served_scores(export: Path, report: dict, data: Path) -> dict:
     """IoU per class and mean, clean and under each shift, through serving.Segmenter (fp32)."""
     from contract.metrics import confusion, metrics_from_confusion
+    from contract.shifts import SHIFTS
     from serving import Segmenter
-    from training.shifts import SHIFTS
 
     seg, codes, void = Segmenter.load(export, "cpu", "fp32"), report["codes"], report["void"]
     pairs = [(Path(p), data / "labels" / f"{Path(p).stem}_P.png") for p in report["valid_images"]]
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     how = "fit's own held-out evaluation (PyTorch)" if a.screen else "the served data path (exported ONNX, fp32)"
     L = [f"# CamVid-layout scenes, clean and shifted ({stamp(argv, 'benchmarks.camvid')})", "",
          "150 synthetic 360x480 scenes; 2 frozen + 6 unfrozen epochs on 192x256 crops; the 30 held-out scenes of each "
-         f"seed scored at 360x480 by {how}, Void excluded; shifted: training.shifts (dark, haze, blur, jpeg, noise, "
+         f"seed scored at 360x480 by {how}, Void excluded; shifted: contract.shifts (dark, haze, blur, jpeg, noise, "
          "lowres, warm), labels unchanged. Means over the seeds.", "", *tables(rows)]  # fmt: skip
     write_report(f"camvid-{a.tag}" if a.tag else "camvid", "\n".join(L) + "\n", rows)
     return 0

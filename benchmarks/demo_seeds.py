@@ -5,7 +5,7 @@
 Runs `python -m training demo --seed S` for each seed (the same 300 synthetic scenes, another split and training
 order; `--args`: more `fit` options, to compare a recipe with the defaults). Each exports fp32, int8 (kept only
 when it keeps >= 99 % of fp32's foreground Dice on the held-out images: contract.metrics) and fp16; the table is
-what each report.json (held-out Dice, clean and under training.shifts) and export.json say. Resumable.
+what each report.json (held-out Dice, clean and under contract.shifts) and export.json say. Resumable.
 Writes benchmarks/results/demo-seeds[-<tag>].md/.json.
 """
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     L = [f"# The demo over {len(rows)} seeds ({stamp(argv, 'benchmarks.demo_seeds')})", "",
          f"`python -m training demo --seed S {a.args}`: 300 synthetic 128 px scenes, augmentation "
          f"{rows[0]['augment']}, "
-         f"trained in {rows[0]['precision']}; held-out foreground Dice clean and under training.shifts.", "",
+         f"trained in {rows[0]['precision']}; held-out foreground Dice clean and under contract.shifts.", "",
          "| seed | Dice clean | shifted mean | shifted / clean | " + " | ".join(shifts)
          + " | training min | int8 kept (ratio, speed-up) |", "|---" * (6 + len(shifts)) + "|"]  # fmt: skip
     for r in rows:

@@ -10,7 +10,9 @@ read it. What both sides need to agree on lives here and nowhere else:
   and the confidence figures of an answer;
 - `geometry`: the training scale, padding to a multiple of 32;
 - `session`: the ONNX Runtime options a serving worker opens a model with;
-- `store`: BentoML's model store (a tag for a folder, a folder for a tag).
+- `store`: BentoML's model store (a tag for a folder, a folder for a tag);
+- `datasets`: labelled data sets on disk (layouts, SegNet's CamVid split), what `fit` trains on and `evaluate` scores;
+- `shifts`: the camera shifts a field camera gives images, for scoring models under them.
 
 Nothing here imports torch, fastai, BentoML's service or the `training`/`serving` packages.
 """

@@ -74,7 +74,9 @@ def score(preds, truths, codes, void: int | None = None) -> dict:
 
 def task_metric(layout: str | None) -> str:
     """The metric the rule compares: mean IoU for street scenes (CamVid layout), foreground Dice otherwise."""
-    return "iou_fg" if layout == "camvid" else "dice_fg"
+    from .datasets import STREET_LAYOUTS
+
+    return "iou_fg" if layout in STREET_LAYOUTS else "dice_fg"
 
 
 def rule(fp32: dict, int8: dict, metric: str, min_ratio: float | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""`python -m serving predict INPUT_DIR OUTPUT_DIR ...`: segment a folder without a server."""
+"""`python -m serving predict INPUT_DIR OUTPUT_DIR ...`: segment a folder without a server;
+`python -m serving evaluate --model DIR --data DIR`: score a model on a labelled set (serving.evaluate)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from contract.metadata import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR, ContractError
 
+from . import evaluate
 from .predict import PredictConfig, PredictError, predict_folder
 from .ray_predict import RayError
 from .runtime import DEVICES, VARIANTS
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     q.add_argument("--ray-actors", type=int, default=2, help="model replicas on the cluster (default 2)")
     q.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per replica (e.g. 1, or 0.5 to share one)")
+    evaluate.add_args(sub.add_parser("evaluate", help="score a model on a labelled data set (mean IoU, per class)"))
     a = p.parse_args(argv)
+    if a.cmd == "evaluate":
+        return evaluate.run(a)
     try:
         counts = predict_folder(
             PredictConfig(

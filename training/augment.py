@@ -7,7 +7,7 @@ probability KIND_P (at least one of them), in the order a camera applies them (s
 Masks are untouched: none of these moves a pixel. It runs on the batch tensor with torch (JPEG with Pillow's codec),
 on whatever device the batch is on.
 
-The ranges cover and exceed the strengths of the held-out shifts (training.shifts) in both directions (brighter as
+The ranges cover and exceed the strengths of the held-out shifts (contract.shifts) in both directions (brighter as
 well as darker, cold casts as well as warm); the blur's sigma is given at 480 px wide and scaled with the training
 width. (No `from __future__ import annotations` here: fastai dispatches `encodes` on its real annotation.)
 """

@@ -76,7 +76,8 @@ class TrainConfig:
     )
     progressive: bool = False  # fastai's progressive resizing: the frozen phase at half size, then full size
     bs: int | None = None  # None: CROP_BS on random crops, WHOLE_BS on whole images
-    valid_pct: float = 0.2
+    valid_pct: float = 0.2  # the random share held out for validation when the data has no validation set of its own
+    valid: Path | None = None  # a validation folder (any layout) instead of a random share (SegNet folders: val/)
     seed: int = 42
     steps: int | None = (
         None  # optimiser steps in all; epochs follow the data set's size (20 % frozen); None: BUDGET_IMAGES / bs
@@ -120,6 +121,7 @@ class TrainConfig:
     def __post_init__(self):
         self.data, self.out = Path(self.data), Path(self.out)
         self.weights = Path(self.weights) if self.weights else None
+        self.valid = Path(self.valid) if self.valid else None
         try:
             self.size, self.crop = parse_hw(self.size), parse_hw(self.crop)
         except ValueError:
@@ -181,7 +183,7 @@ class TrainConfig:
         """The training scale: --size, else 128x128 (generic, Leeds) or the CamVid data's aspect at 128 px high."""
         if self.size:
             return self.size
-        if ds.layout == "camvid":
+        if ds.street:
             h, w = ds.image_size()
             return 128, max(32, round(128 * w / h))
         return 128, 128
@@ -213,5 +215,6 @@ class TrainConfig:
         d = asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["weights"] = str(self.weights) if self.weights else None
+        d["valid"] = str(self.valid) if self.valid else None
         d["size"], d["crop"] = (list(self.size) if self.size else None), (list(self.crop) if self.crop else None)
         return d

@@ -1,165 +1,42 @@
-"""Data set layouts, their validation, and the fastai DataLoaders built from them.
-
-Three layouts are detected from the folder's contents:
-1. generic:         images/<stem>.<ext> + masks/<stem>.png (index PNGs 0..C-1), optional codes.txt
-2. Leeds Butterfly: images/<id>.png + segmentations/<id>_seg0.png (binary 0/255)
-3. CamVid:          images/<stem>.png + labels/<stem>_P.png + codes.txt
-Everything is validated before training starts, so a bad file fails in one line that names it.
-"""
+"""The data a fit reads: the data set (contract.datasets: layouts, pairs, validation), its train/validation split,
+class frequencies, and the fastai DataLoaders built from it."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from contract.metadata import IMAGE_EXTENSIONS
+from contract.datasets import Dataset, list_images, load_dataset, read_mask, with_validation
 
-from .errors import DataError
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A validated data set: pairs of (image, mask) paths and the class names (index = class id)."""
-
-    root: Path
-    layout: str  # "generic" | "leeds" | "camvid"
-    pairs: tuple[tuple[Path, Path], ...]
-    codes: tuple[str, ...]
-    binary_255: bool = False  # Leeds masks hold 0/255 and are read as 0/1
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.codes)
-
-    @property
-    def void(self) -> int | None:
-        """Index of the class named "Void" (any case): unlabelled pixels, ignored by the loss and the metrics."""
-        return next((i for i, c in enumerate(self.codes) if c.lower() == "void"), None)
-
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) of the first image (CamVid-style data sets have one size)."""
-        with Image.open(self.pairs[0][0]) as im:
-            return im.size[1], im.size[0]
+__all__ = [
+    "Dataset",
+    "class_frequencies",
+    "fit_dataset",
+    "list_images",
+    "load_dataset",
+    "make_dataloaders",
+    "median_frequency_weights",
+    "read_mask",
+    "split_pairs",
+]
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files of `folder` (by extension, hidden files left out), sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-
-
-def _read_codes(path: Path) -> tuple[str, ...]:
-    codes = tuple(line.split()[0] if line.split() else "" for line in path.read_text().splitlines())
-    codes = tuple(c for c in codes if c)
-    if not codes:
-        raise DataError(f"{path}: codes.txt is empty; write one class name per line, background first")
-    return codes
-
-
-def detect_layout(root: Path) -> str:
-    """Name the layout of `root` ("generic", "leeds" or "camvid") or raise DataError saying what is expected."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(
-            f"{root}: no such folder; pass --data a folder holding images/ and masks/ (or segmentations/, labels/)"
-        )
-    if not (root / "images").is_dir():
-        raise DataError(
-            f"{root}: no images/ folder; expected images/ with masks/ (generic), segmentations/ (Leeds Butterfly) or "
-            "labels/ (CamVid)"
-        )
-    if (root / "masks").is_dir():
-        return "generic"
-    if (root / "segmentations").is_dir():
-        return "leeds"
-    if (root / "labels").is_dir():
-        return "camvid"
-    raise DataError(
-        f"{root}: images/ has no partner folder; add masks/ (generic), segmentations/ (Leeds Butterfly) or labels/ "
-        "(CamVid)"
-    )
-
-
-def _mask_for(layout: str, root: Path, image: Path) -> Path:
-    if layout == "generic":
-        return root / "masks" / f"{image.stem}.png"
-    if layout == "leeds":
-        return root / "segmentations" / f"{image.stem}_seg0.png"
-    return root / "labels" / f"{image.stem}_P.png"
-
-
-def read_mask(path: Path, binary_255: bool = False) -> np.ndarray:
-    """Read a mask PNG as (H, W) uint8 class ids; 0/255 binary masks become 0/1 when `binary_255`."""
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P", "1", "I", "I;16"):
-            raise DataError(
-                f"{path}: mask has mode {im.mode}; masks must be single-channel index PNGs (convert colour masks with "
-                "`python -m training masks`)"
-            )
-        arr = np.asarray(im)
-    if binary_255:
-        arr = (arr > 127).astype(np.uint8)
-    return arr.astype(np.uint8) if arr.max(initial=0) < 256 else arr
-
-
-def load_dataset(root: Path, codes: tuple[str, ...] | None = None, check: bool = True) -> Dataset:
-    """Detect the layout of `root`, pair every image with its mask and validate them all.
-
-    Raises DataError (one line naming the file) for: an empty images/ folder, an image without its mask,
-    an image and mask of different sizes, a mask value >= the number of classes.
-    """
-    root = Path(root)
-    layout = detect_layout(root)
-    images = list_images(root / "images")
-    if not images:
-        raise DataError(
-            f"{root / 'images'}: folder is empty; add images ({', '.join(IMAGE_EXTENSIONS)}) with a mask each"
-        )
-    binary = layout == "leeds"
-    if codes is None:
-        if (root / "codes.txt").is_file():
-            codes = _read_codes(root / "codes.txt")
-        elif layout == "camvid":
-            raise DataError(f"{root}: CamVid layout needs codes.txt (one class name per line)")
-        elif binary:
-            codes = ("background", "butterfly")
-        else:
-            codes = None  # inferred from the largest mask value below
-    pairs = []
-    max_id = 0
-    for image in images:
-        mask = _mask_for(layout, root, image)
-        if not mask.is_file():
-            raise DataError(f"{image}: no mask for this image; expected {mask}")
-        pairs.append((image, mask))
-        if not check:
-            continue
-        with Image.open(image) as im:
-            isize = im.size
-        m = read_mask(mask, binary)
-        if (m.shape[1], m.shape[0]) != isize:
-            raise DataError(
-                f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {image.name} is {isize[0]}x{isize[1]}; "
-                "masks must match their image's size"
-            )
-        top = int(m.max(initial=0))
-        if codes is not None and top >= len(codes):
-            raise DataError(
-                f"{mask}: mask value {top} but only {len(codes)} classes ({', '.join(codes)}); fix the mask or add "
-                "classes to codes.txt"
-            )
-        max_id = max(max_id, top)
-    if codes is None:
-        codes = ("background",) + tuple(f"class_{i}" for i in range(1, max(max_id, 1) + 1))
-    return Dataset(root=root, layout=layout, pairs=tuple(pairs), codes=tuple(codes), binary_255=binary)
+def fit_dataset(data: Path, valid: Path | None = None) -> Dataset:
+    """The data set `fit` trains on: `data` (a SegNet folder: train/, with val/ as the validation set; test/ is
+    never read), with `valid`'s images as the validation set instead when given (any layout; a SegNet folder: its
+    val/)."""
+    ds = load_dataset(data)
+    return ds if valid is None else with_validation(ds, load_dataset(valid, split="val"))
 
 
 def split_pairs(ds: Dataset, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/valid index split (the validation images are held out from training)."""
+    """Train/valid indices: the data set's own validation set where it has one (SegNet's val/, `fit --valid`),
+    else a deterministic random share `valid_pct` held out from training."""
     n = len(ds.pairs)
+    if ds.valid_from is not None:
+        return list(range(ds.valid_from)), list(range(ds.valid_from, n))
     idx = np.random.default_rng(seed).permutation(n)
     n_valid = max(1, int(round(n * valid_pct))) if n > 1 else 0
     return sorted(idx[n_valid:].tolist()), sorted(idx[:n_valid].tolist())

@@ -39,7 +39,7 @@ def predict_native(model, image: np.ndarray, size: tuple[int, int], mean, std) -
 def evaluate(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std, shift=None) -> tuple[dict, list]:
     """Metrics on the held-out images at their own resolution, through `predict_native`; returns the
     metrics and (image, truth, prediction) for the first few. `shift`: a function applied to each image first
-    (training.shifts), its mask unchanged."""
+    (contract.shifts), its mask unchanged."""
     model = learn.model.eval()
     cm = np.zeros((ds.n_classes, ds.n_classes), np.int64)
     shown = []
@@ -58,9 +58,9 @@ def evaluate(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std, sh
 
 
 def evaluate_shifted(learn, ds: Dataset, valid_idx, size: tuple[int, int], mean, std, clean: dict) -> tuple[dict, list]:
-    """The held-out images under each of training.shifts.SHIFTS: ({"shifts": {name: metrics}, "metric", "clean",
+    """The held-out images under each of contract.shifts.SHIFTS: ({"shifts": {name: metrics}, "metric", "clean",
     "shifted_mean", "ratio"}, [(name, image, prediction)] for the first image). `clean`: the unshifted metrics."""
-    from .shifts import SHIFTS
+    from contract.shifts import SHIFTS
 
     metric = task_metric(ds.layout)
     rows, examples = {}, []

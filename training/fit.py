@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SCHEDULES, TrainConfig
-from .data import load_dataset, split_pairs
+from .data import fit_dataset, split_pairs
 from .errors import TrainingError
 from .learner import dataloaders_for, learner_for
 from .losses import class_balance
@@ -44,7 +44,7 @@ def fit(config: TrainConfig) -> dict:
     np.random.seed(config.seed)
     t0 = time.perf_counter()
     print(f"[1/4] checking data in {config.data}", flush=True)
-    ds = load_dataset(config.data)
+    ds = fit_dataset(config.data, config.valid)
     out = config.out
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out}: run folder exists and is not empty; pass a new --out")
@@ -53,7 +53,9 @@ def fit(config: TrainConfig) -> dict:
     frozen, unfrozen = config.schedule(len(train_idx))
     weights, balance = class_balance(config, ds, train_idx)
     print(
-        f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} held out), "
+        f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} "
+        + ("held out at random" if ds.valid_from is None else f"validation: {_valid_name(ds, config)}")
+        + "), "
         f"classes: {', '.join(ds.codes)}" + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""),
         flush=True,
     )
@@ -104,7 +106,7 @@ def fit(config: TrainConfig) -> dict:
     report["timings"]["total_s"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
     metrics = report["metrics"]
-    iou = "" if ds.layout != "camvid" else f", mean IoU {metrics['iou_fg']:.3f}"
+    iou = "" if not ds.street else f", mean IoU {metrics['iou_fg']:.3f}"
     shifted = report["shifted"]
     print(
         f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, "
@@ -119,6 +121,11 @@ def fit(config: TrainConfig) -> dict:
         flush=True,
     )
     return report
+
+
+def _valid_name(ds, config: TrainConfig) -> str:
+    """Where the explicit validation set comes from, for the progress line."""
+    return str(config.valid) if config.valid else f"{ds.root}/val, test/ never read"
 
 
 def _lr_find(learn, config: TrainConfig, out: Path) -> None:

@@ -4,7 +4,7 @@ progress metrics. `fit` trains it; `load_run` rebuilds it to export a run."""
 from __future__ import annotations
 
 from .config import TrainConfig
-from .data import Dataset, load_dataset, make_dataloaders
+from .data import Dataset, fit_dataset, make_dataloaders
 from .losses import SegmentationLoss
 from .metrics import progress_metrics
 from .model import ENCODERS, build_learner
@@ -48,7 +48,7 @@ def learner_for(
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    ds = ds or load_dataset(config.data)
+    ds = ds or fit_dataset(config.data, config.valid)
     loss = config.resolved_loss()
     learn = build_learner(
         dataloaders_for(config, ds, augment=augment, half=half),

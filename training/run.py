@@ -34,7 +34,7 @@ def versions() -> dict:
 def write_run(
     learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict
 ) -> dict:
-    """Evaluate at native resolution, clean and under the camera shifts (training.shifts), and write the run folder
+    """Evaluate at native resolution, clean and under the camera shifts (contract.shifts), and write the run folder
     (model.pth, config.json, results.png, curves.png, shifts.png); returns the report."""
     import torch
 

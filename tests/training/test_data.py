@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import detect_layout, load_dataset
+from contract.datasets import detect_layout, load_dataset
 from training.errors import DataError
 from training.masks import colour_to_index, convert_masks, read_palette
 from training.synth import SynthConfig, synth

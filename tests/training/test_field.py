@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from contract.shifts import SHIFTS
 from training.augment import KINDS, FieldShifts, draw_kinds, field_shifts
-from training.shifts import SHIFTS
 
 
 def test_field_augmentation_reaches_the_training_batches_only(tiny_dataset):
@@ -128,12 +128,13 @@ def test_bad_field_options_are_one_line_errors(tmp_path, tiny_dataset, args, nee
 def test_the_demo_has_its_own_recipe_and_fit_keeps_its_defaults():
     """`training demo` trains with DEMO_DEFAULTS (more steps, camera shifts on a tenth of the images) unless an option
     says otherwise; `training fit` keeps fit's defaults."""
-    from training.__main__ import _fit_config, _parser
+    from training.__main__ import _parser
     from training.config import TrainConfig
     from training.demo import DEMO_DEFAULTS
+    from training.options import fit_config
 
     def config(*argv):
-        return _fit_config(_parser().parse_args(list(argv)), Path("."), Path("."))
+        return fit_config(_parser().parse_args(list(argv)), Path("."), Path("."))
 
     demo = config("demo")
     assert {k: getattr(demo, k) for k in DEMO_DEFAULTS} == DEMO_DEFAULTS

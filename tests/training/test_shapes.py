@@ -57,16 +57,16 @@ def test_input_norms_standardise_what_they_say(tiny_run):
     "args,want", [(["360", "480"], (360, 480)), (["360x480"], (360, 480)), (["128"], (128, 128)), (["96X64"], (96, 64))]
 )
 def test_size_arguments(args, want):
-    from training.__main__ import _size_arg
+    from training.options import size_arg
 
-    assert _size_arg(args, "--size") == want
+    assert size_arg(args, "--size") == want
 
 
 def test_bad_sizes_are_one_line_errors(tmp_path):
-    from training.__main__ import _size_arg
+    from training.options import size_arg
 
     with pytest.raises(TrainingError, match="give H W, HxW or one number"):
-        _size_arg(["360", "480", "3"], "--size")
+        size_arg(["360", "480", "3"], "--size")
     with pytest.raises(TrainingError, match="crops are taken at the training scale"):
         TrainConfig(data=tmp_path, out=tmp_path, size=(96, 128), crop=(128, 128))
     with pytest.raises(TrainingError, match="at least 32 px"):
