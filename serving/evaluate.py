@@ -94,7 +94,7 @@ def evaluate(model: Path, data: Path, out: Path, shifts=(), device: str = "auto"
     seg = Segmenter.load(model, device, variant)
     check_classes(seg.classes, ds)
     rt = seg.runtime
-    print(f"scoring {model} ({rt.variant} on {rt.provider}) on {len(ds.pairs)} images of {data}"
+    print(f"scoring {model} ({rt.variant} on {rt.provider}: {rt.variant_reason}) on {len(ds.pairs)} images of {data}"
           + (f" ({ds.split})" if ds.split else "") + (f", clean and under {', '.join(shifts)}" if shifts else ""),
           file=sys.stderr, flush=True)  # fmt: skip
     t0 = time.perf_counter()
@@ -191,6 +191,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """The command: one table on stdout, or a one-line error and exit code 2."""
+    import logging
+
+    logging.getLogger("serving").setLevel(logging.ERROR)  # the runtime's start-up line: said in our own below
     shifts = tuple(SHIFTS) if a.shifts == "all" else tuple(s for s in a.shifts.split(",") if s)
     out = a.out or Path("runs") / "evaluate" / f"{Path(a.model).name}-{Path(a.data).resolve().name}"
     try:

