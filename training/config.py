@@ -74,6 +74,7 @@ class TrainConfig:
     class_crops: float = (
         0.0  # share of random crops centred on a pixel of a class drawn evenly from those present (Void excluded)
     )
+    zoom: tuple[float, float] | None = None  # with crop: each crop from a region zoomed by a factor in [lo, hi]
     progressive: bool = False  # fastai's progressive resizing: the frozen phase at half size, then full size
     bs: int | None = None  # None: CROP_BS on random crops, WHOLE_BS on whole images
     valid_pct: float = 0.2  # the random share held out for validation when the data has no validation set of its own
@@ -167,6 +168,10 @@ class TrainConfig:
             raise TrainingError(f"--steps {self.steps}: must be >= 1")
         if not 0 <= self.class_crops <= 1:
             raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
+        if self.zoom is not None:
+            self.zoom = tuple(float(z) for z in self.zoom)
+            if len(self.zoom) != 2 or not 0.25 <= self.zoom[0] <= self.zoom[1] <= 4 or not self.crop:
+                raise TrainingError(f"--zoom {self.zoom}: give LO HI in [0.25, 4] with LO <= HI, and --crop H W")
         if self.class_crops and not self.crop:
             raise TrainingError("--class-crops places random crops: give --crop H W as well")
         if self.decoder_norm not in DECODER_NORMS:
@@ -217,4 +222,5 @@ class TrainConfig:
         d["weights"] = str(self.weights) if self.weights else None
         d["valid"] = str(self.valid) if self.valid else None
         d["size"], d["crop"] = (list(self.size) if self.size else None), (list(self.crop) if self.crop else None)
+        d["zoom"] = list(self.zoom) if self.zoom else None
         return d

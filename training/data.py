@@ -99,6 +99,7 @@ def make_dataloaders(
     augment: str = "affine",
     num_workers: int = 0,
     class_crops: float = 0.0,
+    zoom: tuple[float, float] | None = None,
     field=None,
 ):
     """fastai DataLoaders: squish-resize to `size` (H, W; PIL bilinear, as serving resizes to the training
@@ -109,12 +110,13 @@ def make_dataloaders(
     `class_crops`: the share of training crops centred on a pixel of a class drawn evenly from those in the
     image, Void excluded (nnU-Net's foreground oversampling, which centres a third of its patches so); the
     rest fall anywhere, as fastai's RandomCrop.
+    `zoom` (LO, HI): each training crop taken from a region of the image zoomed by a factor drawn in [LO, HI] (1:
+    the training scale; fastai's RandomResizedCrop, the crop's aspect kept): the scale jitter of segmentation recipes.
 
     Normalisation is set here from the encoder's own stats, never as a side effect of `pretrained=`.
     """
     from fastai.data.block import DataBlock
-    from fastai.data.transforms import IndexSplitter, Normalize
-    from fastai.vision.augment import Flip, RandomCrop, Resize, ResizeMethod, aug_transforms
+    from fastai.data.transforms import IndexSplitter
     from fastai.vision.core import PILMask
     from fastai.vision.data import ImageBlock, MaskBlock
 
@@ -127,6 +129,22 @@ def make_dataloaders(
     def get_y(image_path):
         return PILMask.create(read_mask(mask_of[Path(image_path)], binary))
 
+    block = DataBlock(
+        blocks=(ImageBlock, MaskBlock(list(ds.codes))),
+        get_items=lambda _: [p for p, _ in ds.pairs],
+        get_y=get_y,
+        splitter=IndexSplitter(valid_idx),
+        item_tfms=_item_tfms(ds, size, crop, class_crops, zoom),
+        batch_tfms=_batch_tfms(augment, field, mean, std),
+    )
+    return block.dataloaders(ds.root, bs=bs, num_workers=num_workers)
+
+
+def _item_tfms(ds: Dataset, size, crop, class_crops: float, zoom) -> list:
+    """Squish to the training scale; then for training only, a random crop (placed on a class for a share
+    `class_crops`), or one from a region zoomed in [LO, HI] with `zoom`."""
+    from fastai.vision.augment import RandomCrop, RandomResizedCrop, Resize, ResizeMethod
+
     class TrainCrop(RandomCrop):
         split_idx = 0  # training set only: validation keeps the whole image at the training scale
 
@@ -136,20 +154,29 @@ def make_dataloaders(
             if class_crops and split_idx == 0 and len(b) > 1 and random.random() < class_crops:
                 self.tl = class_centred_corner(np.asarray(b[1]), (self.size[1], self.size[0]), ds.void) or self.tl
 
-    batch_tfms = {
+    class TrainZoomCrop(RandomResizedCrop):
+        split_idx = 0  # training only, as TrainCrop
+
+    resize = [Resize(tuple(size), method=ResizeMethod.Squish)]
+    if not crop:
+        return resize
+    if not zoom:
+        return resize + [TrainCrop(tuple(crop))]
+    share = crop[0] * crop[1] / (size[0] * size[1])  # the crop's share of the image at the training scale
+    aspect = crop[1] / crop[0]
+    lo, hi = share / zoom[1] ** 2, min(1.0, share / zoom[0] ** 2)
+    return resize + [TrainZoomCrop(tuple(crop), min_scale=lo, max_scale=hi, ratio=(aspect, aspect))]
+
+
+def _batch_tfms(augment: str, field, mean, std) -> list:
+    """The augmentation of the training batches, then Normalize with the encoder's statistics."""
+    from fastai.data.transforms import Normalize
+    from fastai.vision.augment import Flip, aug_transforms
+
+    tfms = {
         "affine": lambda: [*aug_transforms(max_rotate=15.0, max_zoom=1.1, max_warp=0.1, max_lighting=0.2)],
         "flip": lambda: [Flip()],
         "field": lambda: [Flip(), field],
         "none": list,
     }[augment]()
-    batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
-    item_tfms = [Resize(tuple(size), method=ResizeMethod.Squish)] + ([TrainCrop(tuple(crop))] if crop else [])
-    block = DataBlock(
-        blocks=(ImageBlock, MaskBlock(list(ds.codes))),
-        get_items=lambda _: [p for p, _ in ds.pairs],
-        get_y=get_y,
-        splitter=IndexSplitter(valid_idx),
-        item_tfms=item_tfms,
-        batch_tfms=batch_tfms,
-    )
-    return block.dataloaders(ds.root, bs=bs, num_workers=num_workers)
+    return tfms + [Normalize.from_stats(list(mean), list(std))]

@@ -28,6 +28,7 @@ def dataloaders_for(config: TrainConfig, ds: Dataset, *, augment: str | None = N
         seed=config.seed,
         augment=augment,
         class_crops=config.class_crops,
+        zoom=config.zoom,
         field=_field(config, size) if augment == "field" else None,
     )
 

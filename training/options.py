@@ -83,6 +83,14 @@ def _data_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "default: every crop placed at random)",
     )
     p.add_argument(
+        "--zoom",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="with --crop: each training crop from a region zoomed by a factor drawn in [LO, HI] (scale jitter; 1 = "
+        "the training scale)",
+    )
+    p.add_argument(
         "--progressive", action="store_true", help="progressive resizing: the frozen phase at half size, then full size"
     )
     p.add_argument(
