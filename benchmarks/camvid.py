@@ -23,7 +23,7 @@ from PIL import Image
 
 from benchmarks.harness import ROOT, run, stamp, write_report
 
-SCALE = ["--size", "360", "480", "--crop", "192", "256"]
+SCALE = ["--no-plan", "--size", "360", "480", "--crop", "192", "256"]  # synthetic rows: their recipes as measured
 BEFORE = [*SCALE, "--input-norm", "dataset"]  # `fit` before the field recipe: the encoder's fixed normalisation only
 ENCODER = [*SCALE, "--input-norm", "encoder", "--augment", "field", "--field-kinds", "haze,exposure,cast"]
 ROWS = {

@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     # Library deprecation chatter (torch.jit, fastai, onnxscript) is not for users of this command.
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = _parser().parse_args(argv)
+    a.argv = argv  # fit's plan keeps the options given (training.options.given_options)
     try:
         code = COMMANDS[a.cmd](a)
     except (TrainingError, DataError) as exc:

@@ -112,6 +112,9 @@ class TrainConfig:
     field_kinds: tuple[str, ...] = ("haze", "exposure", "cast")  # with augment "field": the shifts drawn (FIELD_KINDS)
     # encoder: the encoder's input standardised per image (model.py), the head sees it as is; image: both; dataset: none
     input_norm: str = "encoder"
+    # a time budget: the recipe planned from the data and the step time measured here (training.plan), None: as set
+    minutes: float | None = None
+    fixed: tuple[str, ...] = ()  # the fields given explicitly (the command line's options): a plan keeps them
     lr_find: bool = False
     lr_find_iters: int = 100
     last_cross: bool = True
@@ -183,6 +186,9 @@ class TrainConfig:
                 f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)"
             )
         self.lr_unfrozen = tuple(self.lr_unfrozen)
+        self.fixed = tuple(self.fixed)
+        if self.minutes is not None and not 0 < self.minutes <= 24 * 60:
+            raise TrainingError(f"--minutes {self.minutes:g}: give a budget in minutes, e.g. --minutes 20")
 
     def resolved_size(self, ds: Dataset) -> tuple[int, int]:
         """The training scale: --size, else 128x128 (generic, Leeds) or the CamVid data's aspect at 128 px high."""

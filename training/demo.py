@@ -20,9 +20,17 @@ QUICK_STEPS = 60  # the quick first model: 2 epochs of the demo's 240 training i
 # of the training images hold JPEG, noise and low resolution (shifted / clean 0.948 -> 0.97), each image standardised
 # for the head as well (measured so; fit's street-scene default standardises the encoder's input only). `python -m
 # training demo` takes these as its defaults; any fit option given overrides them.
-DEMO_DEFAULTS = {"steps": 600, "field_kinds": ("noise", "jpeg", "lowres"), "field_p": 0.1, "input_norm": "image"}
-DEMO_RECIPE = " ".join(
-    f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}" for k, v in DEMO_DEFAULTS.items()
+DEMO_DEFAULTS = {
+    "minutes": None,
+    "steps": 600,
+    "field_kinds": ("noise", "jpeg", "lowres"),
+    "field_p": 0.1,
+    "input_norm": "image",
+}
+DEMO_RECIPE = "--no-plan " + " ".join(
+    f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}"
+    for k, v in DEMO_DEFAULTS.items()
+    if k != "minutes"
 )
 
 

@@ -30,99 +30,118 @@ from .run import write_run
 
 
 def fit(config: TrainConfig) -> dict:
-    """Train and write the run folder; returns the report (also written as report.json)."""
+    """Train and write the run folder; returns the report (also written as report.json). With `config.minutes`
+    the recipe is planned first (training.plan) and the fit sized to end within that many minutes."""
+    t0 = time.perf_counter()
+    _seed(config.seed)
+    print(f"[1/4] checking data in {config.data}", flush=True)
+    ds = fit_dataset(config.data, config.valid)
+    if config.out.exists() and any(config.out.iterdir()):
+        raise TrainingError(f"{config.out}: run folder exists and is not empty; pass a new --out")
+    train_idx, valid_idx = split_pairs(ds, config.valid_pct, config.seed)
+    print(f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} "
+          + ("held out at random" if ds.valid_from is None else f"validation: {_valid_name(ds, config)}")
+          + f"), classes: {', '.join(ds.codes)}" + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""),
+          flush=True)  # fmt: skip
+    plan = None
+    if config.minutes:
+        config, plan = _plan(config, ds, train_idx, valid_idx, t0)
+    weights, balance = class_balance(config, ds, train_idx)
+    if balance["used"]:
+        print("      class weights (median frequency): "
+              + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()), flush=True)  # fmt: skip
+    frozen, unfrozen = config.schedule(len(train_idx))
+    learn, precision = _learner(config, ds, weights, frozen)
+    steps = (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs)
+    print(f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr "
+          f"slice{config.lr_unfrozen}): {steps} steps of {config.bs}, {precision}"
+          f"{', channels-last' if config.channels_last else ''} on {learn.dls.device.type}", flush=True)  # fmt: skip
+    history, timings, kept, unfrozen = _train(learn, config, ds, frozen, unfrozen, precision, plan, t0)
+    schedule = {"steps_budget": config.steps, "steps": (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs),
+                "frozen_epochs": frozen, "unfrozen_epochs": unfrozen, "kept_epoch": kept, "precision": precision,
+                "channels_last": config.channels_last}  # fmt: skip
+    report = write_run(learn, config, ds, (train_idx, valid_idx), config.resolved_size(ds), history, schedule,
+                       balance, timings, plan)  # fmt: skip
+    report["timings"]["total_s"] = time.perf_counter() - t0
+    (config.out / "report.json").write_text(json.dumps(report, indent=2))
+    _summary(report, ds, timings, plan)
+    return report
+
+
+def _seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators: fastai's augmentations draw from Python's `random` too."""
     import torch
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
     from fastai.callback.tracker import SaveModelCallback  # noqa: F401
 
+    # both imported before the seeding: importing them draws from the random generators (it changed every fit when
+    # they were first imported later, in _train)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _plan(config: TrainConfig, ds, train_idx, valid_idx, t0: float):
+    """The planned configuration and its Plan (training.plan), printed with its reasons; options the user gave
+    (config.fixed) stay as given."""
+    import dataclasses
+
+    from fastai.torch_core import default_device
+
+    from .plan import ENCODER_MIN_STEPS, choose, fingerprint, geometry
+    from .precision import resolve_precision
+    from .probe import probe
+
+    fixed = {k: getattr(config, k) for k in config.fixed}
+    print(f"[2/4] planning {config.minutes:g} min: the data's fingerprint, then a few steps timed here", flush=True)
+    fp = fingerprint(ds, train_idx, valid_idx)
+    size, crop, bs, _ = geometry(fp, fixed)
+    precision = resolve_precision(config.precision, default_device())
+    encoders = [config.encoder] if "encoder" in fixed else list(ENCODER_MIN_STEPS)
+    times = probe(config, ds, encoders, size, crop, bs, precision)
+    plan = choose(fp, config.minutes, times, setup_s=time.perf_counter() - t0, bf16=precision == "bf16", fixed=fixed)
+    for line in plan.lines():
+        print("      " + line, flush=True)
+    return dataclasses.replace(config, **plan.choices), plan
+
+
+def _learner(config: TrainConfig, ds, weights, frozen: int):
+    """[2/4]: the Learner the configuration describes, and the precision it trains in."""
     from .precision import resolve_precision
 
-    # both imported before the seeding below: importing them draws from the random generators (it changed every
-    # fit when they were first imported later, in _train)
-
-    # fastai's augmentations draw from Python's `random` too: seed all three for a repeatable run
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    t0 = time.perf_counter()
-    print(f"[1/4] checking data in {config.data}", flush=True)
-    ds = fit_dataset(config.data, config.valid)
-    out = config.out
-    if out.exists() and any(out.iterdir()):
-        raise TrainingError(f"{out}: run folder exists and is not empty; pass a new --out")
-    train_idx, valid_idx = split_pairs(ds, config.valid_pct, config.seed)
-    size = config.resolved_size(ds)
-    frozen, unfrozen = config.schedule(len(train_idx))
-    weights, balance = class_balance(config, ds, train_idx)
-    print(
-        f"      {ds.layout} layout, {len(ds.pairs)} images ({len(train_idx)} train, {len(valid_idx)} "
-        + ("held out at random" if ds.valid_from is None else f"validation: {_valid_name(ds, config)}")
-        + "), "
-        f"classes: {', '.join(ds.codes)}" + (f" ({ds.codes[ds.void]} ignored)" if ds.void is not None else ""),
-        flush=True,
-    )
-    if balance["used"]:
-        print(
-            "      class weights (median frequency): "
-            + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()),
-            flush=True,
-        )
     what = (
-        f"{size[0]}x{size[1]}"
+        f"{'x'.join(map(str, config.resolved_size(ds)))}"
         + (f", random {config.crop[0]}x{config.crop[1]} crops" if config.crop else "")
+        + (f" zoomed {config.zoom[0]:g}-{config.zoom[1]:g}x" if config.zoom else "")
         + (f" ({config.class_crops:.0%} centred on a class)" if config.class_crops else "")
         + (", progressive (half size first)" if config.progressive else "")
         + f", augmentation {config.resolved_augment()}, loss {config.resolved_loss()}"
     )
-    print(
-        f"[2/4] building U-Net on {config.encoder} "
-        f"({'pretrained' if config.pretrained or config.weights else 'random init'}) at {what}",
-        flush=True,
-    )
-    learn, ds = learner_for(config, ds, weights=weights, half=config.progressive and frozen > 0)
-    out.mkdir(parents=True, exist_ok=True)
-    learn.path = out
-    learn.model_dir = "."
+    init = "pretrained" if config.pretrained or config.weights else "random init"
+    print(f"[2/4] building U-Net on {config.encoder} ({init}) at {what}", flush=True)
+    learn, _ = learner_for(config, ds, weights=weights, half=config.progressive and frozen > 0)
+    config.out.mkdir(parents=True, exist_ok=True)
+    learn.path, learn.model_dir = config.out, "."
     if config.lr_find:
-        _lr_find(learn, config, out)
-    steps = (frozen + unfrozen) * math.ceil(len(train_idx) / config.bs)
-    precision = resolve_precision(config.precision, learn.dls.device)
-    print(
-        f"[3/4] training: {frozen} epochs encoder frozen (lr {config.lr:g}), then {unfrozen} unfrozen (lr "
-        f"slice{config.lr_unfrozen}): "
-        f"{steps} steps of {config.bs}, {precision}{', channels-last' if config.channels_last else ''} on "
-        f"{learn.dls.device.type}",
-        flush=True,
-    )
-    history, timings, kept = _train(learn, config, ds, frozen, unfrozen, precision)
-    schedule = {
-        "steps_budget": config.steps,
-        "steps": steps,
-        "frozen_epochs": frozen,
-        "unfrozen_epochs": unfrozen,
-        "kept_epoch": kept,
-        "precision": precision,
-        "channels_last": config.channels_last,
-    }
-    report = write_run(learn, config, ds, (train_idx, valid_idx), size, history, schedule, balance, timings)
-    report["timings"]["total_s"] = time.perf_counter() - t0
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    metrics = report["metrics"]
+        _lr_find(learn, config, config.out)
+    return learn, resolve_precision(config.precision, learn.dls.device)
+
+
+def _summary(report: dict, ds, timings: dict, plan) -> None:
+    """The last lines: the held-out figures, clean and under the camera shifts, and the time against the budget."""
+    metrics, shifted = report["metrics"], report["shifted"]
     iou = "" if not ds.street else f", mean IoU {metrics['iou_fg']:.3f}"
-    shifted = report["shifted"]
-    print(
-        f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, "
-        f"pixel accuracy {metrics['pixel_acc']:.3f}, training {timings['train_s'] / 60:.1f} min",
-        flush=True,
-    )
-    print(
-        f"      under camera shifts: {shifted['metric']} {shifted['shifted_mean']:.3f} on average "
-        f"({shifted['ratio']:.0%} of clean; "
-        + ", ".join(f"{k} {v[shifted['metric']]:.3f}" for k, v in shifted["shifts"].items())
-        + "; shifts.png)",
-        flush=True,
-    )
-    return report
+    print(f"      Dice {metrics['dice_fg']:.3f} ({', '.join(metrics['scored_classes'])}){iou}, pixel accuracy "
+          f"{metrics['pixel_acc']:.3f}, training {timings['train_s'] / 60:.1f} min", flush=True)  # fmt: skip
+    print(f"      under camera shifts: {shifted['metric']} {shifted['shifted_mean']:.3f} on average "
+          f"({shifted['ratio']:.0%} of clean; "
+          + ", ".join(f"{k} {v[shifted['metric']]:.3f}" for k, v in shifted["shifts"].items()) + "; shifts.png)",
+          flush=True)  # fmt: skip
+    if plan is not None:
+        total = report["timings"]["total_s"] / 60
+        print(
+            f"      the whole fit took {total:.1f} min of its {plan.minutes:g} ({total / plan.minutes:.0%})", flush=True
+        )
 
 
 def _valid_name(ds, config: TrainConfig) -> str:
@@ -145,11 +164,12 @@ def _lr_find(learn, config: TrainConfig, out: Path) -> None:
 
 
 def _train(
-    learn, config: TrainConfig, ds, frozen: int, unfrozen: int, precision: str = "fp32"
-) -> tuple[list, dict, int | None]:
+    learn, config: TrainConfig, ds, frozen: int, unfrozen: int, precision: str = "fp32", plan=None, t0: float = 0.0
+) -> tuple[list, dict, int | None, int]:
     """The frozen phase, then the unfrozen one at discriminative learning rates, in `precision` (resolved: fp32 or
-    bf16); the best validation epoch of the last phase is kept (SaveModelCallback) unless --last-epoch. Returns
-    (history, timings, kept epoch)."""
+    bf16); the best validation epoch of the last phase is kept (SaveModelCallback) unless --last-epoch. With a
+    `plan`, the unfrozen epochs are re-sized after the frozen phase to end within its budget (`t0`: the fit's start).
+    Returns (history, timings, kept epoch, unfrozen epochs)."""
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
     from fastai.callback.tracker import SaveModelCallback
 
@@ -165,7 +185,7 @@ def _train(
     learn.add_cbs(speed)
     try:
         with epoch_lines(learn):
-            _phases(learn, config, ds, frozen, unfrozen, best, history, timings)
+            unfrozen = _phases(learn, config, ds, (frozen, unfrozen), best, history, timings, plan, t0)
     finally:
         learn.remove_cbs(speed)
     last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
@@ -175,7 +195,7 @@ def _train(
         else (history[-1]["epoch"] if history else None)
     )
     (learn.path / "best.pth").unlink(missing_ok=True)
-    return history, timings, kept
+    return history, timings, kept, unfrozen
 
 
 @contextlib.contextmanager
@@ -201,9 +221,11 @@ def epoch_lines(learn, out=None):
 
 
 def _phases(
-    learn, config: TrainConfig, ds, frozen: int, unfrozen: int, best: list, history: list, timings: dict
-) -> None:
-    """Both phases of `_train`, appending to `history` and `timings`."""
+    learn, config: TrainConfig, ds, epochs: tuple[int, int], best: list, history: list, timings: dict, plan, t0: float
+) -> int:
+    """Both phases of `_train` (`epochs`: frozen, unfrozen), appending to `history` and `timings`; returns the
+    unfrozen epochs run (a plan re-sizes them after the frozen phase, unless the user gave the schedule)."""
+    frozen, unfrozen = epochs
     t = time.perf_counter()
     method, shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
     if frozen:
@@ -211,6 +233,13 @@ def _phases(
         getattr(learn, method)(frozen, config.lr, cbs=best if not unfrozen else [], **shape_frozen)
         history += _history(learn, "frozen", 0)
     timings["frozen_s"] = time.perf_counter() - t
+    if plan is not None and frozen and "unfrozen_epochs" in plan.choices and "unfrozen_epochs" not in config.fixed:
+        unfrozen = plan.unfrozen_epochs(time.perf_counter() - t0, timings["frozen_s"] / frozen)
+        print(
+            f"      {unfrozen} unfrozen epochs fit in what is left of {plan.minutes:g} min (planned "
+            f"{plan.choices['unfrozen_epochs']}; frozen epochs took {timings['frozen_s'] / frozen:.0f} s)",
+            flush=True,
+        )
     t = time.perf_counter()
     if unfrozen:
         if config.progressive and frozen:
@@ -220,6 +249,7 @@ def _phases(
         history += _history(learn, "unfrozen", len(history))
     timings["unfrozen_s"] = time.perf_counter() - t
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]
+    return unfrozen
 
 
 def _history(learn, phase: str, start_epoch: int) -> list[dict]:

@@ -13,10 +13,38 @@ from .model import DECODER_NORMS, INPUT_NORMS
 
 
 def add_fit_args(p: argparse.ArgumentParser) -> None:
-    """Every option of `fit`, defaults from TrainConfig."""
+    """Every option of `fit`, defaults from TrainConfig (the budget's: training.plan.DEFAULT_MINUTES)."""
     d = TrainConfig(data=Path("."), out=Path("."))
-    for group in (_encoder_args, _data_args, _loss_args, _schedule_args, _speed_args):
+    for group in (_plan_args, _encoder_args, _data_args, _loss_args, _schedule_args, _speed_args):
         group(p, d)
+
+
+def _plan_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The time budget the recipe is planned for (training.plan)."""
+    from .plan import DEFAULT_MINUTES
+
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        metavar="N",
+        help=f"plan the recipe from the data and this budget on this machine, the whole fit ending within it "
+        f"(default {DEFAULT_MINUTES:g}); every other option given overrides its part of the plan",
+    )
+    p.add_argument(
+        "--no-plan", dest="minutes", action="store_const", const=None, help="no plan: the fixed recipe, options as set"
+    )
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The fit options (their destinations) given on the command line `argv`: argparse's own matching (abbreviations
+    included) into a namespace that holds a marker for each (argparse sets a default only where none is held)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_fit_args(p)
+    unset = object()
+    ns = argparse.Namespace(**{dest: unset for dest in vars(p.parse_known_args([])[0])})
+    p.parse_known_args(argv, namespace=ns)
+    return {dest for dest, value in vars(ns).items() if value is not unset}
 
 
 def _encoder_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -220,7 +248,8 @@ def fit_config(a: argparse.Namespace, data: Path, out: Path):
         f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name) and f.name not in ("data", "out")
     }
     given.update(size=size_arg(a.size, "--size"), crop=size_arg(a.crop, "--crop"), lr_unfrozen=tuple(a.lr_unfrozen))
-    return TrainConfig(data=data, out=out, **given)
+    fixed = given_options(getattr(a, "argv", None) or [])
+    return TrainConfig(data=data, out=out, **{**given, "fixed": tuple(sorted(fixed - {"minutes"}))})
 
 
 def size_arg(values: list[str] | None, flag: str) -> tuple[int, int] | None:

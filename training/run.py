@@ -32,10 +32,11 @@ def versions() -> dict:
 
 
 def write_run(
-    learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict
+    learn, config: TrainConfig, ds, split, size, history, schedule: dict, balance: dict, timings: dict, plan=None
 ) -> dict:
     """Evaluate at native resolution, clean and under the camera shifts (contract.shifts), and write the run folder
-    (model.pth, config.json, results.png, curves.png, shifts.png); returns the report."""
+    (model.pth, config.json, results.png, curves.png, shifts.png, and plan.json for a planned fit); returns the
+    report. A planned fit scores the shifts on an even sample of SHIFT_IMAGES held-out images (its budget)."""
     import torch
 
     out, (train_idx, valid_idx) = config.out, split
@@ -47,7 +48,14 @@ def write_run(
         flush=True,
     )
     metrics, shown = evaluate(learn, ds, valid_idx, size, spec.mean, spec.std)
-    shifted, examples = evaluate_shifted(learn, ds, valid_idx, size, spec.mean, spec.std, metrics)
+    shift_idx = valid_idx
+    if plan is not None:
+        from .plan import SHIFT_IMAGES
+
+        shift_idx = valid_idx[:: max(1, len(valid_idx) // SHIFT_IMAGES)][:SHIFT_IMAGES]
+    clean = metrics if shift_idx == valid_idx else evaluate(learn, ds, shift_idx, size, spec.mean, spec.std)[0]
+    shifted, examples = evaluate_shifted(learn, ds, shift_idx, size, spec.mean, spec.std, clean)
+    shifted["images"] = len(shift_idx)
     colours = class_colours(ds.n_classes)
     run_meta = {
         "config": config.to_json(),
@@ -66,7 +74,10 @@ def write_run(
     save_results_png(shown, out / "results.png", config.n_show, colours)
     save_curves_png(history, out / "curves.png")
     save_shifts_png(shifted, examples, out / "shifts.png", colours)
+    if plan is not None:
+        (out / "plan.json").write_text(json.dumps(plan.to_json(), indent=2))
     return {
+        "plan": plan.to_json() if plan is not None else None,
         "metrics": metrics,
         "shifted": shifted,
         "history": history,

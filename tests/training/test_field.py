@@ -132,6 +132,7 @@ def test_the_demo_has_its_own_recipe_and_fit_keeps_its_defaults():
     from training.config import TrainConfig
     from training.demo import DEMO_DEFAULTS
     from training.options import fit_config
+    from training.plan import DEFAULT_MINUTES
 
     def config(*argv):
         return fit_config(_parser().parse_args(list(argv)), Path("."), Path("."))
@@ -142,4 +143,5 @@ def test_the_demo_has_its_own_recipe_and_fit_keeps_its_defaults():
     given = config("demo", "--augment", "flip", "--field-p", "0.3", "--steps", "100")
     assert (given.steps, given.augment, given.field_p) == (100, "flip", 0.3)
     fit, plain = config("fit", "--data", "d", "--out", "o"), TrainConfig(data=Path("d"), out=Path("o"))
-    assert all(getattr(fit, k) == getattr(plain, k) != v for k, v in DEMO_DEFAULTS.items())
+    assert all(getattr(fit, k) == getattr(plain, k) != v for k, v in DEMO_DEFAULTS.items() if k != "minutes")
+    assert fit.minutes == DEFAULT_MINUTES and demo.minutes is None  # fit plans by default, the demo keeps its recipe

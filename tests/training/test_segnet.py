@@ -73,7 +73,7 @@ def test_fit_valid_folder(tiny_segnet, tiny_dataset, tmp_path):
 def segnet_fit(tiny_segnet, tmp_path_factory):
     """`python -m training fit --data CamVid` as a user runs it, output to a pipe (a log file, not a terminal)."""
     out = tmp_path_factory.mktemp("segnet-run") / "run"
-    r = _cli("training", "fit", "--data", tiny_segnet, "--out", out, "--size", "64", "96", "--bs", "4",
+    r = _cli("training", "fit", "--data", tiny_segnet, "--out", out, "--no-plan", "--size", "64", "96", "--bs", "4",
              "--frozen-epochs", "1", "--unfrozen-epochs", "2")  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     return out, r.stdout

@@ -319,18 +319,22 @@ def test_transposed_pixel_shuffle_is_pixel_shuffle():
 def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
     """--schedule one-cycle gives fit_one_cycle fastai's defaults; fine-tune the shape of fastai's fine_tune
     (frozen: pct_start 0.99; unfrozen: pct_start 0.3, div 5); an unknown shape is a one-line error."""
+    import contextlib
     from types import SimpleNamespace
 
     from training.fit import _train
 
     class FakeLearner:
         def __init__(self):
-            self.calls, self.path, self.cbs = [], tmp_path, []
+            self.calls, self.path, self.cbs, self.logger = [], tmp_path, [], print
             self.recorder = SimpleNamespace(metric_names=["epoch", "train_loss", "time"], values=[])
             self.dls = SimpleNamespace(device=torch.device("cpu"))
 
         def add_cbs(self, cbs):
             self.cbs += cbs
+
+        def no_bar(self):  # fastai's Learner.no_bar: the fit's log is a file here (not a terminal)
+            return contextlib.nullcontext()
 
         def remove_cbs(self, cbs):
             self.cbs = [cb for cb in self.cbs if cb not in cbs]
@@ -357,7 +361,7 @@ def test_schedule_shapes_reach_fit_one_cycle(tmp_path):
         ("fine-tune", "one_cycle", {"pct_start": 0.99}, {"pct_start": 0.3, "div": 5.0}),
     ):
         learn = FakeLearner()
-        history, _, kept = _train(
+        history, _, kept, _ = _train(
             learn, TrainConfig(data=tmp_path, out=tmp_path, schedule_shape=shape, keep_best=False), None, 2, 3, "bf16"
         )
         assert learn.calls == [

@@ -1,0 +1,156 @@
+"""The planner on fingerprints alone (no training): scale, crops, encoder and epochs from the data and the budget,
+the options given kept, the unfrozen phase re-sized to the time left; the fingerprint read off real masks; and
+the command line's given options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.plan import (
+    ALL_KINDS,
+    ENCODER_MIN_STEPS,
+    MARGIN,
+    Fingerprint,
+    StepTimes,
+    choose,
+    fingerprint,
+    structure_width,
+    training_scale,
+)
+
+CAMVID = ("Sky", "Building", "Pole", "Road", "Car", "Void")
+
+
+def _fp(size=(360, 480), thin=4.0, n_train=367, n_valid=101, share=None, grey=False) -> Fingerprint:
+    classes = CAMVID if not grey else ("background", "vessel")
+    share = share or ({"Sky": 0.2, "Building": 0.3, "Pole": 0.01, "Road": 0.4, "Car": 0.09} if not grey
+                      else {"background": 0.9, "vessel": 0.1})  # fmt: skip
+    width = {c: (thin if c in ("Pole", "vessel") else 60.0) for c in share}
+    return Fingerprint(n_train, n_valid, size, (size, size), grey, classes, 5 if not grey else None, share, width)
+
+
+def _times(lite0=1.0, lite2=2.0, predict=0.2, data=0.05) -> StepTimes:
+    return StepTimes(
+        frozen={"efficientnet_lite0": lite0 / 2, "efficientnet_lite2": lite2 / 2},
+        unfrozen={"efficientnet_lite0": lite0, "efficientnet_lite2": lite2},
+        predict={"efficientnet_lite0": predict, "efficientnet_lite2": predict * 1.6},
+        batch_data=data,
+    )
+
+
+def test_street_scenes_train_at_their_own_size_on_crops_within_the_budget():
+    plan = choose(_fp(), 20, _times(), setup_s=40, bf16=True, fixed={})
+    c, e = plan.choices, plan.estimate
+    assert c["size"] == (360, 480) and c["crop"] == (192, 256) and c["bs"] == 4 and c["zoom"] == (0.75, 1.5)
+    assert c["loss"] == "ce+dice" and c["class_weights"] == "on" and c["precision"] == "bf16"
+    assert c["augment"] == "field" and set(c["field_kinds"]) == set(ALL_KINDS)
+    assert c["frozen_epochs"] >= 1 and c["unfrozen_epochs"] > c["frozen_epochs"]
+    assert e["total_s"] <= 20 * 60 * (1 - MARGIN) + 1e-6
+    assert e["total_s"] + e["epoch_s"] > 20 * 60 * (1 - MARGIN)  # no whole epoch left unused
+    assert "Pole" in plan.reasons["size"] and any(line.startswith("  crop") for line in plan.lines())
+
+
+def test_more_minutes_buy_more_epochs_then_the_larger_encoder():
+    small, big = (choose(_fp(), m, _times(), setup_s=40, bf16=True, fixed={}) for m in (20, 60))
+    assert small.choices["encoder"] == "efficientnet_lite0"
+    steps_60 = (60 * 60 * (1 - MARGIN) - 40 - big.estimate["final_s"]) / 2.05
+    assert big.choices["encoder"] == ("efficientnet_lite2" if steps_60 >= ENCODER_MIN_STEPS["efficientnet_lite2"]
+                                      else "efficientnet_lite0")  # fmt: skip
+    fast = choose(_fp(), 60, _times(lite0=0.3, lite2=0.6), setup_s=40, bf16=False, fixed={})
+    assert fast.choices["encoder"] == "efficientnet_lite2" and fast.choices["precision"] == "fp32"
+    lite0 = choose(_fp(), 60, _times(lite0=0.3, lite2=0.6), setup_s=40, bf16=False,
+                   fixed={"encoder": "efficientnet_lite0"})  # fmt: skip
+    assert lite0.estimate["epochs"] > fast.estimate["epochs"]  # the same minutes, a cheaper step: more epochs
+
+
+def test_thin_structures_keep_the_full_resolution_large_images_are_scaled():
+    grey = choose(_fp(size=(512, 512), thin=3.0, n_train=20, n_valid=4, grey=True), 20, _times(), setup_s=30,
+                  bf16=True, fixed={})  # fmt: skip
+    assert grey.choices["size"] == (512, 512) and grey.choices["crop"] == (224, 224)  # full-resolution crops
+    assert training_scale(_fp(size=(3000, 4000), thin=40.0))[0] == (768, 1024)  # long side 1024: 10 px left
+    (h, w), why = training_scale(_fp(size=(3000, 4000), thin=6.0))  # 1024 would leave 1.5 px: only down to 3 px
+    assert (h, w) == (1500, 2000) and "Pole" in why
+    small = choose(_fp(size=(128, 128)), 20, _times(), setup_s=30, bf16=True, fixed={})
+    assert small.choices["crop"] is None and small.choices["bs"] == 8 and small.choices["loss"] == "ce"
+    assert "zoom" not in small.choices
+
+
+def test_options_given_override_their_part_of_the_plan():
+    fixed = {"size": (256, 320), "encoder": "efficientnet_lite2", "bs": 2, "loss": "ce", "class_weights": "off"}
+    plan = choose(_fp(), 20, _times(), setup_s=40, bf16=True, fixed=fixed)
+    for k, v in fixed.items():
+        assert plan.choices[k] == v and plan.reasons[k] == "given"
+    assert plan.choices["crop"] == (192, 256)  # planned from the given size
+    given = choose(_fp(), 20, _times(), setup_s=40, bf16=True, fixed={"unfrozen_epochs": 3, "frozen_epochs": 1})
+    assert "unfrozen_epochs" not in given.choices and given.estimate["epochs"] == 4  # estimated, not planned
+    assert given.choices["encoder"] == "efficientnet_lite0"
+
+
+def test_unfrozen_phase_resized_to_the_time_left():
+    plan = choose(_fp(), 20, _times(), setup_s=40, bf16=True, fixed={})
+    e = plan.estimate
+    per = e["steps_per_epoch"] * (e["unfrozen_step_s"] - e["frozen_step_s"])
+    left = 20 * 60 * (1 - MARGIN) - 300 - e["final_s"]
+    assert plan.unfrozen_epochs(elapsed=300, frozen_epoch_s=50) == int(left // (50 + per))
+    assert plan.unfrozen_epochs(elapsed=600, frozen_epoch_s=50) < plan.unfrozen_epochs(elapsed=300, frozen_epoch_s=50)
+    assert plan.unfrozen_epochs(elapsed=20 * 60, frozen_epoch_s=50) == 1  # over budget already: one epoch
+
+
+def test_structure_widths_read_off_masks(tmp_path):
+    mask = np.zeros((120, 160), np.uint8)
+    mask[:, 40:43] = 1  # a 3 px pole
+    mask[60:, 80:] = 2  # a 60x80 block
+    pixels, skeleton = structure_width(mask, 1)
+    assert 2.5 <= pixels / skeleton <= 3.5
+    pixels, skeleton = structure_width(mask, 2)
+    assert pixels / skeleton > 20
+
+
+def test_fingerprint_of_a_greyscale_set_with_a_thin_class(tmp_path):
+    from contract.datasets import load_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        mask = np.zeros((96, 128), np.uint8)
+        mask[:, 20 + 10 * i : 22 + 10 * i] = 1  # 2 px wide
+        image = (rng.random((96, 128)) * 60 + mask * 150).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{i}.png")
+    ds = load_dataset(tmp_path)
+    fp = fingerprint(ds, list(range(5)), [5])
+    assert fp.grey and fp.size == (96, 128) and fp.n_train == 5 and fp.n_valid == 1
+    assert fp.thinnest[0] == "class_1" and 1.5 <= fp.thinnest[1] <= 2.5 and fp.imbalance > 10
+
+
+@pytest.mark.parametrize(
+    "argv,want",
+    [
+        (["fit", "--data", "d", "--out", "o"], set()),
+        (["fit", "--data", "d", "--out", "o", "--bs", "2", "--zoom", "1", "2", "--no-aug"], {"bs", "zoom", "augment"}),
+        (["fit", "--data", "d", "--out", "o", "--enc", "resnet18", "--no-plan"], {"encoder", "minutes"}),
+    ],
+)
+def test_given_options(argv, want):
+    from training.options import given_options
+
+    assert given_options(argv) == want
+
+
+def test_the_command_line_plans_by_default_and_keeps_what_was_given():
+    from training.__main__ import _parser
+    from training.options import fit_config
+    from training.plan import DEFAULT_MINUTES
+
+    def config(*argv):
+        a = _parser().parse_args(["fit", "--data", "d", "--out", "o", *argv])
+        a.argv = ["fit", "--data", "d", "--out", "o", *argv]
+        return fit_config(a, a.data, a.out)
+
+    assert config().minutes == DEFAULT_MINUTES and config().fixed == ()
+    assert config("--no-plan").minutes is None
+    c = config("--minutes", "60", "--crop", "128", "128", "--lr", "0.01")
+    assert c.minutes == 60 and c.fixed == ("crop", "lr")
