@@ -10,10 +10,13 @@
   unfinished part) is reported as cut off.
 - `Gate`: an ASGI middleware on the inference routes that checks the bearer token and the
   per-process concurrency cap before any body is read.
+- `JsonErrors` and `json_problems`: the frameworks' own error answers (Starlette's plain-text 404 and 405,
+  FastAPI's {"detail": ...}) said as the documented {"error": ...} too.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -284,3 +287,61 @@ class Gate:
             svc.admission.in_flight -= 1
         if status and status[0] == 200:  # admitted and answered: its latency steers the admission limit
             svc.admission.answered(entered, time.perf_counter() - entered)
+
+
+class JsonErrors:
+    """ASGI middleware: Starlette's own plain-text answers for a path no route has (404) or a method a route does not
+    take (405) become the documented {"error": ...} JSON, its Allow header kept."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        held = {}
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                plain = Headers(raw=message["headers"]).get("content-type", "").startswith("text/plain")
+                if message["status"] in (404, 405) and plain:
+                    held["start"] = message  # answered below, once the plain body has gone by
+                    return
+            elif "start" in held:
+                if not message.get("more_body"):
+                    await _json_error(held["start"], scope, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+async def _json_error(start: dict, scope: dict, send) -> None:
+    status, allow = start["status"], Headers(raw=start["headers"]).get("allow", "")
+    path = scope.get("path", "")
+    message = (f"no route {scope['method']} {path!r}: the routes are listed at /docs.json" if status == 404 else
+               f"{scope['method']} is not allowed on {path!r}: use {allow or 'a method /docs.json lists'}")  # fmt: skip
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"allow", allow.encode())] if allow else [])})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_problems(app) -> None:
+    """FastAPI's own error answers on `app` as {"error": ...}: its HTTPExceptions (404, 405) and a path or header
+    value outside its declared pattern (422, the first problem named)."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc: HTTPException):
+        response = Problem(exc.status_code, f"{exc.detail}: {request.method} {request.url.path!r}").response()
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return Problem(422, f"{where}: {first.get('msg', 'invalid')}; see /docs.json for what it takes").response()

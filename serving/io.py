@@ -3,6 +3,7 @@ document with every status, header and body the routes really send (schemathesis
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, ClassVar
 
@@ -25,6 +26,7 @@ ANSWER_HEADERS = {
         "schema": {"type": "string", "pattern": r"^[01]\.[0-9]{4}$"},
     },
 }
+INVALID = "a path or header value outside its declared pattern (the first one named)"
 NO_PROBS = problem_doc("the model served has no class probabilities (exported with --no-probs): no confidence map")
 
 
@@ -120,4 +122,10 @@ class DescribedService(bentoml.Service):
             content = operation["requestBody"]["content"]
             for kind, media in content.items():  # an unknown field: 400 (BentoML's document objects are frozen attrs)
                 content[kind] = attrs.evolve(media, schema=attrs.evolve(media.schema, additionalProperties=False))
+        for item in spec.paths.values():  # the mounted routes' 422: {"error"} too (serving.http.json_problems)
+            for method in ("get", "post", "put", "delete"):
+                operation = getattr(item, method, None)
+                doc = operation.get("responses", {}).get("422") if isinstance(operation, dict) else None
+                if doc and "HTTPValidationError" in json.dumps(doc):  # FastAPI's own, not one we declared
+                    operation["responses"]["422"] = problem_doc(INVALID)
         return spec

@@ -37,7 +37,7 @@ from . import imaging, models, monitor, oip, pipeline, status
 from .batching import QUEUED_BATCHES, Admission
 from .capture import Capture, Rule
 from .config import ServeConfig
-from .http import ERROR_RESPONSES, Gate, Problem, Upload, busy, check_token, problem_doc
+from .http import ERROR_RESPONSES, Gate, JsonErrors, Problem, Upload, busy, check_token, json_problems, problem_doc
 from .io import DESCRIPTION, PNG, ROUTES, DescribedService, ImageInput, Stats, StatsInput
 from .runtime import ContractError, SegmentationRuntime
 
@@ -60,6 +60,7 @@ def _current():
 
 info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 info_app.include_router(oip.router)
+json_problems(info_app)
 
 
 @info_app.exception_handler(Problem)
@@ -380,3 +381,4 @@ def answer_headers(version: str, figures: dict | None) -> dict[str, str]:
 
 
 SegmentationService.add_asgi_middleware(Gate, routes=ROUTES, service=_current, pattern=oip.INFER)
+SegmentationService.add_asgi_middleware(JsonErrors)

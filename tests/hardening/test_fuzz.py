@@ -53,9 +53,9 @@ def test_schemathesis_all_checks_find_only_the_documented_415(fuzz_server, tmp_p
         "--checks",
         "all",
         "--max-examples",
-        "25",
+        "30",
         "--seed",
-        "7",
+        "1",  # the seed that once found the framework's plain-text 404 for a name holding a newline
         "--report",
         "junit",
         "--report-junit-path",

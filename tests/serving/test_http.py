@@ -251,3 +251,26 @@ def test_openapi_documents_the_real_request_and_response_types(client):
         "Semantic segmentation with a fastai U-Net"
     )  # Swagger UI at / says what this is
     assert "This is a Machine Learning Service created with BentoML" not in docs["info"]["description"]
+
+
+@pytest.mark.parametrize(
+    "method,path,status",
+    [
+        ("GET", "/no-such-route", 404),
+        ("GET", "/v2/models/a%0Ab/versions/1", 404),  # a name holding a newline: no route matches it
+        ("DELETE", "/segment", 405),
+        ("GET", "/stats", 405),
+        ("PUT", "/model", 405),
+        ("POST", "/v2/health/live", 405),
+        ("GET", "/v2/models/a%0A", 422),  # outside the name's declared pattern
+    ],
+)
+def test_the_frameworks_own_errors_are_the_documented_json(client, method, path, status):
+    r = client.request(method, path)
+    assert r.status_code == status and r.headers["content-type"].startswith("application/json")
+    assert set(r.json()) == {"error"} and r.json()["error"]
+    if status == 405:
+        assert r.headers.get("allow"), r.headers
+    if status == 422:
+        doc = client.get("/docs.json").json()["paths"]["/v2/models/{name}"]["get"]["responses"]["422"]
+        assert doc["content"]["application/json"]["schema"]["required"] == ["error"]
