@@ -7,8 +7,10 @@ written for those platforms calls this service unchanged.
     GET  /v2/models/segmentation[/versions/V]/ready   model readiness
     POST /v2/models/segmentation[/versions/V]/infer   inference
 
-One input, `image`: encoded images as a BYTES tensor of shape [N] (each its own size and format; in JSON each
-base64-encoded, as OpenVINO Model Server takes them), or raw pixels as UINT8 [N, H, W, 3]; both as JSON or with the
+One input, `image`, declared in the metadata as the model's own tensor, raw pixels UINT8 [-1, -1, -1, 3] (what a
+client that builds its request from the metadata sends: Triton's perf_analyzer, generic KServe clients), and taking,
+as OpenVINO Model Server does for its image inputs, encoded images as a BYTES tensor of shape [N] too (each its own
+size and format; in JSON each base64-encoded): the metadata's `parameters.image_bytes` says so. Both as JSON or with the
 binary tensor data extension (`Inference-Header-Content-Length`: the JSON header, then the tensors' bytes; BYTES
 elements each prefixed by their length, 4 bytes little-endian). Outputs on request (all by default): `mask` UINT8
 [N, H, W] (images of one size), `mask_png` BYTES [N] (palette PNGs, any sizes), `stats` BYTES [N] (each image's
@@ -84,6 +86,11 @@ def ready() -> dict:
     return {"ready": _service() is not None}
 
 
+# the extension, as the metadata states it: a client reads `datatype` and `shape` from here to send encoded images
+IMAGE_BYTES = {"datatype": "BYTES", "shape": [-1], "description": "encoded images (PNG, JPEG, WebP, BMP, TIFF, GIF), "
+               "each at its own size, accepted for `image` in place of its UINT8 pixels"}  # fmt: skip
+
+
 def _metadata(name: str, ver: str | None = None) -> dict:
     model = _model(name, ver)
     meta, probs = model.meta, model.runtime.has_probs
@@ -93,10 +100,10 @@ def _metadata(name: str, ver: str | None = None) -> dict:
         {"name": "stats", "datatype": "BYTES", "shape": [-1]},
     ] + ([{"name": "confidence", "datatype": "FP32", "shape": [-1, 2]}] if probs else [])
     return {"name": MODEL, "versions": [model.version], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+            "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}],
             "outputs": outputs,
             "parameters": {"classes": list(meta.classes), "colours": [list(c) for c in meta.colours],
-                           "training_size": list(meta.input_size), "raw_pixels": "UINT8 [N, H, W, 3] accepted too",
+                           "training_size": list(meta.input_size), "image_bytes": IMAGE_BYTES,
                            "variant": model.runtime.variant}}  # fmt: skip
 
 

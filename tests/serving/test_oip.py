@@ -41,7 +41,9 @@ def test_server_and_model_ready_and_described(server):
     model = c.get_model_metadata("segmentation")
     version = segment(server, PHOTOS[0])[1]
     assert model["versions"] == [version] and c.is_model_ready("segmentation", version)
-    assert model["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert model["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]  # the model's own
+    assert {k: model["parameters"]["image_bytes"][k] for k in ("datatype", "shape")} == {"datatype": "BYTES",
+                                                                                       "shape": [-1]}  # fmt: skip
     assert [o["name"] for o in model["outputs"]] == ["mask", "mask_png", "stats", "confidence"]
     assert model["parameters"]["classes"] == ["background", "butterfly", "leaf"]
     assert not c.is_model_ready("segmentation", "another-version")
@@ -94,3 +96,21 @@ def test_the_protocols_errors_reach_the_client_in_one_line(server):
     with pytest.raises(tc.InferenceServerException, match="not an image"):
         server.client.infer("segmentation", [bad])
     assert requests.get(server.url + "/readyz", timeout=10).status_code == 200  # nothing crashed a worker
+
+
+def test_requests_built_from_the_metadata_alone(server):
+    """A generic client: it reads the input's name, datatype and shape from the model metadata (free dimensions set
+    from its data) and sends pixels; and the BYTES form the metadata's parameters declare, encoded images."""
+    meta = server.client.get_model_metadata("segmentation")
+    (spec,) = meta["inputs"]
+    pixels = PHOTOS[1][None]
+    shape = [d if d != -1 else n for d, n in zip(spec["shape"], pixels.shape)]
+    assert shape == list(pixels.shape)
+    image = tc.InferInput(spec["name"], shape, spec["datatype"])
+    image.set_data_from_numpy(pixels.astype(tc.triton_to_np_dtype(spec["datatype"])))
+    masks = server.client.infer("segmentation", [image]).as_numpy("mask")
+    assert np.array_equal(masks[0], segment(server, PHOTOS[1])[0])
+    extension = meta["parameters"]["image_bytes"]
+    encoded = tc.InferInput(spec["name"], [1 if d == -1 else d for d in extension["shape"]], extension["datatype"])
+    encoded.set_data_from_numpy(np.array([png_bytes(PHOTOS[1])], dtype=object))
+    assert np.array_equal(server.client.infer("segmentation", [encoded]).as_numpy("mask")[0], masks[0])
