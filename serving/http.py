@@ -142,33 +142,14 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
     """Parse the multipart body of `request`: exactly one file in the field `image`, and optional boolean
     `options` as form fields or query parameters. Raises Problem (400, 413, 415) saying what to fix."""
     ctype = request.headers.get("content-type", "")
-    if not ctype.lower().startswith("multipart/form-data"):
-        raise Problem(
-            415,
-            f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), "
-            f"{MULTIPART_HINT}",
-        )
-    from python_multipart.multipart import parse_options_header
-
-    boundary = parse_options_header(ctype)[1].get(b"boundary", b"")
-    if not boundary:
-        raise Problem(
-            415,
-            "the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, "
-            f"{MULTIPART_HINT}",
-        )
+    boundary = _boundary(ctype)
     limit = max_bytes + 65536  # the file plus its part headers and the option fields
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise Problem(413, f"request body is {int(length)} bytes, over the {limit}-byte limit: send a smaller image")
     body = _Body(request.stream(), boundary, limit)
-    parser = _Parser(
-        Headers(raw=[(b"content-type", ctype.encode("latin-1"))]),
-        body.chunks(),
-        max_files=4,
-        max_fields=len(options) + 4,
-        max_part_size=1024,
-    )
+    parser = _Parser(Headers(raw=[(b"content-type", ctype.encode("latin-1"))]), body.chunks(), max_files=4,
+                     max_fields=len(options) + 4, max_part_size=1024)  # fmt: skip
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -186,38 +167,68 @@ async def read_upload(request: Request, options: tuple[str, ...], *, max_bytes: 
                 f"malformed multipart body (cut off before its closing boundary, after {body.size} bytes): "
                 f"send the complete body, {MULTIPART_HINT}",
             )
-        names = list(form.keys())
-        unknown = sorted(set(names) - {"image", *options})
-        if unknown:
-            raise Problem(
-                400,
-                f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field "
-                "`image`" + (f" (optional fields: {', '.join(options)})" if options else ""),
-            )
-        files = form.getlist("image")
-        if not files:
-            raise Problem(
-                400, f"no form field `image`: send the image file in the multipart field `image`, {MULTIPART_HINT}"
-            )
-        if len(files) > 1:
-            raise Problem(
-                400,
-                f"{len(files)} files in the field `image`: send one image per request "
-                "(a folder: python -m serving predict INPUT_DIR OUTPUT_DIR)",
-            )
-        image = files[0]
-        if not isinstance(image, UploadFile):
-            raise Problem(400, "the field `image` holds text, not a file: send the file itself, " + MULTIPART_HINT)
-        opts = {}
-        for name in options:  # JSON booleans, as the API document declares them (BentoML's client sends them so)
-            raw = request.query_params.get(name, form.get(name, "false"))
-            value = raw.strip().strip('"')
-            if value not in ("true", "false"):
-                raise Problem(400, f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false")
-            opts[name] = value == "true"
-        return Upload(await image.read(), image.filename or "", opts)
+        image = _one_image(form, options)
+        return Upload(await image.read(), image.filename or "", _options(request, form, options))
     finally:
         await form.close()
+
+
+def _boundary(ctype: str) -> bytes:
+    """The multipart boundary of a Content-Type, or a 415 saying how to send the image."""
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise Problem(
+            415,
+            f"send the image as multipart/form-data in the field `image` (got Content-Type {ctype or 'none'!r}), "
+            f"{MULTIPART_HINT}",
+        )
+    from python_multipart.multipart import parse_options_header
+
+    boundary = parse_options_header(ctype)[1].get(b"boundary", b"")
+    if not boundary:
+        raise Problem(
+            415,
+            "the multipart/form-data Content-Type has no boundary parameter: let your HTTP client build the body, "
+            f"{MULTIPART_HINT}",
+        )
+    return boundary
+
+
+def _one_image(form, options: tuple[str, ...]) -> UploadFile:
+    """The one file of the field `image`; a 400 for unknown fields, no image, several, or text in its place."""
+    unknown = sorted(set(form.keys()) - {"image", *options})
+    if unknown:
+        raise Problem(
+            400,
+            f"unknown form field(s) {', '.join(map(repr, unknown))}: send the image file in the multipart field "
+            "`image`" + (f" (optional fields: {', '.join(options)})" if options else ""),
+        )
+    files = form.getlist("image")
+    if not files:
+        raise Problem(
+            400, f"no form field `image`: send the image file in the multipart field `image`, {MULTIPART_HINT}"
+        )
+    if len(files) > 1:
+        raise Problem(
+            400,
+            f"{len(files)} files in the field `image`: send one image per request "
+            "(a folder: python -m serving predict INPUT_DIR OUTPUT_DIR)",
+        )
+    if not isinstance(files[0], UploadFile):
+        raise Problem(400, "the field `image` holds text, not a file: send the file itself, " + MULTIPART_HINT)
+    return files[0]
+
+
+def _options(request: Request, form, options: tuple[str, ...]) -> dict[str, bool]:
+    """The boolean options, from the query or the form: JSON booleans, as the API document declares them (BentoML's
+    client sends them so); a 400 for anything else."""
+    opts = {}
+    for name in options:
+        raw = request.query_params.get(name, form.get(name, "false"))
+        value = raw.strip().strip('"')
+        if value not in ("true", "false"):
+            raise Problem(400, f"{name}={raw!r} is not a boolean: use {name}=true or {name}=false")
+        opts[name] = value == "true"
+    return opts
 
 
 def check_token(config, authorization: str) -> None:

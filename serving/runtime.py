@@ -73,6 +73,14 @@ def choose_providers(device: str, available: list[str], device_id: int = 0) -> l
     raise ContractError(f"device {device!r}: use auto, cuda or cpu")
 
 
+def _resolve_device(device: str, gpus: tuple[int, str] | None) -> tuple[str, str]:
+    """(device, why): `auto` without an NVIDIA GPU (nvidia_gpus, or `gpus` in tests) is the CPU, CUDA not loaded."""
+    if device != "auto":
+        return device, f"SEG_DEVICE={device}"
+    count, how = nvidia_gpus() if gpus is None else gpus
+    return (device if count else "cpu"), f"auto: {how}" + ("" if count else "; CPU, CUDA not loaded")
+
+
 def pick_variant(model_dir: Path, variant: str, on_cuda: bool) -> tuple[str, str]:
     """(variant, why): `auto` serves fp16 on CUDA and the export's int8 on CPU when those files exist
     (export writes model.int8.onnx only when it kept the accuracy rule there; `SegmentationRuntime.load`
@@ -136,12 +144,7 @@ class SegmentationRuntime:
         model_dir = check_model_dir(model_dir)
         ort.set_default_logger_severity(4)  # the CUDA-load failure is reported by us, in one line
         available = ort.get_available_providers() if available is None else available
-        device_reason = f"SEG_DEVICE={device}"
-        if device == "auto":
-            count, how = nvidia_gpus() if gpus is None else gpus
-            device_reason = f"auto: {how}" + ("" if count else "; CPU, CUDA not loaded")
-            if not count:
-                device = "cpu"
+        device, device_reason = _resolve_device(device, gpus)
         providers = choose_providers(device, available)
         wants_cuda = any(isinstance(p, tuple) for p in providers)
         if wants_cuda and hasattr(ort, "preload_dlls"):
@@ -151,53 +154,42 @@ class SegmentationRuntime:
         path = model_dir / VARIANT_FILES[chosen]
         so = session_options(threads, spin)
         factory = _session_factory or ort.InferenceSession
+
+        def again(on: str, var: str) -> "SegmentationRuntime":
+            return cls.load(model_dir, on, var, threads, spin, available, _session_factory, recheck)
+
         try:
             session = factory(str(path), so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             if variant == "auto" and chosen == "fp16" and device == "auto":
                 log.warning("%s did not load (%s); using fp32 on CPU", path, exc.__class__.__name__)
-                return cls.load(model_dir, "cpu", "auto", threads, spin, available, _session_factory, recheck)
+                return again("cpu", "auto")
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
             raise ContractError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the model") from None
-        in_use = session.get_providers()
-        if wants_cuda and in_use[0] != "CUDAExecutionProvider":
+        if wants_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
             if device == "cuda":
                 raise ContractError(
                     "SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use "
                     "SEG_DEVICE=auto or cpu"
                 )
             log.warning("CUDA execution provider listed but not usable here; running on CPU")
-            # the variant was chosen for CUDA: load the CPU choice instead (auto: the int8 export)
-            rt = cls.load(model_dir, "cpu", variant, threads, spin, available, _session_factory, recheck)
+            rt = again("cpu", variant)  # the variant was chosen for CUDA: the CPU's choice instead (auto: int8)
             rt.device_reason = f"{device_reason}, but CUDA did not load; CPU"
             return rt
         _check_io(session, path)
         int8_check = None
         if chosen == "int8" and variant == "auto" and recheck:
-            int8_check, fp32_session = _recheck_int8(model_dir, session, so, factory)
-            if not int8_check["kept"]:
-                why = f"auto: int8 failed the accuracy rule on this CPU ({int8_check['why']}); serving fp32"
-                log.warning("model %s: %s", model_dir, why)
-                chosen, path, session = (
-                    "fp32",
-                    model_dir / VARIANT_FILES["fp32"],
-                    fp32_session,
-                )  # the check's session: CPU, same options
-                _check_io(session, path)
-            else:
-                why += f"; re-checked on this CPU: {int8_check['why']}"
+            int8_check, session, chosen, path, why = _settle_int8(model_dir, session, so, factory, why)
+        return cls._opened(session, chosen, path, why, int8_check, device_reason)
+
+    @classmethod
+    def _opened(cls, session, chosen: str, path: Path, why: str, int8_check, device_reason: str):
+        """The runtime over an open session, its metadata read and what was chosen logged in one line."""
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         rt = cls(session, meta, chosen, path, why, int8_check)
         rt.device_reason = device_reason
-        log.warning(
-            "model %s: provider %s, variant %s (%s), input %s, classes %s",
-            path,
-            rt.provider,
-            chosen,
-            why,
-            meta.input_size,
-            ", ".join(meta.classes),
-        )
+        log.warning("model %s: provider %s, variant %s (%s), input %s, classes %s", path, rt.provider, chosen, why,
+                    meta.input_size, ", ".join(meta.classes))  # fmt: skip
         return rt
 
     @property
@@ -237,6 +229,25 @@ class SegmentationRuntime:
         for h, w in shapes:
             for n in batch_sizes:
                 self.run_scores(np.zeros((n, h, w, 3), dtype=np.uint8))
+
+
+def _settle_int8(model_dir: Path, session, so, factory, why: str):
+    """int8's accuracy rule run again on this CPU: (the check, then the session, variant, path and why to serve: int8
+    where it passes, else the check's fp32 session)."""
+    check, fp32_session = _recheck_int8(model_dir, session, so, factory)
+    if check["kept"]:
+        return (
+            check,
+            session,
+            "int8",
+            model_dir / VARIANT_FILES["int8"],
+            f"{why}; re-checked on this CPU: {check['why']}",
+        )
+    why = f"auto: int8 failed the accuracy rule on this CPU ({check['why']}); serving fp32"
+    log.warning("model %s: %s", model_dir, why)
+    path = model_dir / VARIANT_FILES["fp32"]
+    _check_io(fp32_session, path)
+    return check, fp32_session, "fp32", path, why
 
 
 def _recheck_int8(model_dir: Path, int8_session, so, factory) -> tuple[dict, object]:

@@ -87,9 +87,38 @@ class _Writer:
 
 def coco_to_masks(annotations: Path, images: Path, out: Path) -> tuple[int, list[str]]:
     """COCO instances JSON (+ its image folder) -> the generic layout in `out`. Returns (images, codes)."""
-    from pycocotools import mask as cocomask
-
     annotations, images = Path(annotations), Path(images)
+    ids, codes, files, per_image = _coco_index(annotations)
+    writer = _Writer(out)
+    try:
+        for image_id, (name, w, h) in files.items():
+            path = images / name
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: image of {annotations} (image id {image_id}) not found; pass --images the folder "
+                    "holding it"
+                )
+            with Image.open(path) as im:
+                if im.size != (w, h):
+                    raise DataError(
+                        f"{path}: is {im.size[0]}x{im.size[1]} but {annotations} says {w}x{h}; re-export the "
+                        "annotations"
+                    )
+            mask = np.zeros((h, w), np.uint8)
+            for ann in per_image[image_id]:
+                where = f"{annotations}: annotation {ann.get('id')} of {name}"
+                mask[_coco_region(ann.get("segmentation"), w, h, where)] = ids[ann["category_id"]]
+            writer.add(Path(name).stem, path.read_bytes(), path.suffix, mask)
+        writer.commit(codes)
+        return len(files), codes
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _coco_index(annotations: Path):
+    """The COCO file read and checked: (category id -> class id, codes, image id -> (file name, w, h), image id -> its
+    annotations)."""
     data = _load_json(annotations)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
@@ -114,44 +143,26 @@ def coco_to_masks(annotations: Path, images: Path, out: Path) -> tuple[int, list
             known = ", ".join(f"{c['id']}={c['name']}" for c in cats)
             raise DataError(f"{where}: unknown category_id {ann.get('category_id')!r} (categories: {known})")
         per_image[ann["image_id"]].append(ann)
-    writer = _Writer(out)
-    try:
-        for image_id, (name, w, h) in files.items():
-            path = images / name
-            if not path.is_file():
-                raise DataError(
-                    f"{path}: image of {annotations} (image id {image_id}) not found; pass --images the folder "
-                    "holding it"
-                )
-            with Image.open(path) as im:
-                if im.size != (w, h):
-                    raise DataError(
-                        f"{path}: is {im.size[0]}x{im.size[1]} but {annotations} says {w}x{h}; re-export the "
-                        "annotations"
-                    )
-            mask = np.zeros((h, w), np.uint8)
-            for ann in per_image[image_id]:
-                where = f"{annotations}: annotation {ann.get('id')} of {name}"
-                segm = ann.get("segmentation")
-                if isinstance(segm, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
-                    if not segm or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm):
-                        raise DataError(f"{where}: a polygon needs at least 3 (x, y) points")
-                    for p in segm:
-                        _check_inside(np.asarray(p, float).reshape(-1, 2), w, h, where)
-                    rle = cocomask.merge(cocomask.frPyObjects(segm, h, w))
-                elif isinstance(segm, dict) and "counts" in segm and "size" in segm:  # RLE, compressed or not
-                    if list(segm["size"]) != [h, w]:
-                        raise DataError(f"{where}: RLE size {segm['size']} is not the image's {h}x{w}")
-                    rle = cocomask.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
-                else:
-                    raise DataError(f"{where}: segmentation is neither polygons nor RLE")
-                mask[cocomask.decode(rle).astype(bool)] = ids[ann["category_id"]]
-            writer.add(Path(name).stem, path.read_bytes(), path.suffix, mask)
-        writer.commit(codes)
-        return len(files), codes
-    except BaseException:
-        writer.abort()
-        raise
+    return ids, codes, files, per_image
+
+
+def _coco_region(segm, w: int, h: int, where: str) -> np.ndarray:
+    """One annotation's segmentation (polygons, or RLE compressed or not) -> (h, w) bool, pycocotools decoding it."""
+    from pycocotools import mask as cocomask
+
+    if isinstance(segm, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
+        if not segm or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm):
+            raise DataError(f"{where}: a polygon needs at least 3 (x, y) points")
+        for p in segm:
+            _check_inside(np.asarray(p, float).reshape(-1, 2), w, h, where)
+        rle = cocomask.merge(cocomask.frPyObjects(segm, h, w))
+    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:  # RLE, compressed or not
+        if list(segm["size"]) != [h, w]:
+            raise DataError(f"{where}: RLE size {segm['size']} is not the image's {h}x{w}")
+        rle = cocomask.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
+    else:
+        raise DataError(f"{where}: segmentation is neither polygons nor RLE")
+    return cocomask.decode(rle).astype(bool)
 
 
 def _labelme_shape(shape: dict, w: int, h: int, where: str) -> Image.Image:

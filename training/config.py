@@ -126,6 +126,34 @@ class TrainConfig:
         self.data, self.out = Path(self.data), Path(self.out)
         self.weights = Path(self.weights) if self.weights else None
         self.valid = Path(self.valid) if self.valid else None
+        if isinstance(self.augment, bool):  # run folders written before augment had levels
+            self.augment = "affine" if self.augment else "none"
+        self.field_kinds, self.lr_unfrozen, self.fixed = (
+            tuple(self.field_kinds),
+            tuple(self.lr_unfrozen),
+            tuple(self.fixed),
+        )
+        self._check_sizes()
+        if self.bs is None:
+            self.bs = CROP_BS if self.crop else WHOLE_BS
+        if self.bs < 1:
+            raise TrainingError(f"--bs {self.bs}: must be >= 1")
+        if self.steps is None:
+            self.steps = max(1, round(BUDGET_IMAGES / self.bs))
+        if self.encoder not in ENCODERS:
+            raise TrainingError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        for flag, value, options in (
+            ("--augment", self.augment, AUGMENT), ("--input-norm", self.input_norm, INPUT_NORMS),
+            ("--loss", self.loss, LOSSES), ("--schedule", self.schedule_shape, SCHEDULES),
+            ("--opt", self.opt, OPTIMIZERS), ("--class-weights", self.class_weights, CLASS_WEIGHTS),
+            ("--decoder-norm", self.decoder_norm, DECODER_NORMS), ("--precision", self.precision, PRECISIONS),
+        ):  # fmt: skip
+            if value not in options:
+                raise TrainingError(f"{flag} {value!r}: use {', '.join(options)}")
+        self._check_ranges()
+
+    def _check_sizes(self) -> None:
+        """--size, --crop (parsed to (H, W)) and --zoom, or a one-line TrainingError."""
         try:
             self.size, self.crop = parse_hw(self.size), parse_hw(self.crop)
         except ValueError:
@@ -140,53 +168,27 @@ class TrainConfig:
                 f"--crop {self.crop[0]}x{self.crop[1]} is larger than --size {self.size[0]}x{self.size[1]}; crops are "
                 "taken at the training scale"
             )
-        if self.bs is None:
-            self.bs = CROP_BS if self.crop else WHOLE_BS
-        if self.bs < 1:
-            raise TrainingError(f"--bs {self.bs}: must be >= 1")
-        if self.steps is None:
-            self.steps = max(1, round(BUDGET_IMAGES / self.bs))
-        if self.encoder not in ENCODERS:
-            raise TrainingError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
-        if isinstance(self.augment, bool):  # run folders written before augment had levels
-            self.augment = "affine" if self.augment else "none"
-        if self.augment not in AUGMENT:
-            raise TrainingError(f"--augment {self.augment!r}: use {', '.join(AUGMENT)}")
-        if self.input_norm not in INPUT_NORMS:
-            raise TrainingError(f"--input-norm {self.input_norm!r}: use {', '.join(INPUT_NORMS)}")
-        self.field_kinds = tuple(self.field_kinds)
-        if not self.field_kinds or set(self.field_kinds) - set(FIELD_KINDS):
-            raise TrainingError(f"--field-kinds {','.join(self.field_kinds)}: use some of {', '.join(FIELD_KINDS)}")
-        if not 0 < self.field_p <= 1:
-            raise TrainingError(f"--field-p {self.field_p}: use a share in (0, 1], e.g. 0.5")
-        if self.loss not in LOSSES:
-            raise TrainingError(f"--loss {self.loss!r}: use {', '.join(LOSSES)}")
-        if self.schedule_shape not in SCHEDULES:
-            raise TrainingError(f"--schedule {self.schedule_shape!r}: use {', '.join(SCHEDULES)}")
-        if self.opt not in OPTIMIZERS:
-            raise TrainingError(f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}")
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise TrainingError(f"--class-weights {self.class_weights!r}: use {', '.join(CLASS_WEIGHTS)}")
-        if self.steps < 1:
-            raise TrainingError(f"--steps {self.steps}: must be >= 1")
-        if not 0 <= self.class_crops <= 1:
-            raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
         if self.zoom is not None:
             self.zoom = tuple(float(z) for z in self.zoom)
             if len(self.zoom) != 2 or not 0.25 <= self.zoom[0] <= self.zoom[1] <= 4 or not self.crop:
                 raise TrainingError(f"--zoom {self.zoom}: give LO HI in [0.25, 4] with LO <= HI, and --crop H W")
         if self.class_crops and not self.crop:
             raise TrainingError("--class-crops places random crops: give --crop H W as well")
-        if self.decoder_norm not in DECODER_NORMS:
-            raise TrainingError(f"--decoder-norm {self.decoder_norm!r}: use {', '.join(DECODER_NORMS)}")
-        if self.precision not in PRECISIONS:
-            raise TrainingError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+
+    def _check_ranges(self) -> None:
+        """The numbers that must lie in a range, or a one-line TrainingError."""
+        if self.steps < 1:
+            raise TrainingError(f"--steps {self.steps}: must be >= 1")
+        if not self.field_kinds or set(self.field_kinds) - set(FIELD_KINDS):
+            raise TrainingError(f"--field-kinds {','.join(self.field_kinds)}: use some of {', '.join(FIELD_KINDS)}")
+        if not 0 < self.field_p <= 1:
+            raise TrainingError(f"--field-p {self.field_p}: use a share in (0, 1], e.g. 0.5")
+        if not 0 <= self.class_crops <= 1:
+            raise TrainingError(f"--class-crops {self.class_crops}: use a share in [0, 1], e.g. 0.33")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise TrainingError(
                 f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)"
             )
-        self.lr_unfrozen = tuple(self.lr_unfrozen)
-        self.fixed = tuple(self.fixed)
         if self.minutes is not None and not 0 < self.minutes <= 24 * 60:
             raise TrainingError(f"--minutes {self.minutes:g}: give a budget in minutes, e.g. --minutes 20")
 

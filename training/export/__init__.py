@@ -279,9 +279,7 @@ def _export(
 ) -> ExportReport:
     """The export itself: graph, parity gate, metadata, variants and samples, written to the new folder `out` in one
     rename."""
-    import onnx
-
-    size, valid = src.size, src.valid
+    size = src.size
     if not dynamic_hw and any(v % 32 for v in size):
         raise ExportError(
             f"--fixed-size needs a training size in multiples of 32 (this model: {size[0]}x{size[1]}); export it "
@@ -290,59 +288,53 @@ def _export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        fp32 = tmp / "model.onnx"
-        print(
-            f"[2/4] exporting to ONNX (opset {OPSET}, input uint8 (N, H, W, 3), "
-            + (f"any H and W; traced at {size[0]}x{size[1]})" if dynamic_hw else f"H, W = {size[0]}x{size[1]})"),
-            flush=True,
-        )
-        used = export_graph(
-            inference_module(learn.model, src.mean, src.std, probs, size), size, fp32, probs, exporter, dynamic_hw
-        )
-        onnx.checker.check_model(str(fp32))
-        parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw)
-        check = load_images(valid, size)
-        truths = load_truths(src.truths, size) if src.truths is not None else None
-        metadata = _metadata(src, used, parity, dynamic_hw)
-        metadata["confidence_reference"] = confidence_reference(fp32, check, truths)
-        set_metadata(fp32, metadata)
-        result = ExportReport(out=out, exporter=used, parity=parity)
-        void = src.info.get("void")
-        result.int8, result.fp16 = write_variants(
-            fp32,
-            tmp,
-            metadata,
-            int8=int8,
-            fp16=fp16,
-            check=check,
-            calib=load_images(src.calib, size) if int8 else None,
-            truths=truths,
-            codes=src.codes,
-            void=void,
-            metric=src.metric,
-        )
-        if truths is not None:  # the held-out check the service repeats on the CPU it runs on (contract.metrics)
-            n = check_subset(len(check), size)
-            write_check(tmp, check[:n], truths[:n], src.codes, void, src.metric)
-        _write_samples(valid, tmp / "samples")
-        (tmp / "export.json").write_text(
-            json.dumps(
-                {
-                    "exporter": used,
-                    "parity": parity,
-                    "int8": result.int8,
-                    "fp16": result.fp16,
-                    "run": src.run,
-                    "confidence_reference": metadata["confidence_reference"],
-                },  # fmt: skip
-                indent=2,
-                default=str,
-            )
-        )
+        result, metadata = _graph_and_variants(learn, src, tmp, out, int8, fp16, probs, exporter, dynamic_hw)
+        _write_beside(src, tmp, result, metadata)
         tmp.rename(out)  # everything passed: into place in one rename
         tmp.mkdir()  # TemporaryDirectory's cleanup must not fail on the moved folder
-    print(f"exported {out}/model.onnx ({used} exporter)", flush=True)
+    print(f"exported {out}/model.onnx ({result.exporter} exporter)", flush=True)
     return result
+
+
+def _graph_and_variants(learn, src: Source, tmp: Path, out: Path, int8, fp16, probs, exporter, dynamic_hw):
+    """tmp/model.onnx through its gates (checker, parity), its metadata, and the int8 / fp16 variants asked for:
+    (ExportReport, the metadata)."""
+    import onnx
+
+    size, valid = src.size, src.valid
+    fp32 = tmp / "model.onnx"
+    print(
+        f"[2/4] exporting to ONNX (opset {OPSET}, input uint8 (N, H, W, 3), "
+        + (f"any H and W; traced at {size[0]}x{size[1]})" if dynamic_hw else f"H, W = {size[0]}x{size[1]})"),
+        flush=True,
+    )
+    used = export_graph(
+        inference_module(learn.model, src.mean, src.std, probs, size), size, fp32, probs, exporter, dynamic_hw
+    )
+    onnx.checker.check_model(str(fp32))
+    parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw)
+    check = load_images(valid, size)
+    truths = load_truths(src.truths, size) if src.truths is not None else None
+    metadata = _metadata(src, used, parity, dynamic_hw)
+    metadata["confidence_reference"] = confidence_reference(fp32, check, truths)
+    set_metadata(fp32, metadata)
+    result = ExportReport(out=out, exporter=used, parity=parity)
+    calib = load_images(src.calib, size) if int8 else None
+    result.int8, result.fp16 = write_variants(fp32, tmp, metadata, int8=int8, fp16=fp16, check=check, calib=calib,
+                                              truths=truths, codes=src.codes, void=src.info.get("void"),
+                                              metric=src.metric)  # fmt: skip
+    if truths is not None:  # the held-out check the service repeats on the CPU it runs on (contract.metrics)
+        n = check_subset(len(check), size)
+        write_check(tmp, check[:n], truths[:n], src.codes, src.info.get("void"), src.metric)
+    return result, metadata
+
+
+def _write_beside(src: Source, tmp: Path, result: ExportReport, metadata: dict) -> None:
+    """The model folder's samples (for the page) and export.json (what the gates found)."""
+    _write_samples(src.valid, tmp / "samples")
+    report = {"exporter": result.exporter, "parity": result.parity, "int8": result.int8, "fp16": result.fp16,
+              "run": src.run, "confidence_reference": metadata["confidence_reference"]}  # fmt: skip
+    (tmp / "export.json").write_text(json.dumps(report, indent=2, default=str))
 
 
 def _metadata(src: Source, exporter: str, parity: dict, dynamic_hw: bool) -> dict:
