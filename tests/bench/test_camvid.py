@@ -1,36 +1,32 @@
-"""benchmarks.camvid's bookkeeping: named rows, `fit`'s defaults resolved to a row, run folders, the tables."""
+"""benchmarks.camvid's bookkeeping: its rows, ours beside the published table, per class, under the shifts."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from benchmarks import camvid
 
 
-def test_rows_are_named_and_fit_resolves_to_the_row_with_its_defaults():
-    assert set(camvid.ROWS) == {"plain", "flips", "affine", "standardised", "encoder", "fit"}
-    from training.config import TrainConfig
+def _row(mean: float, variant: str = "int8") -> dict:
+    iou = {"Sky": 0.9, "Pole": 0.2, "SignSymbol": 0.3, "Pedestrian": 0.4, "Void": None}
+    return {"label": "x", "minutes": 19.6, "variant": variant, "iou": iou, "mean_iou": mean, "fp32": mean + 0.004,
+            "pixel_acc": 0.88, "val": 0.7, "shifts": {"blur": mean * 0.9, "noise": mean * 0.8},
+            "shifted": {"ratio": 0.85, "min_ratio": 0.8}}  # fmt: skip
 
-    default = TrainConfig(data=Path("."), out=Path(".")).resolved_augment()
+
+def test_rows_and_the_published_table():
+    assert set(camvid.ROWS) == {"plan20", "plan60", "fixed", "plain"} and camvid.ROWS["plain"][0] is None
+    assert camvid.ROWS["plan20"][0] == ["--minutes", "20"] and "--no-plan" in camvid.ROWS["fixed"][0]
+    assert camvid.PUBLISHED["FC-DenseNet103"] == 66.9 and len(camvid.PUBLISHED) == 7
+
+
+def test_tables_rank_ours_among_the_published_and_name_each_class():
+    lines = camvid.tables({"plan20": _row(0.6), "plan60": _row(0.63, "fp32")})
+    ranked = [ln.split(" | ")[0].strip("| *") for ln in lines[2:11]]
+    assert ranked[:2] == ["SegNet", "ENet"] and ranked.index("this project, plan20") == 3  # 60.0: after FCN-8's 57.0
+    assert ranked.index("this project, plan60") == 5 and ranked[-1] == "BiSeNet (720x960)"
+    per_class = next(i for i, ln in enumerate(lines) if ln.startswith("| row | val mean IoU"))
+    assert "| Pole | SignSymbol | Pedestrian |" in lines[per_class] and "Void" not in lines[per_class]
     assert (
-        camvid.same_as("fit")
-        in {"flip": ("flips", "standardised"), "field": ("encoder",), "affine": ("affine",)}[default]
+        lines[per_class + 2] == "| plan20 | 0.700 | **0.600** | 0.604 | 0.993 | 0.880 | 0.900 | 0.200 | 0.300 | 0.400 |"
     )
-    assert camvid.same_as("plain") is None and camvid.same_as("affine") != "standardised"
-    assert camvid._folder(Path("w"), "run", "affine", 42) == Path("w/run-affine")
-    assert camvid._folder(Path("w"), "export", "affine", 7) == Path("w/export-affine-s7")
-
-
-def test_tables_put_clean_and_shifted_side_by_side():
-    def scores(clean, shifted):
-        return {"clean": {"Car": clean, "mean": clean}, "dark": {"Car": shifted, "mean": shifted},
-                "blur": {"Car": shifted / 2, "mean": shifted / 2}}  # fmt: skip
-
-    row = {"label": "x", "seeds": [1, 2], "mean": scores(0.8, 0.6), "min_per_epoch": [0.5, 0.7],
-           "clean": 0.8, "clean_range": [0.75, 0.85], "shifted": 0.45, "ratio": 0.45 / 0.8}  # fmt: skip
-    lines = camvid.tables({"field": row})
-    assert lines[0].startswith(
-        "| row | seeds | clean mean IoU (min-max) | shifted mean | shifted / clean | dark | blur"
-    )
-    assert lines[2] == "| field: x | 2 | **0.800** (0.750-0.850) | **0.450** | 0.562 | 0.600 | 0.300 | 0.60 |"
-    assert "| field | 0.800 / 0.450 |" in lines
+    assert "| plan60 | 0.700 | **0.630** | 0.634 | 1.000 |" in lines[per_class + 3]  # fp32 served: no int8 ratio
+    assert lines[-1] == "| plan60 | 0.630 | 0.567 | 0.504 | **0.850** | 0.800 |"
