@@ -143,6 +143,7 @@ def _export(a: argparse.Namespace) -> None:
     from .export import export_learner, export_run, load_learner_pickle
 
     opts = dict(int8=a.int8, fp16=a.fp16, probs=a.probs, exporter=a.exporter, dynamic_hw=a.dynamic_hw)
+    opts["tta"] = a.tta == "flip"
     if (a.model is None) == (a.learner is None):
         raise TrainingError(
             "export: pass either --model RUN_DIR (from `fit`) or --learner FILE.pkl (from learn.export())"

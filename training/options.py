@@ -271,6 +271,13 @@ def add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")
     p.add_argument("--no-probs", dest="probs", action="store_false", help="leave out the float32 `probs` output")
     p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto")
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="flip: test-time augmentation inside the graph, each image and its mirror image averaged (twice the "
+        "model's work per image)",
+    )
     if store:
         p.add_argument(
             "--bentoml",

@@ -27,12 +27,12 @@ def _learn(run: Path):
     return load_run(run)
 
 
-def _gate(learn, meta, module) -> dict:
+def _gate(learn, meta, module, tta: bool = False) -> dict:
     """Export `module` (legacy exporter: fast) and run the gate as export does."""
     size = tuple(meta["size"])
     path = Path(tempfile.mkdtemp()) / "model.onnx"
     export_graph(module, size, path, True, "legacy")
-    return parity_gate(learn, path, meta["valid_images"], size, meta["mean"], meta["std"], True)
+    return parity_gate(learn, path, meta["valid_images"], size, meta["mean"], meta["std"], True, tta)
 
 
 def test_a_sound_export_passes_with_float32_noise_only(tiny_run):
@@ -111,3 +111,14 @@ def test_standardize_in_onnx_is_as_precise_as_pytorch_on_a_real_photo():
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     exact = standardize(x.double()).numpy()
     assert np.abs(got - exact).max() < 1e-6 and np.abs(standardize(x).numpy() - exact).max() < 1e-6
+
+
+def test_test_time_flips_are_gated_against_the_flipped_model(tiny_run):
+    """`export --tta flip`: the graph averages each image with its mirror image; the gate's reference does the same
+    with fastai's model, and a graph without the flips is not taken for it."""
+    learn, meta, _ = _learn(tiny_run)
+    size, mean, std = tuple(meta["size"]), meta["mean"], meta["std"]
+    parity = _gate(learn, meta, inference_module(learn.model, mean, std, True, size, tta=True), tta=True)
+    assert parity["identical"] and parity["max_prob_diff"] < PROB_TOL / 10
+    with pytest.raises(ExportError, match="parity failed"):
+        _gate(learn, meta, inference_module(learn.model, mean, std, True, size), tta=True)

@@ -98,6 +98,7 @@ def export_run(
     probs: bool = True,
     exporter: str = "auto",
     dynamic_hw: bool = True,
+    tta: bool = False,
 ) -> ExportReport:
     """Export the run in `run_dir` into the new folder `out` (model.onnx [+ model.int8.onnx, model.fp16.onnx]).
     `dynamic_hw` False: H and W fixed at the training size (squished uploads, as older exports)."""
@@ -139,7 +140,9 @@ def export_run(
         },
         run=str(run_dir),
     )
-    return _export(learn, src, out, int8=int8, fp16=fp16, probs=probs, exporter=exporter, dynamic_hw=dynamic_hw)
+    return _export(
+        learn, src, out, int8=int8, fp16=fp16, probs=probs, exporter=exporter, dynamic_hw=dynamic_hw, tta=tta
+    )
 
 
 def source_of(learn, images=None) -> Source:
@@ -224,6 +227,7 @@ def export_learner(
     probs: bool = True,
     exporter: str = "auto",
     dynamic_hw: bool = True,
+    tta: bool = False,
 ) -> ExportReport:
     """Export a fastai segmentation Learner from a notebook (or one loaded from `learn.export()`) through the
     same export, parity and int8/fp16 gates as a run folder: `export_learner(learn, "exported_models/mine")`.
@@ -232,7 +236,9 @@ def export_learner(
     learn.model.eval()
     with torch_no_grad():
         src = source_of(learn, images)
-    return _export(learn, src, out, int8=int8, fp16=fp16, probs=probs, exporter=exporter, dynamic_hw=dynamic_hw)
+    return _export(
+        learn, src, out, int8=int8, fp16=fp16, probs=probs, exporter=exporter, dynamic_hw=dynamic_hw, tta=tta
+    )
 
 
 def torch_no_grad():
@@ -276,6 +282,7 @@ def _export(
     probs: bool = True,
     exporter: str = "auto",
     dynamic_hw: bool = True,
+    tta: bool = False,
 ) -> ExportReport:
     """The export itself: graph, parity gate, metadata, variants and samples, written to the new folder `out` in one
     rename."""
@@ -288,7 +295,7 @@ def _export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        result, metadata = _graph_and_variants(learn, src, tmp, out, int8, fp16, probs, exporter, dynamic_hw)
+        result, metadata = _graph_and_variants(learn, src, tmp, out, int8, fp16, probs, exporter, dynamic_hw, tta)
         _write_beside(src, tmp, result, metadata)
         tmp.rename(out)  # everything passed: into place in one rename
         tmp.mkdir()  # TemporaryDirectory's cleanup must not fail on the moved folder
@@ -296,7 +303,7 @@ def _export(
     return result
 
 
-def _graph_and_variants(learn, src: Source, tmp: Path, out: Path, int8, fp16, probs, exporter, dynamic_hw):
+def _graph_and_variants(learn, src: Source, tmp: Path, out: Path, int8, fp16, probs, exporter, dynamic_hw, tta):
     """tmp/model.onnx through its gates (checker, parity), its metadata, and the int8 / fp16 variants asked for:
     (ExportReport, the metadata)."""
     import onnx
@@ -309,13 +316,14 @@ def _graph_and_variants(learn, src: Source, tmp: Path, out: Path, int8, fp16, pr
         flush=True,
     )
     used = export_graph(
-        inference_module(learn.model, src.mean, src.std, probs, size), size, fp32, probs, exporter, dynamic_hw
+        inference_module(learn.model, src.mean, src.std, probs, size, tta), size, fp32, probs, exporter, dynamic_hw
     )
     onnx.checker.check_model(str(fp32))
-    parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw)
+    parity = parity_gate(learn, fp32, valid, size, src.mean, src.std, dynamic_hw, tta)
     check = load_images(valid, size)
     truths = load_truths(src.truths, size) if src.truths is not None else None
     metadata = _metadata(src, used, parity, dynamic_hw)
+    metadata["tta"] = "flip" if tta else "none"
     metadata["confidence_reference"] = confidence_reference(fp32, check, truths)
     set_metadata(fp32, metadata)
     result = ExportReport(out=out, exporter=used, parity=parity)

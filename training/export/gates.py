@@ -65,6 +65,12 @@ def load_truths(truths, size: tuple[int, int]) -> np.ndarray:
     )
 
 
+def _with_flip(probs: np.ndarray, learn, images: np.ndarray, mean, std) -> np.ndarray:
+    """`probs` of `images` averaged with the model's probabilities of their mirror images, flipped back: the
+    reference of a graph exported with test-time flips."""
+    return (probs + _eager_probs(learn, np.ascontiguousarray(images[:, :, ::-1]), mean, std)[..., ::-1]) * 0.5
+
+
 def _fastai_probs(learn, paths) -> np.ndarray:
     """fastai's own output for `paths`, through its validation pipeline, in fp32: (N, C, H, W) float32. A Learner
     that still carries a mixed-precision callback (fastai's MixedPrecision, training.precision's Bf16Autocast) is
@@ -84,13 +90,14 @@ def tie_pixels(probs: np.ndarray, tol: float = TIE_TOL) -> np.ndarray:
     return (top2[:, 1] - top2[:, 0]) < tol
 
 
-def check_parity(learn, onnx_path: Path, paths, size) -> dict:
+def check_parity(learn, onnx_path: Path, paths, size, tta: bool = False, mean=None, std=None) -> dict:
     """ONNX Runtime vs fastai on `paths` at batch sizes PARITY_BATCHES.
 
     `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
     probabilities within TIE_TOL, far below any real export error), and no probability differs by PROB_TOL or
     more; ties that flip are counted and reported."""
-    row, ok = _compare(session(onnx_path), load_images(paths, size), _fastai_probs(learn, paths))
+    images, ref = load_images(paths, size), _fastai_probs(learn, paths)
+    row, ok = _compare(session(onnx_path), images, _with_flip(ref, learn, images, mean, std) if tta else ref)
     return {
         "images": len(paths),
         "batch_sizes": list(PARITY_BATCHES),
@@ -139,20 +146,23 @@ def _eager_probs(learn, images: np.ndarray, mean, std) -> np.ndarray:
         return torch.softmax(learn.model.eval()(x).float(), dim=1).numpy()
 
 
-def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std) -> dict:
+def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std, tta: bool = False) -> dict:
     """ONNX Runtime vs fastai's model at each (H, W) of `shapes`, at batch sizes PARITY_BATCHES: the images
     squished to that shape (PIL bilinear); identical masks except numerical ties, as check_parity."""
     sess = session(onnx_path)
     rows, ok = [], True
     for shape in shapes:
         images = load_images(paths, shape)
-        row, same = _compare(sess, images, _eager_probs(learn, images, mean, std))
+        ref = _eager_probs(learn, images, mean, std)
+        row, same = _compare(sess, images, _with_flip(ref, learn, images, mean, std) if tta else ref)
         rows.append({"shape": list(shape), **row})
         ok &= same
     return {"shapes": rows, "identical": bool(ok)}
 
 
-def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dynamic_hw: bool) -> dict:
+def parity_gate(
+    learn, fp32: Path, valid, size: tuple[int, int], mean, std, dynamic_hw: bool, tta: bool = False
+) -> dict:
     """Both parity checks on `fp32`; ExportError (nothing written) unless every mask is identical but for ties and
     no probability differs by PROB_TOL. At most PARITY_IMAGES of `valid` at the training size, SHAPE_IMAGES at the
     other shapes."""
@@ -164,8 +174,8 @@ def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dyna
         f"get_preds at {size[0]}x{size[1]}" + (others if shapes else ""),
         flush=True,
     )
-    parity = check_parity(learn, fp32, valid, size)
-    parity["other_shapes"] = check_shapes(learn, fp32, valid[:SHAPE_IMAGES], shapes, mean, std)
+    parity = check_parity(learn, fp32, valid, size, tta, mean, std)
+    parity["other_shapes"] = check_shapes(learn, fp32, valid[:SHAPE_IMAGES], shapes, mean, std, tta)
     rows = [parity] + parity["other_shapes"]["shapes"]
     if not (parity["identical"] and parity["other_shapes"]["identical"]):
         worst = min(r[f"agreement_b{b}"] for r in rows for b in PARITY_BATCHES)

@@ -13,8 +13,10 @@ TRACE_BATCH = 2  # the batch size the graph is traced with; parity runs at other
 OPSET = 18
 
 
-def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | None = None):
-    """nn.Module: uint8 NHWC image -> (uint8 mask, float32 probs). fastai's ToTensorBase is replaced by Identity:
+def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | None = None, tta: bool = False):
+    """nn.Module: uint8 NHWC image -> (uint8 mask, float32 probs). `tta`: test-time augmentation by horizontal flip,
+    the class probabilities of the image and of its mirror image (flipped back) averaged, in one batch of 2N.
+    fastai's ToTensorBase is replaced by Identity:
     it breaks the dynamo exporter ("Creating a new Tensor subclass TensorBase ... FakeTensor"). When the graph
     will be traced at `trace_hw` of at least 64 px a side, PixelShuffle becomes the same shuffle as two
     transposes (training.model.TransposedPixelShuffle: faster in ONNX Runtime); below that the deepest feature
@@ -44,10 +46,14 @@ def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | N
         def forward(self, image):
             x = image.permute(0, 3, 1, 2).to(torch.float32)
             x = (x - self.mean) / self.std  # == (x/255 - mean) / std
-            logits = self.net(x)
-            mask = logits.argmax(dim=1).to(torch.uint8)
+            if tta:
+                both = torch.softmax(self.net(torch.cat([x, x.flip(3)])), dim=1)
+                scores = (both[: x.shape[0]] + both[x.shape[0] :].flip(3)) * 0.5
+            else:
+                scores = self.net(x)
+            mask = scores.argmax(dim=1).to(torch.uint8)
             if probs:
-                return mask, torch.softmax(logits, dim=1)
+                return mask, scores if tta else torch.softmax(scores, dim=1)
             return mask
 
     return ImageToMask().eval()
