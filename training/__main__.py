@@ -32,10 +32,10 @@ def _data_commands(sub) -> None:
     p.add_argument("--size", nargs="+", metavar="H [W]", help="image size (default 128; camvid: 360 480)")
     p.add_argument(
         "--layout",
-        choices=("generic", "camvid", "leeds"),
+        choices=("generic", "camvid", "leeds", "thin"),
         default="generic",
         help="generic: butterflies and leaves; camvid: street scenes with thin poles; leeds: hard butterflies (0/255 "
-        "masks)",
+        "masks); thin: greyscale photos crossed by structures 2-4 px wide (512 px)",
     )
     p.add_argument("--seed", type=int, default=0)
 
@@ -105,7 +105,7 @@ def _demo_command(sub) -> None:
 def _synth(a: argparse.Namespace) -> None:
     from .synth import SynthConfig, synth
 
-    size = size_arg(a.size, "--size") or ((360, 480) if a.layout == "camvid" else (128, 128))
+    size = size_arg(a.size, "--size") or {"camvid": (360, 480), "thin": (512, 512)}.get(a.layout, (128, 128))
     if a.layout != "camvid" and size[0] != size[1]:
         raise TrainingError(
             f"--size {size[0]} {size[1]}: {a.layout} scenes are square; give one number (or use --layout camvid)"

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .synth_thin import THIN_CLASSES, make_thin_scene
+
 CLASSES = ("background", "butterfly", "leaf")
 
 # Which photos feed which class: distinct sources per class keep the task about texture and shape.
@@ -43,9 +45,9 @@ class SynthConfig:
     seed: int = 0
     min_objects: int = 2
     max_objects: int = 5
-    layout: str = (
-        "generic"  # "generic" (butterflies and leaves), "camvid" (street scenes) or "leeds" (hard butterflies)
-    )
+    # "generic" (butterflies and leaves), "camvid" (street scenes), "leeds" (hard butterflies), "thin" (greyscale,
+    # thin structures: training.synth_thin)
+    layout: str = "generic"
 
 
 @functools.lru_cache(maxsize=None)
@@ -344,11 +346,14 @@ def synth(config: SynthConfig) -> Path:
         elif config.layout == "leeds":
             image, mask = make_hard_butterfly(rng, h)
             mask = mask * 255
+        elif config.layout == "thin":
+            image, mask = make_thin_scene(rng, h)
         else:
             image, mask = make_scene(rng, h, config.min_objects, config.max_objects)
         stem = f"scene_{i:05d}"
         Image.fromarray(image).save(out / "images" / f"{stem}.png")
         Image.fromarray(mask.astype(np.uint8)).save(out / labels / mask_name.format(stem))
     if config.layout != "leeds":  # Leeds data carry no codes.txt: background and butterfly
-        (out / "codes.txt").write_text("\n".join(STREET_CLASSES if config.layout == "camvid" else CLASSES) + "\n")
+        codes = {"camvid": STREET_CLASSES, "thin": THIN_CLASSES}.get(config.layout, CLASSES)
+        (out / "codes.txt").write_text("\n".join(codes) + "\n")
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from training.plan import (
     ALL_KINDS,
@@ -109,21 +108,15 @@ def test_structure_widths_read_off_masks(tmp_path):
 
 
 def test_fingerprint_of_a_greyscale_set_with_a_thin_class(tmp_path):
+    """`synth --layout thin` (greyscale photos crossed by 2-4 px structures), read by the fingerprint."""
     from contract.datasets import load_dataset
+    from training.synth import SynthConfig, synth
 
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        mask = np.zeros((96, 128), np.uint8)
-        mask[:, 20 + 10 * i : 22 + 10 * i] = 1  # 2 px wide
-        image = (rng.random((96, 128)) * 60 + mask * 150).astype(np.uint8)
-        Image.fromarray(image).save(tmp_path / "images" / f"{i}.png")
-        Image.fromarray(mask).save(tmp_path / "masks" / f"{i}.png")
-    ds = load_dataset(tmp_path)
+    ds = load_dataset(synth(SynthConfig(out=tmp_path / "thin", n=6, size=160, layout="thin", seed=3)))
+    assert ds.codes == ("background", "thin")
     fp = fingerprint(ds, list(range(5)), [5])
-    assert fp.grey and fp.size == (96, 128) and fp.n_train == 5 and fp.n_valid == 1
-    assert fp.thinnest[0] == "class_1" and 1.5 <= fp.thinnest[1] <= 2.5 and fp.imbalance > 10
+    assert fp.grey and fp.size == (160, 160) and fp.n_train == 5 and fp.n_valid == 1
+    assert fp.thinnest[0] == "thin" and 1.5 <= fp.thinnest[1] <= 4.5 and fp.share["thin"] < 0.1 and fp.imbalance > 10
 
 
 @pytest.mark.parametrize(
