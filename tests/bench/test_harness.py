@@ -112,3 +112,15 @@ def test_int8_speed_times_both_graphs_of_a_folder(tmp_path, monkeypatch, capsys)
     (folder / "model.int8.onnx").unlink()
     with pytest.raises(SystemExit, match="needs model.onnx, model.int8.onnx and check/"):
         int8_speed.main([str(folder)])
+
+
+def test_the_report_times_what_a_user_would_run_instead(tiny_export):
+    """benchmarks' user baselines on a real export: fastai's learn.predict and the U-Net in PyTorch eager, from the run
+    folder its export.json names."""
+    from benchmarks.__main__ import rate, user_baselines
+
+    calls = []
+    assert rate(lambda: calls.append(1), 4, seconds=0.05) == pytest.approx(4 * (len(calls) - 1) / 0.05, rel=0.5)
+    got = user_baselines(tiny_export, seconds=0.2)
+    assert set(got) == {"learn.predict", "PyTorch eager fp32"} and set(got["PyTorch eager fp32"]) == {1, 8}
+    assert all(v > 0 for row in got.values() for v in row.values())
