@@ -33,6 +33,7 @@ ZOOM = (0.75, 1.5)  # scale jitter of the crops
 FROZEN_SHARE = 0.15  # of the epochs, with the encoder frozen (at least one)
 MARGIN = 0.04  # the plan aims at (1 - MARGIN) of the budget: epoch times vary by a few per cent
 SHIFT_IMAGES = 24  # held-out images scored under each camera shift at the end of a planned fit
+WRITE_S = 10.0  # writing the run folder: the model, its pictures (results, curves, shifts), the report
 ALL_KINDS = ("haze", "blur", "lowres", "exposure", "cast", "noise", "jpeg")
 # The larger encoders when the budget buys at least this many of their optimiser steps (below it, the smaller
 # encoder's extra steps are worth more): docs/training.md, "Planned fits".
@@ -210,7 +211,8 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
         c["zoom"], r["zoom"] = ZOOM, "scale jitter: each crop from a region zoomed in this range"
     c["bs"], r["bs"] = bs, "4 on crops (beat 8 on 5 of 5 seeds), 8 on whole images"
     n_val, per_epoch = fp.n_valid, math.ceil(fp.n_train / bs)
-    final = {e: (n_val + min(n_val, SHIFT_IMAGES) * 7) * t for e, t in times.predict.items()}
+    k = min(n_val, SHIFT_IMAGES)  # the shifts' sample (scored clean again when it is not the whole set)
+    final = {e: WRITE_S + (n_val + k * 7 + (k if k < n_val else 0)) * t for e, t in times.predict.items()}
     train = {e: minutes * 60 * (1 - MARGIN) - setup_s - final[e] for e in times.unfrozen}
     steps = {e: int(train[e] / (times.unfrozen[e] + times.batch_data)) for e in times.unfrozen}
     schedule_given = bool({"steps", "frozen_epochs", "unfrozen_epochs"} & fixed.keys())

@@ -36,39 +36,20 @@ def write_run(
 ) -> dict:
     """Evaluate at native resolution, clean and under the camera shifts (contract.shifts), and write the run folder
     (model.pth, config.json, results.png, curves.png, shifts.png, and plan.json for a planned fit); returns the
-    report. A planned fit scores the shifts on an even sample of SHIFT_IMAGES held-out images (its budget)."""
+    report."""
     import torch
 
     out, (train_idx, valid_idx) = config.out, split
     spec = ENCODERS[config.encoder]
-    print(
-        f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch "
-        f"{schedule['kept_epoch']} kept) "
-        f"and writing {out}",
-        flush=True,
-    )
+    print(f"[4/4] evaluating on {len(valid_idx)} held-out images at their own resolution (epoch "
+          f"{schedule['kept_epoch']} kept) and writing {out}", flush=True)  # fmt: skip
     metrics, shown = evaluate(learn, ds, valid_idx, size, spec.mean, spec.std)
-    shift_idx = valid_idx
-    if plan is not None:
-        from .plan import SHIFT_IMAGES
-
-        shift_idx = valid_idx[:: max(1, len(valid_idx) // SHIFT_IMAGES)][:SHIFT_IMAGES]
-    clean = metrics if shift_idx == valid_idx else evaluate(learn, ds, shift_idx, size, spec.mean, spec.std)[0]
-    shifted, examples = evaluate_shifted(learn, ds, shift_idx, size, spec.mean, spec.std, clean)
-    shifted["images"] = len(shift_idx)
+    shifted, examples = _shifted(learn, ds, valid_idx, size, spec, metrics, plan)
     colours = class_colours(ds.n_classes)
-    run_meta = {
-        "config": config.to_json(),
-        "size": list(size),
-        "codes": list(ds.codes),
-        "colours": colours,
-        "layout": ds.layout,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "void": ds.void,
-        "train_images": [str(ds.pairs[i][0]) for i in train_idx],
-        "valid_images": [str(ds.pairs[i][0]) for i in valid_idx],
-    }
+    run_meta = {"config": config.to_json(), "size": list(size), "codes": list(ds.codes), "colours": colours,
+                "layout": ds.layout, "mean": list(spec.mean), "std": list(spec.std), "void": ds.void,
+                "train_images": [str(ds.pairs[i][0]) for i in train_idx],
+                "valid_images": [str(ds.pairs[i][0]) for i in valid_idx]}  # fmt: skip
     torch.save(learn.model.state_dict(), out / "model.pth")
     (out / "config.json").write_text(json.dumps(run_meta, indent=2))
     save_results_png(shown, out / "results.png", config.n_show, colours)
@@ -76,19 +57,24 @@ def write_run(
     save_shifts_png(shifted, examples, out / "shifts.png", colours)
     if plan is not None:
         (out / "plan.json").write_text(json.dumps(plan.to_json(), indent=2))
-    return {
-        "plan": plan.to_json() if plan is not None else None,
-        "metrics": metrics,
-        "shifted": shifted,
-        "history": history,
-        "schedule": schedule,
-        "class_balance": balance,
-        "timings": timings,
-        "loss": config.resolved_loss(),
-        "augment": config.resolved_augment(),
-        "versions": versions(),
-        **run_meta,
-    }
+    return {"plan": plan.to_json() if plan is not None else None, "metrics": metrics, "shifted": shifted,
+            "history": history, "schedule": schedule, "class_balance": balance, "timings": timings,
+            "loss": config.resolved_loss(), "augment": config.resolved_augment(), "versions": versions(),
+            **run_meta}  # fmt: skip
+
+
+def _shifted(learn, ds, valid_idx, size, spec, metrics: dict, plan) -> tuple[dict, list]:
+    """The held-out images under the camera shifts: all of them, or for a planned fit (its budget) an even sample
+    of SHIFT_IMAGES, with their clean figures scored again on the same sample."""
+    idx = valid_idx
+    if plan is not None:
+        from .plan import SHIFT_IMAGES
+
+        idx = valid_idx[:: max(1, len(valid_idx) // SHIFT_IMAGES)][:SHIFT_IMAGES]
+    clean = metrics if idx == valid_idx else evaluate(learn, ds, idx, size, spec.mean, spec.std)[0]
+    shifted, examples = evaluate_shifted(learn, ds, idx, size, spec.mean, spec.std, clean)
+    shifted["images"] = len(idx)
+    return shifted, examples
 
 
 def load_run(run_dir: Path):
