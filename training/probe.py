@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+from PIL import Image
+
 from .config import TrainConfig
+from .evaluate import predict_native
+from .model import ENCODERS
 from .plan import StepTimes, timed
 
 
 def probe(config: TrainConfig, ds, encoders, size, crop, bs: int, precision: str) -> StepTimes:
-    """Seconds per training step (frozen, unfrozen) and per full-size prediction for each of `encoders`, and per
-    batch of data; prints one line per encoder."""
-    import torch
-
+    """Seconds per training step (frozen, unfrozen) and per full-size prediction (the held-out evaluation's own
+    path, training.evaluate.predict_native) for each of `encoders`, and per batch of data; prints one line per
+    encoder."""
     from .learner import learner_for
 
     frozen, unfrozen, predict, data_s = {}, {}, {}, 0.0
@@ -25,11 +29,10 @@ def probe(config: TrainConfig, ds, encoders, size, crop, bs: int, precision: str
             it = iter(learn.dls.train)
             data_s = timed(lambda: next(it), n=3)
         frozen[enc], unfrozen[enc] = _steps(learn, crop or size, bs, ds.n_classes, precision, cfg.channels_last)
-        h, w = ds.image_size()
-        x = torch.zeros(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
-        model = learn.model.eval()
-        with torch.inference_mode():
-            predict[enc] = timed(lambda: model(x), n=2)
+        image = np.asarray(Image.open(ds.pairs[0][0]).convert("RGB"))
+        h, w = image.shape[:2]
+        spec, model = ENCODERS[enc], learn.model.eval()
+        predict[enc] = timed(lambda: predict_native(model, image, size, spec.mean, spec.std), n=2)
         at = "x".join(map(str, crop or size))
         print(f"      probe {enc}: step {frozen[enc]:.2f} s frozen, {unfrozen[enc]:.2f} s unfrozen (batch of {bs} "
               f"at {at}), prediction {predict[enc]:.2f} s at {h}x{w}", flush=True)  # fmt: skip
