@@ -1,10 +1,12 @@
 """Overload check: a burst at ~5x measured capacity against a real `bentoml serve` on 127.0.0.1.
 
     .venv/bin/python -m loadtest.overload --model exported_models/default
+    .venv/bin/python -m loadtest.overload --storm 128 --requests 4000 --size 512    # clients that ignore Retry-After
 
 Measures capacity (req/s at concurrency 8), then sends a burst at 5x that rate (open loop) for a few
-seconds with a short SEG_MAX_LATENCY_MS so the excess is refused. Reports: accepted / refused (429 or
-503, each with Retry-After) / other, how fast refusals come, accepted masks vs offline ONNX Runtime,
+seconds with a short SEG_MAX_LATENCY_MS so the excess is refused; or, with `--storm C`, C clients each sending its
+next upload as soon as the last is answered or refused (closed loop, Retry-After ignored). Reports: accepted /
+refused (429 or 503, each with Retry-After) / other, how fast refusals come, accepted masks vs offline ONNX Runtime,
 server RSS before/after, and that service is normal afterwards. Prints the report and writes
 loadtest/results/overload-*.json; a server that does not come up is one line on stderr (exit 2).
 """
@@ -37,8 +39,9 @@ def rss_mb(pid: int) -> float:
     return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
 
 
-def run(model: Path, factor: float, seconds: float, max_latency_ms: int) -> dict:
-    payloads = photos((256,))
+def run(model: Path, factor: float, seconds: float, max_latency_ms: int, storm: int = 0, requests: int = 4000,
+        size: int = 256) -> dict:  # fmt: skip
+    payloads = photos((size,))
     expected = offline_masks(model, payloads)
 
     def same(i, r):
@@ -49,9 +52,13 @@ def run(model: Path, factor: float, seconds: float, max_latency_ms: int) -> dict
         capacity = len(warm) / wall
         rss0 = rss_mb(proc.pid)
         rate = capacity * factor
-        results, _ = client.run(
-            proc.url, payloads, concurrency=256, n=int(rate * seconds), rate=rate, check=same, timeout=CLIENT_TIMEOUT
-        )
+        if storm:
+            results, _ = client.run(
+                proc.url, payloads, concurrency=storm, n=requests, check=same, timeout=CLIENT_TIMEOUT
+            )
+        else:
+            results, _ = client.run(proc.url, payloads, concurrency=256, n=int(rate * seconds), rate=rate, check=same,
+                                    timeout=CLIENT_TIMEOUT)  # fmt: skip
         rss1 = rss_mb(proc.pid)
         time.sleep(2)
         after, _ = client.run(proc.url, payloads, concurrency=1, n=8, check=same, timeout=CLIENT_TIMEOUT)
@@ -72,7 +79,11 @@ def run(model: Path, factor: float, seconds: float, max_latency_ms: int) -> dict
         "refusal_p50_ms": float(np.median([r.seconds for r in refused]) * 1000) if refused else None,
         "refusal_max_ms": float(max(r.seconds for r in refused) * 1000) if refused else None,
         "client_timeout_s": CLIENT_TIMEOUT,
-        "accepted_p99_ms": float(np.percentile([r.seconds for r in ok], 99) * 1000) if ok else None,
+        **{
+            f"accepted_p{q}_ms": float(np.percentile([r.seconds for r in ok], q) * 1000) if ok else None
+            for q in (50, 95, 99)
+        },  # fmt: skip
+        "load": f"{storm} clients back to back, {requests} uploads of {size} px" if storm else f"{factor:g}x capacity",
         "rss_before_mb": rss0,
         "rss_after_mb": rss1,
         "normal_afterwards": all(r.ok for r in after),
@@ -86,9 +97,12 @@ def main(argv=None) -> int:
     ap.add_argument("--factor", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--max-latency-ms", type=int, default=1000)
+    ap.add_argument("--storm", type=int, default=0, metavar="C", help="C clients back to back instead of a burst")
+    ap.add_argument("--requests", type=int, default=4000, help="with --storm: uploads in all")
+    ap.add_argument("--size", type=int, default=256, help="the uploads' side in px (real photos of skimage.data)")
     a = ap.parse_args(argv)
     try:
-        report = run(a.model, a.factor, a.seconds, a.max_latency_ms)
+        report = run(a.model, a.factor, a.seconds, a.max_latency_ms, a.storm, a.requests, a.size)
     except (ServerError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

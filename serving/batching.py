@@ -19,19 +19,31 @@ faster), so an admitted request is answered within the budget as far as the pric
 admitted: it always finishes. A tiled request keeps at most two batches of its tiles in the
 queue at a time, so small requests arriving meanwhile wait for those, not for the whole image.
 
+Two more things cost a request time before it is priced: reading its body, and the requests past the gate whose
+bodies are being read. The gate prices both before reading a body: the work queued, the requests pending
+admission and this one, each pending one at its route's typical price (a moving average of the admitted ones'),
+must fit; else 503 at once, which costs no body read (under a storm of 128 clients that ignore Retry-After, 93 % of
+the refusals came after reading a 512 px upload before this). And `try_admit` counts the time the request already
+spent since the gate (its body read, its header checked) against the budget with its price.
+
 The prices miss what they do not see: a load that takes the cores (another worker, the client on the same host),
-reading and parsing bodies, the refusals' own handling, the HTTP send. Two feedbacks correct them. `scale`: each
-admitted request's time from admission to answer against the time its prices predicted (a moving average of the
-ratio, so the first answers of a burst, a few milliseconds in, reprice the requests behind them). `limit_s`, the
-work admitted against (at most the budget): follows what the admitted requests measured from the gate to their
-last byte, as TCP's window and adaptive concurrency limits follow their round trips: an answer later than
-LATE_SHARE of the budget cuts it by CUT (once per cohort: only a request that entered after the last cut cuts
-again), an answer in time raises it by GROW.
+the refusals' own handling, the HTTP send. Two feedbacks correct them. `scale`: each admitted request's time from
+admission to answer against the time its prices predicted (a moving average of the ratio, so the first answers of a
+burst reprice the requests behind them). `limit_s`, the work admitted against (at most the budget): steered so that
+the 99th percentile of what the last WINDOW admitted requests measured, from the gate to their last byte, sits at
+TARGET_SHARE of the budget (each answer moves it by (target / p99) ** GAIN: down while the tail is late, up while
+it is early), and an answer over the budget cuts it by CUT at once (once per cohort: only a request that entered
+after the last cut cuts again). After IDLE_S without requests the limit starts again from START_SHARE of the budget
+(TCP's slow start): the prices of a quiet worker are no guide to a burst, and the first requests of a burst, all
+admitted before any of them answers, must not overrun the budget. The margin under the budget is for what no one
+on the server sees: the time a request waits in the kernel for a worker to accept its connection (uvloop accepts
+one connection per loop iteration) and the client's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import deque
@@ -153,7 +165,28 @@ class Batcher:
 QUEUED_BATCHES = 2  # a tiled request keeps at most this many batches of its tiles in the queue at a time
 
 
-LATE_SHARE, CUT, GROW, FLOOR = 0.6, 0.8, 1.01, 0.1  # the admission limit's feedback (module docstring)
+@dataclass
+class Ticket:
+    """A request past the gate: when it entered, its route, and whether it still waits for its admission (its body
+    being read, its header checked)."""
+
+    entered: float
+    route: str
+    pending: bool = True
+
+
+TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("admission_ticket", default=None)
+
+# the admission limit's feedback (module docstring)
+TARGET_SHARE, GAIN, WINDOW, CUT, FLOOR, START_SHARE, IDLE_S = (
+    0.75,
+    0.02,
+    100,
+    0.8,
+    0.1,
+    0.3,
+    2.0,
+)  # the admission limit's feedback (module docstring)
 SCALE_RANGE = (0.5, 4.0)  # the prices' correction: measured over predicted time, a moving average within this range
 
 
@@ -172,9 +205,13 @@ class Admission:
         self.per_pixel: dict[str, float] = {}  # route -> moving average of seconds per upload pixel
         self.in_flight = 0  # requests between the gate and their answer
         self.batcher: Batcher | None = None
-        self.limit_s = budget_s  # the work admitted against, <= the budget: follows the measured latencies
+        self.limit_s = budget_s * START_SHARE  # the work admitted against, <= the budget: follows the latencies
         self.cut_at = 0.0  # perf_counter of the last cut of limit_s
         self.scale = 1.0  # measured over predicted time of the admitted requests (module docstring)
+        self.recent: deque[float] = deque(maxlen=WINDOW)  # the last admitted requests' gate-to-answer seconds
+        self.pending = 0  # requests past the gate, not yet admitted or refused (their bodies being read)
+        self.typical: dict[str, float] = {}  # route -> moving average of an admitted request's priced seconds
+        self.last_gate = time.perf_counter()
 
     def watch(self, batcher: Batcher) -> None:
         self.batcher = batcher
@@ -207,15 +244,43 @@ class Admission:
         ahead = self.ahead_s() + own_s
         return max(1, math.ceil(ahead - self.limit_s)) if ahead > self.limit_s else None
 
+    def gate(self, route: str, now: float) -> int | None:
+        """Before a body is read: Retry-After seconds when the work queued, the requests pending admission and this
+        one (each at its route's typical price) would not fit; else None, and the request is pending (TICKET holds
+        it) until `try_admit` prices it. The first request after IDLE_S without any restarts the limit low."""
+        if self.in_flight == 0 and now - self.last_gate > IDLE_S:
+            self.limit_s = min(self.limit_s, START_SHARE * self.budget_s)
+        self.last_gate = now
+        typical = self.typical.get(route, 0.0) * self.scale
+        idle = self.reserved == 0 and self.reserved_s == 0 and self.pending == 0
+        retry = None if idle else self.over_budget((self.pending + 1) * typical)
+        if retry is None:
+            self.pending += 1
+            TICKET.set(Ticket(now, route))
+        return retry
+
+    def settle(self, ticket: Ticket | None) -> None:
+        """`ticket`'s request is pending no more (admitted, refused, or answered before its admission)."""
+        if ticket is not None and ticket.pending:
+            ticket.pending = False
+            self.pending = max(0, self.pending - 1)
+
     def try_admit(self, share: float, own_s: float = 0.0) -> int | None:
         """Reserve `share` units of model work and `own_s` seconds of the request's own work and return None, or
-        return the Retry-After seconds when work is queued ahead and with this request's it does not fit the budget
-        (nothing reserved). With nothing ahead, a request is admitted whatever its size: waiting would not help."""
+        return the Retry-After seconds when work is queued ahead and with this request's (and the time it already
+        spent since the gate) it does not fit the budget (nothing reserved). With nothing ahead, a request is admitted
+        whatever its size: waiting would not help."""
+        ticket = TICKET.get()
+        self.settle(ticket)
+        waited = time.perf_counter() - ticket.entered if ticket is not None else 0.0
+        price = share * self.batcher.seconds_per_unit + own_s
         idle = self.reserved == 0 and self.reserved_s == 0
-        retry = None if idle else self.over_budget((share * self.batcher.seconds_per_unit + own_s) * self.scale)
+        retry = None if idle else self.over_budget(price * self.scale + waited)
         if retry is None:
             self.reserved += share
             self.reserved_s += own_s
+            if ticket is not None:
+                self.typical[ticket.route] = 0.8 * self.typical.get(ticket.route, price) + 0.2 * price
         return retry
 
     def measured(self, predicted_s: float, seconds: float) -> None:
@@ -226,13 +291,16 @@ class Admission:
         self.scale = min(hi, max(lo, 0.8 * self.scale + 0.2 * ratio))
 
     def answered(self, entered: float, seconds: float) -> None:
-        """An admitted request answered `seconds` after it `entered` the gate (perf_counter): the limit follows."""
-        if seconds > LATE_SHARE * self.budget_s:
-            if entered > self.cut_at:  # the requests admitted before the last cut were priced by the old limit
-                self.limit_s = max(FLOOR * self.budget_s, self.limit_s * CUT)
-                self.cut_at = time.perf_counter()
-        else:
-            self.limit_s = min(self.budget_s, self.limit_s * GROW)
+        """An admitted request answered `seconds` after it `entered` the gate (perf_counter): the limit follows the
+        tail of the recent answers towards TARGET_SHARE of the budget, and an answer over the budget cuts it."""
+        self.recent.append(seconds)
+        if seconds > self.budget_s and entered > self.cut_at:  # the cohort admitted before a cut is not cut again
+            self.limit_s *= CUT
+            self.cut_at = time.perf_counter()
+        if len(self.recent) >= 20:
+            tail = float(np.percentile(self.recent, 99))
+            self.limit_s *= (TARGET_SHARE * self.budget_s / max(tail, 1e-3)) ** GAIN
+        self.limit_s = min(self.budget_s, max(FLOOR * self.budget_s, self.limit_s))
 
     def release(self, share: float, own_s: float = 0.0) -> None:
         self.reserved = max(0.0, self.reserved - share)

@@ -26,6 +26,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from .batching import TICKET
+
 MULTIPART_HINT = "e.g. curl -F image=@photo.jpg"
 _PREAMBLE_MAX = 65536  # bytes searched for the first boundary
 
@@ -279,8 +281,8 @@ class Gate:
                 "retry after the Retry-After delay",
                 retry_after=1,
             )
-        elif (retry := svc.admission.over_budget()) is not None:  # whatever this request needs, the queue is too long
-            problem = busy(svc.admission, retry)
+        elif (retry := svc.admission.gate(scope["path"], time.perf_counter())) is not None:
+            problem = busy(svc.admission, retry)  # the queue, those pending admission and this one: over the budget
         if problem is not None:
             svc.metrics.refused.labels(status=str(problem.status)).inc()
             return await problem.response()(scope, receive, send)
@@ -296,6 +298,7 @@ class Gate:
             await self.app(scope, receive, sending)
         finally:
             svc.admission.in_flight -= 1
+            svc.admission.settle(TICKET.get())  # refused for its body or header before its admission: pending no more
         if status and status[0] == 200:  # admitted and answered: its latency steers the admission limit
             svc.admission.answered(entered, time.perf_counter() - entered)
 

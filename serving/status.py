@@ -39,6 +39,9 @@ def describe(svc) -> dict:
             "queued_seconds": svc.admission.ahead_s(),
             "seconds_per_upload_pixel": {"seed": svc.admission.seed_per_pixel, **svc.admission.per_pixel},
             "in_flight": svc.admission.in_flight,
+            "pending_admission": svc.admission.pending,
+            "limit_seconds": svc.admission.limit_s,  # the work admitted against (serving.batching: the tail's target)
+            "typical_request_seconds": svc.admission.typical,
         },
         "geometry": {
             "dynamic_hw": meta.dynamic_hw,

@@ -106,6 +106,7 @@ def test_admission_counts_work_ahead_and_its_own_against_the_budget():
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
     a = Admission(budget_s=1.0, max_batch_size=8)
     a.watch(b)
+    a.limit_s = 1.0  # past its slow start
     assert (
         a.share(1.0, 1) == 1.0 and a.share(1.0, 100) == 16.0 and a.share(2.0, 3) == 6.0
     )  # tiles: two batches queued at most
@@ -129,6 +130,7 @@ def test_admission_prices_the_work_around_the_model_per_pixel_and_route():
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.001)
     a = Admission(budget_s=1.0, max_batch_size=8, seconds_per_pixel=1e-7)
     a.watch(b)
+    a.limit_s = 1.0  # past its slow start
     assert a.own_seconds("/segment", 1_000_000) == pytest.approx(0.1)  # the seed until the route has measured
     for _ in range(60):
         a.observe("/overlay", 1_000_000, 0.3)  # the overlay decodes the whole photo and draws on it
@@ -144,12 +146,14 @@ def test_admission_prices_the_work_around_the_model_per_pixel_and_route():
 
 def test_admission_follows_what_the_admitted_requests_measured():
     """Unpriced work (a client on the same cores, parsing, sending) shows as answers slower than their prices said:
-    the prices' scale follows the ratio, and answers late against the budget cut the limit once per cohort."""
+    the prices' scale follows the ratio; the limit steers the answers' 99th percentile to TARGET_SHARE of the budget,
+    and an answer over the budget cuts it at once, once per cohort."""
     from serving import batching
 
     b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
     a = Admission(budget_s=1.0, max_batch_size=8)
     a.watch(b)
+    a.limit_s = 1.0
     for _ in range(20):
         a.measured(0.2, 0.4)  # took twice what the prices said
     assert a.scale == pytest.approx(2.0, rel=0.02)
@@ -167,22 +171,59 @@ def test_admission_follows_what_the_admitted_requests_measured():
 
     c = Admission(budget_s=1.0, max_batch_size=8)
     c.watch(b)
+    assert c.limit_s == pytest.approx(batching.START_SHARE)  # a new worker starts slow
     t0 = time.perf_counter()
-    c.answered(t0, 0.9)  # later than LATE_SHARE of the budget: the limit is cut
-    assert c.limit_s == pytest.approx(batching.CUT)
-    c.answered(t0, 0.95)  # the same cohort (entered before the cut): no second cut
-    assert c.limit_s == pytest.approx(batching.CUT)
-    c.answered(time.perf_counter() + 1, 0.9)  # entered after the cut: cut again
-    assert c.limit_s == pytest.approx(batching.CUT**2)
-    for _ in range(100):
-        c.answered(time.perf_counter(), 0.1)  # in time: the limit grows back, never past the budget
+    c.answered(t0, 1.2)  # over the budget: cut at once
+    assert c.limit_s == pytest.approx(batching.START_SHARE * batching.CUT)
+    c.answered(t0, 1.3)  # the same cohort (entered before the cut): no second cut
+    assert c.limit_s == pytest.approx(batching.START_SHARE * batching.CUT)
+    c.answered(time.perf_counter() + 1, 1.2)  # entered after the cut: cut again
+    assert c.limit_s == pytest.approx(batching.START_SHARE * batching.CUT**2)
+    for _ in range(300):
+        c.answered(time.perf_counter(), 0.2)  # the tail well inside the target: the limit grows, never past the budget
     assert c.limit_s == 1.0
-    for _ in range(30):
+    for _ in range(100):
+        c.answered(time.perf_counter(), 0.95)  # late against the target though in the budget: the limit falls
+    want = (batching.TARGET_SHARE / 0.95) ** (batching.GAIN * 100)
+    assert c.limit_s == pytest.approx(want, rel=0.05) and c.limit_s < 0.7
+    for _ in range(300):
         c.answered(time.perf_counter() + 1, 5.0)
     assert c.limit_s == pytest.approx(batching.FLOOR)  # never below the floor: something is always admitted
     for _ in range(int(batching.FLOOR / 0.010)):
         assert c.try_admit(1.0) is None
     assert c.try_admit(1.0) == 1  # the queue at the lowered limit refuses, with Retry-After
+
+
+def test_the_gate_prices_those_pending_admission_and_a_request_pays_for_its_wait():
+    """Before a body is read the gate counts the requests already past it at their route's typical price, so a storm
+    is refused before its bodies are read; at admission the time spent since the gate counts against the budget;
+    after a quiet spell the limit starts low again."""
+    from serving import batching
+
+    b = Batcher(FakeModel(), max_batch_size=8, unit_pixels=64, seed_seconds_per_unit=0.010)
+    a = Admission(budget_s=1.0, max_batch_size=8)
+    a.watch(b)
+    a.limit_s = 1.0
+    a.typical["/segment"] = 0.2  # what an admitted /segment request is priced at
+    now = time.perf_counter()
+    tickets = []
+    for _ in range(5):  # 5 pending x 0.2 s = 1.0 s: the sixth would not fit
+        assert a.gate("/segment", now) is None
+        tickets.append(batching.TICKET.get())
+    assert a.pending == 5 and a.gate("/segment", now) == 1  # refused at the gate, Retry-After, not pending
+    assert a.gate("/stats", now) is None  # a route not priced yet is let in: its price is unknown
+    a.settle(batching.TICKET.get())
+    a.settle(tickets[0])
+    a.settle(tickets[0])  # settled once only
+    assert a.pending == 4
+    batching.TICKET.set(batching.Ticket(time.perf_counter() - 0.99, "/segment"))  # its body took 0.99 s to arrive
+    a.reserved = 1.0  # 10 ms queued ahead
+    assert a.try_admit(1.0) == 1 and a.pending == 3  # 0.99 s spent + 20 ms: over the budget; pending no more
+    batching.TICKET.set(batching.Ticket(time.perf_counter(), "/segment"))
+    assert a.try_admit(1.0) is None and a.typical["/segment"] == pytest.approx(0.8 * 0.2 + 0.2 * 0.01)
+    a.limit_s, a.in_flight = 1.0, 0
+    assert a.gate("/segment", time.perf_counter() + batching.IDLE_S + 1) in (None, 1)  # after a quiet spell...
+    assert a.limit_s == pytest.approx(batching.START_SHARE)  # ...the limit starts low again
 
 
 def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_ready():
