@@ -244,19 +244,21 @@ class Admission:
         ahead = self.ahead_s() + own_s
         return max(1, math.ceil(ahead - self.limit_s)) if ahead > self.limit_s else None
 
-    def gate(self, route: str, now: float) -> int | None:
-        """Before a body is read: Retry-After seconds when the work queued, the requests pending admission and this
-        one (each at its route's typical price) would not fit; else None, and the request is pending (TICKET holds
+    def gate(self, route: str, entered: float) -> int | None:
+        """Before a body is read: Retry-After seconds when the time the request already waited (since `entered`,
+        perf_counter: its wait to be accepted, serving.backlog), the work queued, the requests pending admission and
+        this one (each at its route's typical price) would not fit; else None, and the request is pending (TICKET holds
         it) until `try_admit` prices it. The first request after IDLE_S without any restarts the limit low."""
+        now = time.perf_counter()
         if self.in_flight == 0 and now - self.last_gate > IDLE_S:
             self.limit_s = min(self.limit_s, START_SHARE * self.budget_s)
         self.last_gate = now
         typical = self.typical.get(route, 0.0) * self.scale
         idle = self.reserved == 0 and self.reserved_s == 0 and self.pending == 0
-        retry = None if idle else self.over_budget((self.pending + 1) * typical)
+        retry = None if idle else self.over_budget(now - entered + (self.pending + 1) * typical)
         if retry is None:
             self.pending += 1
-            TICKET.set(Ticket(now, route))
+            TICKET.set(Ticket(entered, route))
         return retry
 
     def settle(self, ticket: Ticket | None) -> None:

@@ -273,7 +273,8 @@ class Gate:
             check_token(svc.config, Headers(scope=scope).get("authorization", ""))
         except Problem as problem:
             return await problem.response()(scope, receive, send)
-        problem = None
+        problem, now = None, time.perf_counter()
+        entered = svc.backlog.entered(scope, now)  # on a new connection: dated back by its wait to be accepted
         if svc.admission.in_flight >= svc.config.max_concurrency:
             problem = Problem(
                 429,
@@ -281,13 +282,13 @@ class Gate:
                 "retry after the Retry-After delay",
                 retry_after=1,
             )
-        elif (retry := svc.admission.gate(scope["path"], time.perf_counter())) is not None:
-            problem = busy(svc.admission, retry)  # the queue, those pending admission and this one: over the budget
+        elif (retry := svc.admission.gate(scope["path"], entered)) is not None:
+            problem = busy(svc.admission, retry)  # its wait, the queue, those pending and this one: over the budget
         if problem is not None:
             svc.metrics.refused.labels(status=str(problem.status)).inc()
             return await problem.response()(scope, receive, send)
         svc.admission.in_flight += 1
-        entered, status = time.perf_counter(), []
+        status = []
 
         async def sending(message):
             if message["type"] == "http.response.start":

@@ -204,10 +204,10 @@ def test_the_gate_prices_those_pending_admission_and_a_request_pays_for_its_wait
     a = Admission(budget_s=1.0, max_batch_size=8)
     a.watch(b)
     a.limit_s = 1.0
-    a.typical["/segment"] = 0.2  # what an admitted /segment request is priced at
+    a.typical["/segment"] = 0.19  # what an admitted /segment request is priced at
     now = time.perf_counter()
     tickets = []
-    for _ in range(5):  # 5 pending x 0.2 s = 1.0 s: the sixth would not fit
+    for _ in range(5):  # 5 pending x 0.19 s = 0.95 s: the sixth would not fit
         assert a.gate("/segment", now) is None
         tickets.append(batching.TICKET.get())
     assert a.pending == 5 and a.gate("/segment", now) == 1  # refused at the gate, Retry-After, not pending
@@ -220,10 +220,12 @@ def test_the_gate_prices_those_pending_admission_and_a_request_pays_for_its_wait
     a.reserved = 1.0  # 10 ms queued ahead
     assert a.try_admit(1.0) == 1 and a.pending == 3  # 0.99 s spent + 20 ms: over the budget; pending no more
     batching.TICKET.set(batching.Ticket(time.perf_counter(), "/segment"))
-    assert a.try_admit(1.0) is None and a.typical["/segment"] == pytest.approx(0.8 * 0.2 + 0.2 * 0.01)
-    a.limit_s, a.in_flight = 1.0, 0
-    assert a.gate("/segment", time.perf_counter() + batching.IDLE_S + 1) in (None, 1)  # after a quiet spell...
+    assert a.try_admit(1.0) is None and a.typical["/segment"] == pytest.approx(0.8 * 0.19 + 0.2 * 0.01)
+    a.limit_s, a.in_flight, a.last_gate = 1.0, 0, time.perf_counter() - batching.IDLE_S - 1
+    assert a.gate("/segment", time.perf_counter()) in (None, 1)  # after a quiet spell...
     assert a.limit_s == pytest.approx(batching.START_SHARE)  # ...the limit starts low again
+    a.limit_s = 1.0
+    assert a.gate("/segment", time.perf_counter() - 2.0) >= 1  # it waited 2 s to be accepted: no room left
 
 
 def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_ready():
@@ -246,3 +248,25 @@ def test_a_batch_draws_from_at_most_share_cap_requests_so_the_next_batch_is_read
     assert singles == [[v] for v in range(5)] and tiled == [50 + v for v in range(6)]
     # 2 requests per batch (not all 5 singles in one batch of 8); the tiled request's six fill one batch
     assert [s[0] for s in model.batches] == [1, 2, 2, 7]
+
+
+def test_a_request_on_a_new_connection_is_dated_back_by_its_wait_to_be_accepted(tmp_path):
+    """serving.backlog: the listening socket's accept queue (its rx_queue in /proc/net/tcp) over the rate new
+    connections reach the gate is how long a new one waited; a connection seen before waited for nothing."""
+    from serving.backlog import RATE_WINDOW_S, Backlog, accept_queue
+
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:0BB8 00000000:0000 0A 00000000:0000005A 00:00000000 00000000     0        0 1\n"  # :3000, 90
+        "   1: 0100007F:0BB8 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2\n"
+    )
+    assert accept_queue(3000, (str(table),)) == 90 and accept_queue(3001, (str(table),)) is None
+    assert accept_queue(3000, (str(tmp_path / "none"),)) is None
+    b, now = Backlog(read=lambda port: 90 if port == 3000 else None), 100.0
+    for i in range(180):  # 180 new connections over the rate window: 90 a second
+        assert b.new_connection(("127.0.0.1", 40000 + i), now - RATE_WINDOW_S + i * RATE_WINDOW_S / 180)
+    scope = {"client": ["127.0.0.1", 50000], "server": ["127.0.0.1", 3000]}
+    assert b.entered(scope, now) == pytest.approx(now - 90 / 90, rel=0.02)  # 90 waiting, 90 a second: ~1 s
+    assert b.entered(scope, now + 0.01) == now + 0.01  # the same connection again: kept alive, no wait
+    assert Backlog(read=lambda port: None).entered({"client": ("h", 1), "server": ("h", 2)}, now) == now
