@@ -99,9 +99,11 @@ def drift(url: str) -> float:
     return max(values, default=0.0)
 
 
-def fit_export(data: Path, run_dir: Path, export: Path, env: dict) -> None:
+def fit_export(data: Path, run_dir: Path, export: Path, env: dict, minutes: float | None = None) -> None:
+    """`fit` with its defaults (the plan; `minutes`: its budget, else fit's default), then `export --int8`."""
     if not (run_dir / "report.json").is_file():
-        run([PY, "-m", "training", "fit", "--data", str(data), "--out", str(run_dir)], env)
+        budget = ["--minutes", f"{minutes:g}"] if minutes else []
+        run([PY, "-m", "training", "fit", "--data", str(data), "--out", str(run_dir), *budget], env)
     if not export.is_dir():
         run([PY, "-m", "training", "export", "--model", str(run_dir), "--out", str(export), "--int8", "--bentoml",
              "segmentation"], env)  # fmt: skip
@@ -111,6 +113,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "loop")
     p.add_argument("--answers", type=int, default=200, help="answers per stream (the drift window is 200)")
+    p.add_argument("--minutes", type=float, help="each fit's budget (default: fit's own)")
     a = p.parse_args(argv)
     work = a.work.resolve()
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "true"}
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
         from training.synth import SynthConfig, synth
 
         synth(SynthConfig(out=work / "train", n=240, size=128, seed=0))
-    fit_export(work / "train", work / "run-v1", work / "export-v1", env)
+    fit_export(work / "train", work / "run-v1", work / "export-v1", env, a.minutes)
     ref = json.loads((work / "export-v1" / "export.json").read_text())["confidence_reference"]
     capture = work / "capture"
     shutil.rmtree(capture, ignore_errors=True)
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work / "run-v2", ignore_errors=True)
         shutil.rmtree(work / "export-v2", ignore_errors=True)
         t = time.perf_counter()
-        fit_export(merged, work / "run-v2", work / "export-v2", env)
+        fit_export(merged, work / "run-v2", work / "export-v2", env, a.minutes)
         registered, v1 = time.perf_counter(), report["field_before"]["versions"][0]
         while send(proc.url, field[:4], 4)["versions"] == [v1]:
             time.sleep(0.5)

@@ -29,7 +29,6 @@ MAX_SIDE = 1024  # the training scale's long side at most, unless the thinnest s
 THIN_PX = 3.0  # the thinnest class stays at least this wide (px) at the training scale
 WHOLE_PIXELS = 256 * 256  # images up to this size train whole; larger ones on random crops
 CROP_PIXELS = 192 * 256  # the crops' area (CamVid: 192x256, measured best of the sizes tried: docs/training.md)
-ZOOM = (0.75, 1.5)  # scale jitter of the crops
 FROZEN_SHARE = 0.15  # of the epochs, with the encoder frozen (at least one)
 MARGIN = 0.04  # the plan aims at (1 - MARGIN) of the budget: epoch times vary by a few per cent
 SHIFT_IMAGES = 24  # held-out images scored under each camera shift at the end of a planned fit
@@ -207,8 +206,6 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
     c, r = {"size": size, "crop": crop}, {"size": size_why}
     r["crop"] = (f"random crops of ~{CROP_PIXELS // 1000}k px: more steps than whole images" if crop
                  else f"whole images (up to {WHOLE_PIXELS // 1000}k px)")  # fmt: skip
-    if crop:
-        c["zoom"], r["zoom"] = ZOOM, "scale jitter: each crop from a region zoomed in this range"
     c["bs"], r["bs"] = bs, "4 on crops (beat 8 on 5 of 5 seeds), 8 on whole images"
     n_val, per_epoch = fp.n_valid, math.ceil(fp.n_train / bs)
     k = min(n_val, SHIFT_IMAGES)  # the shifts' sample (scored clean again when it is not the whole set)
