@@ -87,6 +87,7 @@ def run(model: Path, factor: float, seconds: float, max_latency_ms: int, storm: 
         "rss_before_mb": rss0,
         "rss_after_mb": rss1,
         "normal_afterwards": all(r.ok for r in after),
+        "afterwards": [str(r.status) for r in after],
         "max_latency_ms": max_latency_ms,
     }
 

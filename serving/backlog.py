@@ -5,7 +5,8 @@ and uvloop (libuv since 1.45) accepts one connection per loop iteration: under a
 Retry-After, 60-95 connections waited in the listening socket's queue and a request on a new connection waited
 ~0.5 s before the gate saw it, time no timer on the server measured. Little's law gives it back: the queue's length
 (the listening socket's rx_queue in /proc/net/tcp, read at most every SAMPLE_S) over the rate new connections reach
-the gate. The gate dates a new connection's request back by that wait, so the admission and its latency feedback
+the gate (each worker counts its own; the queue is the workers' together, so its rate times the workers). The gate
+dates a new connection's request back by that wait, so the admission and its latency feedback
 count it (serving.batching). Where /proc/net/tcp is missing (not Linux) the wait is 0.
 """
 
@@ -37,8 +38,8 @@ def accept_queue(port: int, tables=("/proc/net/tcp", "/proc/net/tcp6")) -> int |
 class Backlog:
     """Per worker: which requests come on new connections, and how long such a request waited to be accepted."""
 
-    def __init__(self, read=accept_queue):
-        self._read, self._seen = read, OrderedDict()
+    def __init__(self, workers: int = 1, read=accept_queue):
+        self._read, self._seen, self._workers = read, OrderedDict(), max(1, workers)
         self._arrivals: deque[float] = deque()
         self._sampled, self._queue = 0.0, 0
 
@@ -60,7 +61,7 @@ class Backlog:
             return 0.0
         if now - self._sampled > SAMPLE_S:
             self._sampled, self._queue = now, self._read(port) or 0
-        rate = len(self._arrivals) / RATE_WINDOW_S
+        rate = len(self._arrivals) / RATE_WINDOW_S * self._workers  # the others' accepts drain the queue too
         return min(MAX_WAIT_S, self._queue / rate) if rate and self._queue else 0.0
 
     def entered(self, scope: dict, now: float) -> float:

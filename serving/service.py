@@ -111,7 +111,7 @@ class SegmentationService:
         self.config = cfg = CONFIG
         self.metrics = monitor.metrics()
         self.admission = Admission(cfg.max_latency_ms / 1000, cfg.max_batch_size)
-        self.backlog = Backlog()  # how long a request on a new connection waited to be accepted
+        self.backlog = Backlog(cfg.resolved_workers)  # how long a request on a new connection waited to be accepted
         self.model = self._load()
         self.admission.seed_per_pixel = models.price_pixels(self.model)
         self.admission.watch(self.model.batcher)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .demo import DEMO_DEFAULTS, DEMO_RECIPE
 from .errors import DataError, TrainingError
-from .options import add_export_args, add_fit_args, fit_config, size_arg
+from .options import add_export_args, add_fit_args, fit_config, given_options, size_arg
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     for commands in (_data_commands, _model_commands, _demo_command):
         commands(sub)
+    parser.set_defaults(commands=sub.choices)  # each command's own parser: the options given (main)
     return parser
 
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=category)
     argv = sys.argv[1:] if argv is None else list(argv)
     a = _parser().parse_args(argv)
-    a.argv = argv  # fit's plan keeps the options given (training.options.given_options)
+    a.given = given_options(argv[argv.index(a.cmd) + 1 :], a.commands[a.cmd])  # fit's plan keeps the options given
     try:
         code = COMMANDS[a.cmd](a)
     except (TrainingError, DataError) as exc:

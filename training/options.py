@@ -36,15 +36,18 @@ def _plan_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     )
 
 
-def given_options(argv: list[str]) -> set[str]:
-    """The fit options (their destinations) given on the command line `argv`: argparse's own matching (abbreviations
-    included) into a namespace that holds a marker for each (argparse sets a default only where none is held)."""
-    p = argparse.ArgumentParser(add_help=False)
-    add_fit_args(p)
+def given_options(argv: list[str], parser: argparse.ArgumentParser | None = None) -> set[str]:
+    """The fit options (their destinations) given on the command line `argv` to `parser` (a command's own, default
+    fit's options alone): argparse's own matching (abbreviations included) into a namespace that holds a marker for
+    each (argparse sets a default only where none is held)."""
+    fit = argparse.ArgumentParser(add_help=False)
+    add_fit_args(fit)
+    p = parser or fit
     unset = object()
-    ns = argparse.Namespace(**{dest: unset for dest in vars(p.parse_known_args([])[0])})
+    ns = argparse.Namespace(**{dest: unset for dest in vars(p.parse_known_args(argv)[0])})
     p.parse_known_args(argv, namespace=ns)
-    return {dest for dest, value in vars(ns).items() if value is not unset}
+    given = {dest for dest, value in vars(ns).items() if value is not unset}
+    return given & set(vars(fit.parse_known_args([])[0]))
 
 
 def _encoder_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -172,7 +175,8 @@ def _loss_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         type=float,
         default=d.field_p,
         metavar="P",
-        help=f"with --augment field: the share of training images shifted as a camera would (default {d.field_p:g})",
+        help=f"with --augment field: the share of training images shifted as a camera would (default {d.field_p:g}; "
+        "planned: 0.15)",
     )
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
 
@@ -248,7 +252,7 @@ def fit_config(a: argparse.Namespace, data: Path, out: Path):
         f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name) and f.name not in ("data", "out")
     }
     given.update(size=size_arg(a.size, "--size"), crop=size_arg(a.crop, "--crop"), lr_unfrozen=tuple(a.lr_unfrozen))
-    fixed = given_options(getattr(a, "argv", None) or [])
+    fixed = a.given if hasattr(a, "given") else given_options(getattr(a, "argv", None) or [])
     return TrainConfig(data=data, out=out, **{**given, "fixed": tuple(sorted(fixed - {"minutes"}))})
 
 

@@ -270,3 +270,7 @@ def test_a_request_on_a_new_connection_is_dated_back_by_its_wait_to_be_accepted(
     assert b.entered(scope, now) == pytest.approx(now - 90 / 90, rel=0.02)  # 90 waiting, 90 a second: ~1 s
     assert b.entered(scope, now + 0.01) == now + 0.01  # the same connection again: kept alive, no wait
     assert Backlog(read=lambda port: None).entered({"client": ("h", 1), "server": ("h", 2)}, now) == now
+    two = Backlog(workers=2, read=lambda port: 90)  # two workers drain the one queue: half the wait
+    for i in range(180):
+        two.new_connection(("127.0.0.1", 40000 + i), now - RATE_WINDOW_S + i * RATE_WINDOW_S / 180)
+    assert two.entered(scope, now) == pytest.approx(now - 0.5, rel=0.02)

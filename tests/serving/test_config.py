@@ -174,16 +174,16 @@ def test_defaults_have_one_home_each():
     import subprocess
 
     import contract
+    from contract import datasets
     from loadtest.server import ROOT
     from serving import predict, runtime
-    from training import data
 
     assert contract.DEFAULT_MODEL_DIR == ServeConfig().model_dir == predict.PredictConfig(None, None).model_dir
     assert contract.DEFAULT_BATCH_SIZE == ServeConfig().max_batch_size == predict.PredictConfig(None, None).batch_size
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^MODEL_DIR \?= (.+)$", makefile, re.M).group(1) == str(contract.DEFAULT_MODEL_DIR)
     assert runtime.VARIANTS == ("auto", "fp32", "int8", "fp16") and runtime.DEVICES == ("auto", "cuda", "cpu")
-    assert data.IMAGE_EXTENSIONS is contract.IMAGE_EXTENSIONS
+    assert datasets.IMAGE_EXTENSIONS is contract.IMAGE_EXTENSIONS  # training's layouts read them there
 
     def grep(pattern: str) -> list[str]:
         out = subprocess.run(

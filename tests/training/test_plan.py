@@ -10,6 +10,7 @@ import pytest
 from training.plan import (
     ALL_KINDS,
     ENCODER_MIN_STEPS,
+    FIELD_P,
     MARGIN,
     Fingerprint,
     StepTimes,
@@ -44,7 +45,7 @@ def test_street_scenes_train_at_their_own_size_on_crops_within_the_budget():
     c, e = plan.choices, plan.estimate
     assert c["size"] == (360, 480) and c["crop"] == (192, 256) and c["bs"] == 4 and "zoom" not in c
     assert c["loss"] == "ce+dice" and c["class_weights"] == "on" and c["precision"] == "bf16"
-    assert c["augment"] == "field" and set(c["field_kinds"]) == set(ALL_KINDS)
+    assert c["augment"] == "field" and set(c["field_kinds"]) == set(ALL_KINDS) and c["field_p"] == FIELD_P
     assert c["frozen_epochs"] >= 1 and c["unfrozen_epochs"] > c["frozen_epochs"]
     assert e["total_s"] <= 20 * 60 * (1 - MARGIN) + 1e-6
     assert e["total_s"] + e["epoch_s"] > 20 * 60 * (1 - MARGIN)  # no whole epoch left unused
@@ -130,6 +131,16 @@ def test_given_options(argv, want):
     from training.options import given_options
 
     assert given_options(argv) == want
+
+
+def test_given_options_of_another_command_keep_only_fits():
+    """demo's own options (--n, --work) sit beside fit's: no ambiguity with fit's --no-* flags, and only fit's
+    options count as given."""
+    from training.__main__ import _parser
+    from training.options import given_options
+
+    demo = _parser().parse_args(["demo", "--out", "o"]).commands["demo"]
+    assert given_options(["--out", "o", "--n", "8", "--bs", "4", "--work", "w"], demo) == {"bs"}
 
 
 def test_the_command_line_plans_by_default_and_keeps_what_was_given():
