@@ -47,13 +47,14 @@ def score_row(name: str, data: Path, work: Path) -> dict:
             run([py, "-m", "training", "evaluate", "--model", str(exp), "--data", str(data / "test"), "--out", str(out),
                  *extra])  # fmt: skip
         evals[kind] = json.loads((out / "report.json").read_text())
-    report = json.loads((fit / "report.json").read_text())
+    report, int8 = json.loads((fit / "report.json").read_text()), json.loads((exp / "export.json").read_text())["int8"]
     served, fp32 = evals["served"], evals["fp32"]
     return {"label": label, "args": args, "minutes": report["timings"].get("total_s", 0) / 60,
             "train_minutes": report["timings"]["train_s"] / 60, "variant": served["variant"],
             "iou": served["clean"]["iou"], "mean_iou": served["clean"]["iou_fg"], "fp32": fp32["clean"]["iou_fg"],
             "pixel_acc": served["clean"]["pixel_acc"], "shifts": {k: v["iou_fg"] for k, v in served["shifts"].items()},
-            "shifted": served["shifted"], "plan": report.get("plan"), "val": report["metrics"]["iou_fg"]}  # fmt: skip
+            "shifted": served["shifted"], "plan": report.get("plan"), "val": report["metrics"]["iou_fg"],
+            "int8_val_ratio": (int8 or {}).get("ratio")}  # fmt: skip
 
 
 def tables(rows: dict) -> list[str]:
@@ -64,11 +65,14 @@ def tables(rows: dict) -> list[str]:
     for iou, name, what in sorted([(v, k, "published") for k, v in PUBLISHED.items()] + ours):
         L.append(f"| {name} | {iou:.1f} | {'#' * round(iou / 5)} | {what} |")
     classes = [c for c in next(iter(rows.values()))["iou"] if c != "Void"]
-    L += ["", "| row | val mean IoU | test mean IoU | fp32 | int8 / fp32 | pixel acc | " + " | ".join(classes) + " |",
+    L += ["", "| row | val mean IoU | test mean IoU | fp32 | int8 / fp32 | pixel acc | "
+          + " | ".join(classes) + " |",
           "|---" * (6 + len(classes)) + "|"]  # fmt: skip
     for n, r in rows.items():
-        ratio = r["mean_iou"] / r["fp32"] if r["variant"] == "int8" else 1.0
-        L.append(f"| {n} | {r['val']:.3f} | **{r['mean_iou']:.3f}** | {r['fp32']:.3f} | {ratio:.3f} | "
+        val = r.get("int8_val_ratio")
+        ratio = f"{r['mean_iou'] / r['fp32']:.3f}" if r["variant"] == "int8" else "dropped"
+        ratio += f" (val {val:.3f})" if val else ""
+        L.append(f"| {n} | {r['val']:.3f} | **{r['mean_iou']:.3f}** | {r['fp32']:.3f} | {ratio} | "
                  f"{r['pixel_acc']:.3f} | " + " | ".join(f"{r['iou'][c]:.3f}" for c in classes) + " |")  # fmt: skip
     shifts = list(next(iter(rows.values()))["shifts"])
     L += ["", "| row | clean | " + " | ".join(shifts) + " | mean / clean | lowest / clean |", "|---" * (4 + len(shifts))
