@@ -136,6 +136,38 @@ def test_int8_is_judged_by_the_accuracy_rule_and_the_check_is_bundled(tiny_expor
     assert load_truths([np.eye(4, dtype=np.uint8)], (8, 8)).shape == (1, 8, 8)
 
 
+def test_int8_recipes_are_tried_in_order_until_one_keeps_the_rule(tiny_export, tiny_run, tmp_path, monkeypatch):
+    """The portable 7-bit recipe first, full 8-bit weights next; the first kept is written with what was tried; when
+    none keeps the rule there is no model.int8.onnx."""
+    import contract.metrics as acc
+    from training.export import variants
+
+    meta = json.loads((tiny_run / "config.json").read_text())
+    imgs = load_images(meta["valid_images"], (64, 64))
+    _, truths, _ = acc.read_check(tiny_export)
+    fp32 = tiny_export / "model.onnx"
+
+    def int8(folder):
+        folder.mkdir()
+        return variants._int8(fp32, folder, {"classes": "x"}, imgs, imgs, truths, meta["codes"], None, "dice_fg")
+
+    monkeypatch.setattr(acc, "MIN_RATIO", 2.0)  # no recipe can keep it
+    res = int8(tmp_path / "none")
+    assert [t["recipe"] for t in res["tried"]] == [r.name for r in variants.RECIPES] and len(variants.RECIPES) == 2
+    assert res["kept"] is False and not (tmp_path / "none" / "model.int8.onnx").exists()
+    monkeypatch.setattr(acc, "MIN_RATIO", 0.0)
+    real = variants.make_int8
+
+    def first_fails(*a, **k):  # the portable recipe judged as failing: the full-range one is tried and kept
+        res = real(*a, **k)
+        return {**res, "kept": False} if a[-1] is variants.RECIPE else res
+
+    monkeypatch.setattr(variants, "make_int8", first_fails)
+    res = int8(tmp_path / "second")
+    assert res["kept"] and [t["recipe"] for t in res["tried"]] == ["qdq-pc-rr-bn-early", "qdq-pc-bn-early"]
+    assert res["recipe"]["reduce_range"] is False and (tmp_path / "second" / "model.int8.onnx").is_file()
+
+
 def test_export_errors_are_one_line(tmp_path, tiny_export, tiny_run):
     def cli(*a):
         return subprocess.run(

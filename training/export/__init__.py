@@ -24,7 +24,7 @@ from contract.metrics import check_subset, write_check
 from ..errors import ExportError
 from .gates import PARITY_BATCHES, TIE_TOL, confidence_reference, load_images, load_truths, parity_gate, tie_pixels
 from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
-from .variants import RECIPE, Recipe, make_fp16, make_int8, quantize, write_variants
+from .variants import RECIPE, RECIPES, Recipe, make_fp16, make_int8, quantize, write_variants
 
 __all__ = [
     "ExportReport",
@@ -41,6 +41,7 @@ __all__ = [
     "quantize",
     "Recipe",
     "RECIPE",
+    "RECIPES",
     "PARITY_BATCHES",
     "TIE_TOL",
     "OPSET",
@@ -124,7 +125,7 @@ def export_run(
         valid=valid,
         truths=truths,
         metric=task_metric(meta.get("layout")),
-        calib=([Path(p) for p in meta["train_images"]] or [p for p, _ in ds.pairs])[:32],
+        calib=_spread([Path(p) for p in meta["train_images"]] or [p for p, _ in ds.pairs], 32),
         info={
             "encoder": cfg["encoder"],
             "decoder_norm": cfg["decoder_norm"],
@@ -197,6 +198,11 @@ def source_of(learn, images=None) -> Source:
             "metrics": {},
         },
     )
+
+
+def _spread(items: list, n: int) -> list:
+    """`n` of `items` spread evenly over them (video frames in order: the first 32 are one street)."""
+    return [items[round(i * len(items) / n)] for i in range(n)] if len(items) > n else list(items)
 
 
 def _learner_truths(learn, paths) -> list | None:
