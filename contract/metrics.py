@@ -24,6 +24,7 @@ MIN_RATIO = 0.99  # int8 keeps >= 99 % of fp32's task metric
 CHECK_DIR = "check"
 CHECK_MAX_IMAGES = 16
 CHECK_MAX_PIXELS = 1_000_000  # in all: bounds the start-up check (CamVid 360x480: 5 images)
+SAME_KERNELS = 0.995  # start-up: int8 here keeps >= this share of what int8 scored on the same images where exported
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, n: int, void: int | None = None) -> np.ndarray:
@@ -95,6 +96,21 @@ def rule(fp32: dict, int8: dict, metric: str, min_ratio: float | None = None) ->
     }
 
 
+def recheck(result: dict, info: dict) -> dict:
+    """The start-up verdict on the bundled images (`result` from `judge`, `info` their check.json). The export judged
+    int8 on all its held-out images; the few bundled ones are there to catch this CPU's int8 kernels differing from
+    the export's (16-bit saturation without VNNI, say), not to judge it again on a small sample: int8 is kept when it
+    keeps the rule here, or when it scores here at least SAME_KERNELS of what it scored on the same images where it
+    was exported."""
+    exported = info.get("exported") or {}
+    there = exported.get("int8")
+    if result["kept"] or there is None:
+        return result
+    same = result["int8"] >= SAME_KERNELS * there
+    why = f"int8 {result['int8']:.4f} here vs {there:.4f} where exported on the same images"
+    return {**result, "kept": same, "kernels": why + (" (same kernels: kept)" if same else f" (< {SAME_KERNELS:.1%})")}
+
+
 def explain(result: dict) -> str:
     """One line for logs and /model: what the rule compared and how it came out."""
     names = {"iou_fg": "mean IoU", "dice_fg": "foreground Dice"}
@@ -110,8 +126,10 @@ def check_subset(n: int, size: tuple[int, int]) -> int:
     return max(1, min(n, CHECK_MAX_IMAGES, CHECK_MAX_PIXELS // max(1, size[0] * size[1])))
 
 
-def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, void: int | None, metric: str) -> None:
-    """`folder`/check/: image_<i>.png (RGB at the training size), mask_<i>.png (class ids), check.json."""
+def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, void: int | None, metric: str,
+                exported: dict | None = None) -> None:  # fmt: skip
+    """`folder`/check/: image_<i>.png (RGB at the training size), mask_<i>.png (class ids), check.json (with
+    `exported`: fp32's and int8's metric on these images where the export ran, when it kept int8)."""
     d = Path(folder) / CHECK_DIR
     d.mkdir()
     for i, (image, truth) in enumerate(zip(images, truths)):
@@ -119,7 +137,14 @@ def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, voi
         Image.fromarray(truth.astype(np.uint8)).save(d / f"mask_{i}.png")
     (d / "check.json").write_text(
         json.dumps(
-            {"images": len(images), "codes": list(codes), "void": void, "metric": metric, "min_ratio": MIN_RATIO},
+            {
+                "images": len(images),
+                "codes": list(codes),
+                "void": void,
+                "metric": metric,
+                "min_ratio": MIN_RATIO,
+                "exported": exported,
+            },  # fmt: skip
             indent=2,
         )
     )

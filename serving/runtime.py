@@ -276,8 +276,10 @@ def _recheck_int8(model_dir: Path, int8_session, so, factory) -> tuple[dict, obj
         info.get("void"),
         info.get("metric", "dice_fg"),
     )
+    result = accuracy.recheck(result, info)
     result["seconds"] = time.perf_counter() - t
     result["why"] = accuracy.explain(result) + f" on {result['images']} held-out images"
+    result["why"] += f"; {result['kernels']}" if "kernels" in result else ""
     return result, fp32
 
 

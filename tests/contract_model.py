@@ -93,17 +93,17 @@ def make_contract_model(
     return path
 
 
-def make_int8_folder(folder: Path, background: float) -> Path:
+def make_int8_folder(folder: Path, background: float, exported: dict | None = None) -> Path:
     """A model folder with fp32 = the rule model, int8 = the rule model with its background bias at `background`
     (0.5: the same masks; higher: fewer foreground pixels, a worse "int8"), and a bundled held-out check whose
-    truth is the rule itself (contract.metrics)."""
+    truth is the rule itself (contract.metrics); `exported`: the scores the export host measured on it."""
     from contract.metrics import write_check
 
     folder = Path(folder)
     make_contract_model(folder / "model.onnx")
     make_contract_model(folder / "model.int8.onnx", metadata={"variant": "int8"}, background=background)
     images = np.random.default_rng(9).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    write_check(folder, images, expected_mask(images), CLASSES, None, "dice_fg")
+    write_check(folder, images, expected_mask(images), CLASSES, None, "dice_fg", exported)
     return folder
 
 

@@ -259,6 +259,23 @@ def test_startup_recheck_serves_int8_only_when_it_keeps_the_rule_on_this_cpu(tmp
     assert old.variant == "int8" and "not re-checked" in old.variant_reason
 
 
+def test_startup_recheck_looks_for_this_cpus_kernels_not_a_new_verdict(tmp_path):
+    """The export kept int8 on all its held-out images; on the few bundled ones int8 may sit under 99 % of fp32 by
+    sampling alone. Kept when it scores here what it scored there on the same images (>= SAME_KERNELS of it),
+    refused when this CPU's int8 scores less (another CPU's kernels)."""
+    from contract.metrics import SAME_KERNELS
+
+    here = SegmentationRuntime.load(make_int8_folder(tmp_path / "probe", 0.8), "cpu").int8_check["int8"]
+    same = SegmentationRuntime.load(make_int8_folder(tmp_path / "same", 0.8, {"fp32": 1.0, "int8": here}), "cpu")
+    assert same.variant == "int8" and same.int8_check["kept"] and same.int8_check["ratio"] < 0.99
+    assert f"int8 {here:.4f} here vs {here:.4f} where exported on the same images (same kernels: kept)" in (
+        same.variant_reason
+    )
+    there = min(1.0, here / SAME_KERNELS + 0.01)  # the export's CPU scored more: this CPU's int8 differs
+    other = SegmentationRuntime.load(make_int8_folder(tmp_path / "other", 0.8, {"fp32": 1.0, "int8": there}), "cpu")
+    assert other.variant == "fp32" and not other.int8_check["kept"] and f"< {SAME_KERNELS:.1%}" in other.variant_reason
+
+
 def test_bundled_check_is_bounded_for_a_fast_start():
     from contract.metrics import check_subset
 

@@ -111,6 +111,9 @@ def test_int8_is_judged_by_the_accuracy_rule_and_the_check_is_bundled(tiny_expor
     assert info["speed_measured"] == "ONNX Runtime CPU, 1 thread, batch 8, 64x64" and info["speedup"] > 0
     assert info["recipe"]["format"] == "QDQ" and info["recipe"]["float_nodes"]["batchnorm"] == 4
     images, truths, check = acc.read_check(tiny_export)
+    assert (check["exported"] is not None) == info["kept"]  # the start-up check's reference: int8 there, these images
+    if info["kept"]:
+        assert 0 <= check["exported"]["int8"] <= 1 and check["exported"]["fp32"] >= 0
     meta = json.loads((tiny_run / "config.json").read_text())
     assert (
         check["images"] == len(meta["valid_images"]) == 3

@@ -24,7 +24,7 @@ from contract.metrics import check_subset, write_check
 from ..errors import ExportError
 from .gates import PARITY_BATCHES, TIE_TOL, confidence_reference, load_images, load_truths, parity_gate, tie_pixels
 from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
-from .variants import RECIPE, RECIPES, Recipe, make_fp16, make_int8, quantize, write_variants
+from .variants import RECIPE, RECIPES, Recipe, bundled_scores, make_fp16, make_int8, quantize, write_variants
 
 __all__ = [
     "ExportReport",
@@ -339,7 +339,8 @@ def _graph_and_variants(learn, src: Source, tmp: Path, out: Path, int8, fp16, pr
                                               metric=src.metric)  # fmt: skip
     if truths is not None:  # the held-out check the service repeats on the CPU it runs on (contract.metrics)
         n = check_subset(len(check), size)
-        write_check(tmp, check[:n], truths[:n], src.codes, src.info.get("void"), src.metric)
+        exported = bundled_scores(tmp, check[:n], truths[:n], src) if (result.int8 or {}).get("kept") else None
+        write_check(tmp, check[:n], truths[:n], src.codes, src.info.get("void"), src.metric, exported)
     return result, metadata
 
 

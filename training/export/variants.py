@@ -319,3 +319,14 @@ def _int8(fp32: Path, folder: Path, metadata: dict, calib, check, truths, codes,
         if "ratio" not in result:  # no ground truth: no recipe can be judged
             break
     return {**result, "tried": tried}
+
+
+def bundled_scores(folder: Path, images, truths, src) -> dict:
+    """fp32's and int8's task metric on the bundled check images, here: what the service's start-up check compares
+    its own CPU's int8 with (contract.metrics.recheck)."""
+    from contract.metrics import judge
+
+    s32, s8 = session(folder / "model.onnx"), session(folder / "model.int8.onnx")
+    v = judge(lambda x: run(s32, x, 8)[0], lambda x: run(s8, x, 8)[0], images, truths, src.codes,
+              src.info.get("void"), src.metric)  # fmt: skip
+    return {"fp32": v["fp32"], "int8": v["int8"]}
