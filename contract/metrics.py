@@ -114,7 +114,7 @@ def recheck(result: dict, info: dict) -> dict:
 def explain(result: dict) -> str:
     """One line for logs and /model: what the rule compared and how it came out."""
     names = {"iou_fg": "mean IoU", "dice_fg": "foreground Dice"}
-    verdict = ">=" if result["kept"] else "<"
+    verdict = ">=" if result["ratio"] >= result["min_ratio"] else "<"  # kept may also be recheck's
     return (
         f"{names.get(result['metric'], result['metric'])} int8 {result['int8']:.4f} vs fp32 {result['fp32']:.4f} = "
         f"{result['ratio']:.2%} of fp32 {verdict} {result['min_ratio']:.0%}"
