@@ -24,6 +24,7 @@ from contract.metrics import check_subset, write_check
 from ..errors import ExportError
 from .gates import PARITY_BATCHES, TIE_TOL, confidence_reference, load_images, load_truths, parity_gate, tie_pixels
 from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
+from .pickled import load_learner_pickle
 from .variants import RECIPE, RECIPES, Recipe, bundled_scores, make_fp16, make_int8, quantize, write_variants
 
 __all__ = [
@@ -251,31 +252,6 @@ def torch_no_grad():
     import torch
 
     return torch.no_grad()
-
-
-def load_learner_pickle(path: Path, trust: bool):
-    """fastai's `load_learner` on a `learn.export()` file. Unpickling runs code from the file, so it needs
-    `trust` (the CLI's --trust-pickle); errors are one line."""
-    path = Path(path)
-    if not trust:
-        raise ExportError(
-            f"{path}: loading a pickled Learner runs code stored in the file; if you made it (or trust who did), "
-            "add --trust-pickle"
-        )
-    if not path.is_file():
-        raise ExportError(f"{path}: file not found; pass the .pkl written by learn.export()")
-    from fastai.learner import load_learner
-
-    print(f"[1/4] loading the Learner from {path}", flush=True)
-
-    try:
-        return load_learner(path, cpu=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        raise ExportError(
-            f"{path}: fastai could not load it ({exc.__class__.__name__}: {first}); it must come from learn.export() "
-            "with the same fastai version, and any custom functions it uses must be importable"
-        ) from None
 
 
 def _export(
