@@ -84,3 +84,19 @@ def test_modules_benchmarks_and_pages_keep_their_size():
     assert sum(_lines(p) for p in (ROOT / "benchmarks").rglob("*.py")) < 1500
     assert _lines(ROOT / "benchmarks" / "results" / "README.md") <= 200
     assert _lines(ROOT / "README.md") <= 250
+
+
+def test_no_function_over_60_lines():
+    """Functions stay readable: none in training/, serving/ or contract/ longer than 60 lines (decorators and
+    docstring included), counted by the parser."""
+    import ast
+
+    long = {}
+    for d in ("training", "serving", "contract"):
+        for path in (ROOT / d).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    first = min([node.lineno, *(x.lineno for x in node.decorator_list)])
+                    if node.end_lineno - first + 1 > 60:
+                        long[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - first + 1
+    assert not long, long
