@@ -167,15 +167,7 @@ class SegmentationRuntime:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
             raise ContractError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the model") from None
         if wants_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
-            if device == "cuda":
-                raise ContractError(
-                    "SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use "
-                    "SEG_DEVICE=auto or cpu"
-                )
-            log.warning("CUDA execution provider listed but not usable here; running on CPU")
-            rt = again("cpu", variant)  # the variant was chosen for CUDA: the CPU's choice instead (auto: int8)
-            rt.device_reason = f"{device_reason}, but CUDA did not load; CPU"
-            return rt
+            return _cuda_not_loaded(device, device_reason, lambda: again("cpu", variant))
         _check_io(session, path)
         int8_check = None
         if chosen == "int8" and variant == "auto" and recheck:
@@ -248,6 +240,20 @@ def _settle_int8(model_dir: Path, session, so, factory, why: str):
     path = model_dir / VARIANT_FILES["fp32"]
     _check_io(fp32_session, path)
     return check, fp32_session, "fp32", path, why
+
+
+def _cuda_not_loaded(device: str, device_reason: str, on_cpu) -> "SegmentationRuntime":
+    """CUDA listed but not loaded: an error where SEG_DEVICE=cuda asked for it, else the runtime `on_cpu()` opens (the
+    variant was chosen for CUDA: the CPU's choice instead, auto: int8)."""
+    if device == "cuda":
+        raise ContractError(
+            "SEG_DEVICE=cuda but CUDA did not load (no GPU, or CUDA 13 / cuDNN 9 libraries missing); use "
+            "SEG_DEVICE=auto or cpu"
+        )
+    log.warning("CUDA execution provider listed but not usable here; running on CPU")
+    rt = on_cpu()
+    rt.device_reason = f"{device_reason}, but CUDA did not load; CPU"
+    return rt
 
 
 def _recheck_int8(model_dir: Path, int8_session, so, factory) -> tuple[dict, object]:
