@@ -126,8 +126,9 @@ def check_subset(n: int, size: tuple[int, int]) -> int:
     return max(1, min(n, CHECK_MAX_IMAGES, CHECK_MAX_PIXELS // max(1, size[0] * size[1])))
 
 
-def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, void: int | None, metric: str,
-                exported: dict | None = None) -> None:  # fmt: skip
+def write_check(
+    folder: Path, images: np.ndarray, truths: np.ndarray, codes, void: int | None, metric: str, exported=None
+) -> None:
     """`folder`/check/: image_<i>.png (RGB at the training size), mask_<i>.png (class ids), check.json (with
     `exported`: fp32's and int8's metric on these images where the export ran, when it kept int8)."""
     d = Path(folder) / CHECK_DIR
@@ -144,7 +145,7 @@ def write_check(folder: Path, images: np.ndarray, truths: np.ndarray, codes, voi
                 "metric": metric,
                 "min_ratio": MIN_RATIO,
                 "exported": exported,
-            },  # fmt: skip
+            },
             indent=2,
         )
     )
