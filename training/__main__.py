@@ -190,13 +190,20 @@ def _demo(a: argparse.Namespace) -> None:
 COMMANDS = {"synth": _synth, "masks": _masks, "fit": _fit, "export": _export, "evaluate": _evaluate, "demo": _demo}
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line, with `given`: the fit options it gave (matched by its command's own parser), which
+    fit's plan keeps as given."""
+    a = _parser().parse_args(argv)
+    a.given = given_options(argv[argv.index(a.cmd) + 1 :], a.commands[a.cmd])
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library deprecation chatter (torch.jit, fastai, onnxscript) is not for users of this command.
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = _parser().parse_args(argv)
-    a.given = given_options(argv[argv.index(a.cmd) + 1 :], a.commands[a.cmd])  # fit's plan keeps the options given
+    a = parse(argv)
     try:
         code = COMMANDS[a.cmd](a)
     except (TrainingError, DataError) as exc:

@@ -252,7 +252,7 @@ def fit_config(a: argparse.Namespace, data: Path, out: Path):
         f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name) and f.name not in ("data", "out")
     }
     given.update(size=size_arg(a.size, "--size"), crop=size_arg(a.crop, "--crop"), lr_unfrozen=tuple(a.lr_unfrozen))
-    fixed = a.given if hasattr(a, "given") else given_options(getattr(a, "argv", None) or [])
+    fixed = getattr(a, "given", set())  # training.__main__.parse
     return TrainConfig(data=data, out=out, **{**given, "fixed": tuple(sorted(fixed - {"minutes"}))})
 
 

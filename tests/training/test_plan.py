@@ -144,13 +144,12 @@ def test_given_options_of_another_command_keep_only_fits():
 
 
 def test_the_command_line_plans_by_default_and_keeps_what_was_given():
-    from training.__main__ import _parser
+    from training.__main__ import parse
     from training.options import fit_config
     from training.plan import DEFAULT_MINUTES
 
     def config(*argv):
-        a = _parser().parse_args(["fit", "--data", "d", "--out", "o", *argv])
-        a.argv = ["fit", "--data", "d", "--out", "o", *argv]
+        a = parse(["fit", "--data", "d", "--out", "o", *argv])
         return fit_config(a, a.data, a.out)
 
     assert config().minutes == DEFAULT_MINUTES and config().fixed == ()
