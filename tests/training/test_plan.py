@@ -44,7 +44,7 @@ def test_street_scenes_train_at_their_own_size_on_crops_within_the_budget():
     plan = choose(_fp(), 20, _times(), setup_s=40, bf16=True, fixed={})
     c, e = plan.choices, plan.estimate
     assert c["size"] == (360, 480) and c["crop"] == (192, 256) and c["bs"] == 4 and "zoom" not in c
-    assert c["loss"] == "ce+dice" and c["class_weights"] == "on" and c["precision"] == "bf16"
+    assert c["loss"] == "ce+dice" and c["class_weights"] == "sqrt" and c["precision"] == "bf16"
     assert c["augment"] == "field" and set(c["field_kinds"]) == set(ALL_KINDS) and c["field_p"] == FIELD_P
     assert c["frozen_epochs"] >= 1 and c["unfrozen_epochs"] > c["frozen_epochs"]
     assert e["total_s"] <= 20 * 60 * (1 - MARGIN) + 1e-6
