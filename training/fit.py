@@ -48,7 +48,8 @@ def fit(config: TrainConfig) -> dict:
         config, plan = _plan(config, ds, train_idx, valid_idx, t0)
     weights, balance = class_balance(config, ds, train_idx)
     if balance["used"]:
-        print("      class weights (median frequency): "
+        kind = "square roots of median-frequency weights" if config.class_weights == "sqrt" else "median frequency"
+        print(f"      class weights ({kind}): "
               + ", ".join(f"{c} {w:.2f}" for c, w in balance["weights"].items()), flush=True)  # fmt: skip
     frozen, unfrozen = config.schedule(len(train_idx))
     learn, precision = _learner(config, ds, weights, frozen)
