@@ -232,9 +232,12 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
         c["unfrozen_epochs"], r["unfrozen_epochs"] = epochs - frozen, "the rest (re-sized after the frozen ones)"
     c["loss"], r["loss"] = ("ce+dice", "cross-entropy + soft Dice: thin classes count by overlap") if crop else (
         "ce", "cross-entropy on whole images")  # fmt: skip
-    c["class_weights"] = "sqrt" if fp.imbalance > 10 else "off"
+    from .losses import IMBALANCE_RATIO  # the threshold of class_weights="auto", one for both
+
+    c["class_weights"] = "sqrt" if fp.imbalance > IMBALANCE_RATIO else "off"
     r["class_weights"] = (f"square roots of median-frequency weights: class shares differ {fp.imbalance:.0f}x (on "
-                          "above 10x; real CamVid val 0.617 mean IoU against 0.560 with the full weights)")  # fmt: skip
+                          f"above {IMBALANCE_RATIO:g}x; real CamVid val 0.617 mean IoU against 0.560 with the full "
+                          "weights)")  # fmt: skip
     c["augment"], r["augment"] = "field", "flips and camera shifts on a share of the images"
     c["field_kinds"], r["field_kinds"] = ALL_KINDS, "optics (blur, low resolution, noise, JPEG) and light"
     c["field_p"], r["field_p"] = FIELD_P, "the share of images shifted (real CamVid val: 0.15 kept clean accuracy)"
