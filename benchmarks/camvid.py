@@ -15,17 +15,30 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmarks.harness import ROOT, run, stamp, write_report
 
+
+class Row(NamedTuple):
+    args: list  # fit's options
+    label: str
+    export: tuple = ()  # export's options beside --int8
+    fit: str | None = None  # another row's fit, reused (its run folder)
+
+
 ROWS = {
-    "plan20": (["--minutes", "20"], "`fit --minutes 20`: the planned recipe"),
-    "plan60": (["--minutes", "60"], "`fit --minutes 60`: the planned recipe"),
-    "fixed": (
+    "plan20": Row(["--minutes", "20"], "`fit --minutes 20`: the planned recipe"),
+    "plan60": Row(["--minutes", "60"], "`fit --minutes 60`: the planned recipe"),
+    "plan60-tta": Row(["--minutes", "60"], "`fit --minutes 60`, `export --tta flip`: each frame and its mirror image",
+                      ("--tta", "flip"), "plan60"),
+    "plan60-lite0": Row(["--minutes", "60", "--encoder", "efficientnet_lite0"],
+                        "`fit --minutes 60 --encoder efficientnet_lite0`: the encoder before lite2 from 3000 steps"),
+    "fixed": Row(
         ["--no-plan", "--size", "360", "480", "--crop", "192", "256", "--frozen-epochs", "2", "--unfrozen-epochs", "6"],
         "the recipe before the plan (issue 41's: 2 + 6 epochs on 192x256 crops)",
-    ),  # fmt: skip
-}
+    ),
+}  # fmt: skip
 # mean IoU over the 11 classes on this split's 233 test frames (the FC-DenseNet paper's table; BiSeNet at 720x960)
 PUBLISHED = {"SegNet": 46.4, "ENet": 51.3, "FCN-8": 57.0, "DeepLab-LargeFOV": 61.6, "Dilation8": 65.3,
              "FC-DenseNet103": 66.9, "BiSeNet (720x960)": 68.7}  # fmt: skip
@@ -34,12 +47,12 @@ NAMED = ("Pole", "SignSymbol", "Pedestrian")
 
 def score_row(name: str, data: Path, work: Path) -> dict:
     """Fit, export and evaluate row `name` where not done yet; its figures."""
-    py, (args, label) = sys.executable, ROWS[name]
-    fit, exp = work / f"run-{name}", work / f"export-{name}"
+    py, (args, label, export, fit_row) = sys.executable, ROWS[name]
+    fit, exp = work / f"run-{fit_row or name}", work / f"export-{name}"
     if not (fit / "report.json").is_file():
         run([py, "-m", "training", "fit", "--data", str(data), "--out", str(fit), *args])
     if not (exp / "model.onnx").is_file():
-        run([py, "-m", "training", "export", "--model", str(fit), "--out", str(exp), "--int8"])
+        run([py, "-m", "training", "export", "--model", str(fit), "--out", str(exp), "--int8", *export])
     evals = {}
     for kind, extra in (("served", ["--shifts", "all"]), ("fp32", ["--variant", "fp32"])):
         out = work / f"eval-{name}-{kind}"
@@ -49,7 +62,7 @@ def score_row(name: str, data: Path, work: Path) -> dict:
         evals[kind] = json.loads((out / "report.json").read_text())
     report, int8 = json.loads((fit / "report.json").read_text()), json.loads((exp / "export.json").read_text())["int8"]
     served, fp32 = evals["served"], evals["fp32"]
-    return {"label": label, "args": args, "minutes": report["timings"].get("total_s", 0) / 60,
+    return {"label": label, "args": args, "export": list(export), "minutes": report["timings"].get("total_s", 0) / 60,
             "train_minutes": report["timings"]["train_s"] / 60, "variant": served["variant"],
             "iou": served["clean"]["iou"], "mean_iou": served["clean"]["iou_fg"], "fp32": fp32["clean"]["iou_fg"],
             "pixel_acc": served["clean"]["pixel_acc"], "shifts": {k: v["iou_fg"] for k, v in served["shifts"].items()},

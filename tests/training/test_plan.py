@@ -65,6 +65,17 @@ def test_more_minutes_buy_more_epochs_then_the_larger_encoder():
     assert lite0.estimate["epochs"] > fast.estimate["epochs"]  # the same minutes, a cheaper step: more epochs
 
 
+def test_on_the_step_times_measured_on_real_camvid_an_hour_buys_lite2_twenty_minutes_lite0():
+    """The probe's figures on the 2-core AVX-512 host (bf16, batch 4 at 192x256): 60 min chose lite2 there."""
+    here = StepTimes(frozen={"efficientnet_lite0": 0.63, "efficientnet_lite2": 0.82},
+                     unfrozen={"efficientnet_lite0": 0.81, "efficientnet_lite2": 0.96},
+                     predict={"efficientnet_lite0": 0.30, "efficientnet_lite2": 0.39}, batch_data=0.047)  # fmt: skip
+    hour, twenty = (choose(_fp(), m, here, setup_s=20, bf16=True, fixed={}) for m in (60, 20))
+    assert hour.choices["encoder"] == "efficientnet_lite2" and twenty.choices["encoder"] == "efficientnet_lite0"
+    assert hour.estimate["epochs"] >= 20 and hour.estimate["total_s"] <= 60 * 60 * (1 - MARGIN) + 1e-6
+    assert "3000" in hour.reasons["encoder"]
+
+
 def test_thin_structures_keep_the_full_resolution_large_images_are_scaled():
     grey = choose(_fp(size=(512, 512), thin=3.0, n_train=20, n_valid=4, grey=True), 20, _times(), setup_s=30,
                   bf16=True, fixed={})  # fmt: skip
