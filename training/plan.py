@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .losses import IMBALANCE_RATIO  # the threshold of class_weights="auto": one for both
+
 DEFAULT_MINUTES = 20.0  # `fit`'s budget when none is given (README: why)
 MAX_SIDE = 1024  # the training scale's long side at most, unless the thinnest structures need more
 THIN_PX = 3.0  # the thinnest class stays at least this wide (px) at the training scale
@@ -233,8 +235,6 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
         c["unfrozen_epochs"], r["unfrozen_epochs"] = epochs - frozen, "the rest (re-sized after the frozen ones)"
     c["loss"], r["loss"] = ("ce+dice", "cross-entropy + soft Dice: thin classes count by overlap") if crop else (
         "ce", "cross-entropy on whole images")  # fmt: skip
-    from .losses import IMBALANCE_RATIO  # the threshold of class_weights="auto", one for both
-
     c["class_weights"] = "sqrt" if fp.imbalance > IMBALANCE_RATIO else "off"
     r["class_weights"] = (f"square roots of median-frequency weights: class shares differ {fp.imbalance:.0f}x (on "
                           f"above {IMBALANCE_RATIO:g}x; real CamVid val 0.617 mean IoU against 0.560 with the full "
