@@ -32,6 +32,8 @@ ROWS = {
     "plan60": Row(["--minutes", "60"], "`fit --minutes 60`: the planned recipe"),
     "plan60-tta": Row(["--minutes", "60"], "`fit --minutes 60`, `export --tta flip`: each frame and its mirror image",
                       ("--tta", "flip"), "plan60"),
+    "plan60-tts": Row(["--minutes", "60"], "`fit --minutes 60`, `export --tta flip --tta-scales 1 1.5`: each frame and "
+                      "its mirror image at 1x and 1.5x", ("--tta", "flip", "--tta-scales", "1", "1.5"), "plan60"),
     "plan60-lite0": Row(["--minutes", "60", "--encoder", "efficientnet_lite0"],
                         "`fit --minutes 60 --encoder efficientnet_lite0`: the encoder before lite2 from 3000 steps"),
     "fixed": Row(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .demo import DEMO_DEFAULTS, DEMO_RECIPE
 from .errors import DataError, TrainingError
-from .options import add_export_args, add_fit_args, fit_config, given_options, size_arg
+from .options import add_export_args, add_fit_args, fit_config, given_options, size_arg, tta_of
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,7 +144,7 @@ def _export(a: argparse.Namespace) -> None:
     from .export import export_learner, export_run, load_learner_pickle
 
     opts = dict(int8=a.int8, fp16=a.fp16, probs=a.probs, exporter=a.exporter, dynamic_hw=a.dynamic_hw)
-    opts["tta"] = a.tta == "flip"
+    opts["tta"] = tta_of(a)
     if (a.model is None) == (a.learner is None):
         raise TrainingError(
             "export: pass either --model RUN_DIR (from `fit`) or --learner FILE.pkl (from learn.export())"

@@ -11,6 +11,8 @@ from .errors import TrainingError
 from .losses import IMBALANCE_RATIO
 from .model import DECODER_NORMS, INPUT_NORMS
 
+TTA_SCALES = (0.5, 2.0)  # the test-time scales export takes: beyond them the work (scale squared) or the detail lost
+
 
 def add_fit_args(p: argparse.ArgumentParser) -> None:
     """Every option of `fit`, defaults from TrainConfig (the budget's: training.plan.DEFAULT_MINUTES)."""
@@ -282,6 +284,16 @@ def add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
         help="flip: test-time augmentation inside the graph, each image and its mirror image averaged (twice the "
         "model's work per image)",
     )
+    p.add_argument(
+        "--tta-scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="S",
+        help="test-time scales inside the graph, e.g. 1 1.5: the image also resized by each, the scores resized "
+        "back and averaged (with --tta flip, each scale flipped too); the work grows with the sum of S squared "
+        "(default: 1 alone)",
+    )
     if store:
         p.add_argument(
             "--bentoml",
@@ -297,3 +309,18 @@ def add_export_args(p: argparse.ArgumentParser, store: bool = False) -> None:
         action="store_false",
         help="fix H and W at the training size (squished uploads, as older exports) instead of any size",
     )
+
+
+def tta_of(a: argparse.Namespace):
+    """The export's test-time augmentation (a graph.Tta) from --tta and --tta-scales (repeats dropped); a one-line
+    TrainingError for a scale outside TTA_SCALES."""
+    from .export.graph import Tta
+
+    scales = tuple(dict.fromkeys(a.tta_scales))
+    bad = [s for s in scales if not TTA_SCALES[0] <= s <= TTA_SCALES[1]]
+    if bad:
+        raise TrainingError(
+            f"--tta-scales {' '.join(f'{s:g}' for s in bad)}: give scales between {TTA_SCALES[0]:g} and "
+            f"{TTA_SCALES[1]:g}, e.g. --tta-scales 1 1.5"
+        )
+    return Tta(flip=a.tta == "flip", scales=scales)

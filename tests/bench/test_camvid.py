@@ -14,10 +14,12 @@ def _row(mean: float, variant: str = "int8") -> dict:
 
 
 def test_rows_and_the_published_table():
-    assert set(camvid.ROWS) == {"plan20", "plan60", "plan60-tta", "plan60-lite0", "fixed"}
+    assert set(camvid.ROWS) == {"plan20", "plan60", "plan60-tta", "plan60-tts", "plan60-lite0", "fixed"}
     assert camvid.ROWS["plan20"].args == ["--minutes", "20"] and "--no-plan" in camvid.ROWS["fixed"].args
     tta = camvid.ROWS["plan60-tta"]  # plan60's fit, exported with test-time flips
     assert tta.fit == "plan60" and tta.export == ("--tta", "flip") and tta.args == camvid.ROWS["plan60"].args
+    tts = camvid.ROWS["plan60-tts"]  # the same fit, flips and scales 1 and 1.5
+    assert tts.fit == "plan60" and tts.export[-3:] == ("--tta-scales", "1", "1.5") and tts.args == tta.args
     assert camvid.PUBLISHED["FC-DenseNet103"] == 66.9 and len(camvid.PUBLISHED) == 7
 
 

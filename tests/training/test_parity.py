@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from training.errors import ExportError
 from training.export.gates import PROB_TOL, parity_gate
-from training.export.graph import export_graph, inference_module
+from training.export.graph import Tta, export_graph, inference_module
 from training.model import IMAGENET_STATS, standardize
 
 
@@ -27,11 +27,11 @@ def _learn(run: Path):
     return load_run(run)
 
 
-def _gate(learn, meta, module, tta: bool = False) -> dict:
+def _gate(learn, meta, module, tta=False, exporter: str = "legacy") -> dict:
     """Export `module` (legacy exporter: fast) and run the gate as export does."""
     size = tuple(meta["size"])
     path = Path(tempfile.mkdtemp()) / "model.onnx"
-    export_graph(module, size, path, True, "legacy")
+    export_graph(module, size, path, True, exporter)
     return parity_gate(learn, path, meta["valid_images"], size, meta["mean"], meta["std"], True, tta)
 
 
@@ -122,3 +122,16 @@ def test_test_time_flips_are_gated_against_the_flipped_model(tiny_run):
     assert parity["identical"] and parity["max_prob_diff"] < PROB_TOL / 10
     with pytest.raises(ExportError, match="parity failed"):
         _gate(learn, meta, inference_module(learn.model, mean, std, True, size), tta=True)
+
+
+def test_test_time_scales_are_gated_against_the_rescaled_model(tiny_run):
+    """`export --tta flip --tta-scales 1 1.5` (the dynamo exporter, as `export` uses first): the graph resizes each
+    image by 1.5 and its scores back, at every shape the gate checks; a graph with the flips only is refused."""
+    learn, meta, _ = _learn(tiny_run)
+    size, mean, std = tuple(meta["size"]), meta["mean"], meta["std"]
+    tta = Tta(flip=True, scales=(1.0, 1.5))
+    assert str(tta) == "flip, scales 1 1.5" and tta.work == 6.5
+    parity = _gate(learn, meta, inference_module(learn.model, mean, std, True, size, tta=tta), tta, "dynamo")
+    assert parity["identical"] and parity["other_shapes"]["identical"] and parity["max_prob_diff"] < PROB_TOL / 10
+    with pytest.raises(ExportError, match="parity failed"):
+        _gate(learn, meta, inference_module(learn.model, mean, std, True, size, tta=True), tta)

@@ -23,13 +23,14 @@ from contract.metrics import check_subset, write_check
 
 from ..errors import ExportError
 from .gates import PARITY_BATCHES, TIE_TOL, confidence_reference, load_images, load_truths, parity_gate, tie_pixels
-from .graph import OPSET, export_graph, inference_module, read_metadata, set_metadata
+from .graph import OPSET, Tta, as_tta, export_graph, inference_module, read_metadata, set_metadata
 from .pickled import load_learner_pickle
 from .variants import RECIPE, RECIPES, Recipe, bundled_scores, make_fp16, make_int8, quantize, write_variants
 
 __all__ = [
     "ExportReport",
     "Source",
+    "Tta",
     "export_run",
     "export_learner",
     "load_learner_pickle",
@@ -100,7 +101,7 @@ def export_run(
     probs: bool = True,
     exporter: str = "auto",
     dynamic_hw: bool = True,
-    tta: bool = False,
+    tta: Tta | bool = False,
 ) -> ExportReport:
     """Export the run in `run_dir` into the new folder `out` (model.onnx [+ model.int8.onnx, model.fp16.onnx]).
     `dynamic_hw` False: H and W fixed at the training size (squished uploads, as older exports)."""
@@ -234,7 +235,7 @@ def export_learner(
     probs: bool = True,
     exporter: str = "auto",
     dynamic_hw: bool = True,
-    tta: bool = False,
+    tta: Tta | bool = False,
 ) -> ExportReport:
     """Export a fastai segmentation Learner from a notebook (or one loaded from `learn.export()`) through the
     same export, parity and int8/fp16 gates as a run folder: `export_learner(learn, "exported_models/mine")`.
@@ -264,7 +265,7 @@ def _export(
     probs: bool = True,
     exporter: str = "auto",
     dynamic_hw: bool = True,
-    tta: bool = False,
+    tta: Tta | bool = False,
 ) -> ExportReport:
     """The export itself: graph, parity gate, metadata, variants and samples, written to the new folder `out` in one
     rename."""
@@ -305,7 +306,7 @@ def _graph_and_variants(learn, src: Source, tmp: Path, out: Path, int8, fp16, pr
     check = load_images(valid, size)
     truths = load_truths(src.truths, size) if src.truths is not None else None
     metadata = _metadata(src, used, parity, dynamic_hw)
-    metadata["tta"] = "flip" if tta else "none"
+    metadata["tta"] = str(as_tta(tta))
     metadata["confidence_reference"] = confidence_reference(fp32, check, truths)
     set_metadata(fp32, metadata)
     result = ExportReport(out=out, exporter=used, parity=parity)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ExportError
-from .graph import TRACE_BATCH
+from .graph import TRACE_BATCH, Tta, as_tta, tta_probs
 
 PARITY_BATCHES = (1, 3)
 SHAPE_IMAGES = 16  # held-out images checked at the other shapes (each shape runs PyTorch and ONNX Runtime on them)
@@ -65,12 +65,6 @@ def load_truths(truths, size: tuple[int, int]) -> np.ndarray:
     )
 
 
-def _with_flip(probs: np.ndarray, learn, images: np.ndarray, mean, std) -> np.ndarray:
-    """`probs` of `images` averaged with the model's probabilities of their mirror images, flipped back: the
-    reference of a graph exported with test-time flips."""
-    return (probs + _eager_probs(learn, np.ascontiguousarray(images[:, :, ::-1]), mean, std)[..., ::-1]) * 0.5
-
-
 def _fastai_probs(learn, paths) -> np.ndarray:
     """fastai's own output for `paths`, through its validation pipeline, in fp32: (N, C, H, W) float32. A Learner
     that still carries a mixed-precision callback (fastai's MixedPrecision, training.precision's Bf16Autocast) is
@@ -90,14 +84,14 @@ def tie_pixels(probs: np.ndarray, tol: float = TIE_TOL) -> np.ndarray:
     return (top2[:, 1] - top2[:, 0]) < tol
 
 
-def check_parity(learn, onnx_path: Path, paths, size, tta: bool = False, mean=None, std=None) -> dict:
+def check_parity(learn, onnx_path: Path, paths, size, tta=None, mean=None, std=None) -> dict:
     """ONNX Runtime vs fastai on `paths` at batch sizes PARITY_BATCHES.
 
     `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
     probabilities within TIE_TOL, far below any real export error), and no probability differs by PROB_TOL or
     more; ties that flip are counted and reported."""
-    images, ref = load_images(paths, size), _fastai_probs(learn, paths)
-    row, ok = _compare(session(onnx_path), images, _with_flip(ref, learn, images, mean, std) if tta else ref)
+    images, ref, tta = load_images(paths, size), _fastai_probs(learn, paths), as_tta(tta)
+    row, ok = _compare(session(onnx_path), images, _eager_probs(learn, images, mean, std, tta) if tta else ref)
     return {
         "images": len(paths),
         "batch_sizes": list(PARITY_BATCHES),
@@ -136,33 +130,31 @@ def parity_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
     return list(dict.fromkeys([other, odd, (h + 64, w + 96)]))
 
 
-def _eager_probs(learn, images: np.ndarray, mean, std) -> np.ndarray:
-    """fastai's model (as trained, not patched) in PyTorch on (N, H, W, 3) uint8: (N, C, H, W) float32 probabilities."""
+def _eager_probs(learn, images: np.ndarray, mean, std, tta: Tta = Tta()) -> np.ndarray:
+    """fastai's model (as trained, not patched) in PyTorch on (N, H, W, 3) uint8: (N, C, H, W) float32 probabilities,
+    averaged over `tta`'s passes as the graph does (graph.tta_probs)."""
     import torch
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.inference_mode():
-        return torch.softmax(learn.model.eval()(x).float(), dim=1).numpy()
+        return tta_probs(learn.model.eval(), x, tta).float().numpy()
 
 
-def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std, tta: bool = False) -> dict:
+def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std, tta=None) -> dict:
     """ONNX Runtime vs fastai's model at each (H, W) of `shapes`, at batch sizes PARITY_BATCHES: the images
     squished to that shape (PIL bilinear); identical masks except numerical ties, as check_parity."""
     sess = session(onnx_path)
     rows, ok = [], True
     for shape in shapes:
         images = load_images(paths, shape)
-        ref = _eager_probs(learn, images, mean, std)
-        row, same = _compare(sess, images, _with_flip(ref, learn, images, mean, std) if tta else ref)
+        row, same = _compare(sess, images, _eager_probs(learn, images, mean, std, as_tta(tta)))
         rows.append({"shape": list(shape), **row})
         ok &= same
     return {"shapes": rows, "identical": bool(ok)}
 
 
-def parity_gate(
-    learn, fp32: Path, valid, size: tuple[int, int], mean, std, dynamic_hw: bool, tta: bool = False
-) -> dict:
+def parity_gate(learn, fp32: Path, valid, size: tuple[int, int], mean, std, dynamic_hw: bool, tta=None) -> dict:
     """Both parity checks on `fp32`; ExportError (nothing written) unless every mask is identical but for ties and
     no probability differs by PROB_TOL. At most PARITY_IMAGES of `valid` at the training size, SHAPE_IMAGES at the
     other shapes."""

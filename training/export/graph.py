@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExportError
@@ -13,9 +14,58 @@ TRACE_BATCH = 2  # the batch size the graph is traced with; parity runs at other
 OPSET = 18
 
 
-def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | None = None, tta: bool = False):
-    """nn.Module: uint8 NHWC image -> (uint8 mask, float32 probs). `tta`: test-time augmentation by horizontal flip,
-    the class probabilities of the image and of its mirror image (flipped back) averaged, in one batch of 2N.
+@dataclass(frozen=True)
+class Tta:
+    """Test-time augmentation inside the graph: each image at every scale of `scales` (resized bilinear, its scores
+    resized back) and, with `flip`, its mirror image too (flipped back); the class probabilities of all passes
+    averaged. Tta() is none: one pass at scale 1."""
+
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    def __bool__(self) -> bool:
+        return self.flip or tuple(self.scales) != (1.0,)
+
+    def __str__(self) -> str:
+        """The metadata's `tta`: "none", "flip", "scales 1 1.5" or "flip, scales 1 1.5"."""
+        parts = ["flip"] if self.flip else []
+        if tuple(self.scales) != (1.0,):
+            parts.append("scales " + " ".join(f"{s:g}" for s in self.scales))
+        return ", ".join(parts) or "none"
+
+    @property
+    def work(self) -> float:
+        """The model's work per image against no augmentation (pixels run through the network)."""
+        return sum(s * s for s in self.scales) * (2 if self.flip else 1)
+
+
+def as_tta(tta) -> Tta:
+    """A Tta from what callers pass: a Tta, or a bool or None (True: flips, as `export_run(tta=True)` always
+    meant)."""
+    return tta if isinstance(tta, Tta) else Tta(flip=bool(tta))
+
+
+def tta_probs(net, x, tta: Tta):
+    """(N, C, H, W) class probabilities of `net` on the normalised batch `x`, averaged over `tta`'s passes; the
+    graph and the parity gate's PyTorch reference both compute them here."""
+    import torch
+    import torch.nn.functional as F
+
+    n, hw, total = x.shape[0], x.shape[2:], 0
+    for s in tta.scales:
+        xs = x if s == 1 else F.interpolate(x, scale_factor=float(s), mode="bilinear", align_corners=False)
+        if tta.flip:
+            both = torch.softmax(net(torch.cat([xs, xs.flip(3)])), dim=1)
+            p = both[:n] + both[n:].flip(3)
+        else:
+            p = torch.softmax(net(xs), dim=1)
+        total = total + (p if s == 1 else F.interpolate(p, size=hw, mode="bilinear", align_corners=False))
+    return total / (len(tta.scales) * (2 if tta.flip else 1))
+
+
+def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | None = None, tta=None):
+    """nn.Module: uint8 NHWC image -> (uint8 mask, float32 probs). `tta`: test-time augmentation (a Tta; True for
+    flips), the class probabilities of its passes averaged (tta_probs); flips run in one batch of 2N.
     fastai's ToTensorBase is replaced by Identity:
     it breaks the dynamo exporter ("Creating a new Tensor subclass TensorBase ... FakeTensor"). When the graph
     will be traced at `trace_hw` of at least 64 px a side, PixelShuffle becomes the same shuffle as two
@@ -27,6 +77,7 @@ def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | N
 
     from ..model import any_size, transposed_pixel_shuffles
 
+    tta = as_tta(tta)
     net = any_size(copy.deepcopy(unet).eval())
     if trace_hw is not None and min(trace_hw) >= 64:
         transposed_pixel_shuffles(net)
@@ -46,11 +97,7 @@ def inference_module(unet, mean, std, probs: bool, trace_hw: tuple[int, int] | N
         def forward(self, image):
             x = image.permute(0, 3, 1, 2).to(torch.float32)
             x = (x - self.mean) / self.std  # == (x/255 - mean) / std
-            if tta:
-                both = torch.softmax(self.net(torch.cat([x, x.flip(3)])), dim=1)
-                scores = (both[: x.shape[0]] + both[x.shape[0] :].flip(3)) * 0.5
-            else:
-                scores = self.net(x)
+            scores = tta_probs(self.net, x, tta) if tta else self.net(x)
             mask = scores.argmax(dim=1).to(torch.uint8)
             if probs:
                 return mask, scores if tta else torch.softmax(scores, dim=1)
