@@ -52,6 +52,7 @@ def test_metadata_round_trip(tiny_export, tiny_run):
     assert json.loads(meta["input_size"]) == [64, 64]
     assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
     assert meta["exporter"] in ("dynamo", "legacy") and meta["variant"] == "fp32" and meta["dynamic_hw"] == "true"
+    assert meta["tta"] == "none"
     assert meta["resize"].startswith("keep-aspect-short-side")
     assert meta["encoder"] == "efficientnet_lite0" and meta["decoder_norm"] == cfg["config"]["decoder_norm"] == "batch"
     parity = json.loads(meta["parity"])
@@ -182,6 +183,23 @@ def test_export_errors_are_one_line(tmp_path, tiny_export, tiny_run):
     assert not (tmp_path / "x").exists()
     r = cli("--model", tiny_run, "--out", tiny_export)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
+    r = cli("--model", tiny_run, "--out", tmp_path / "y", "--tta", "flip", "--tta-scales", "1", "3")
+    assert (
+        r.returncode != 0 and r.stderr.count("\n") == 1 and "--tta-scales 3: give scales between 0.5 and 2" in r.stderr
+    )
+    assert not (tmp_path / "y").exists()
+
+
+def test_tta_options_name_the_graphs_passes():
+    """`--tta flip --tta-scales 1 1.5 1.5`: flips at scales 1 and 1.5 (a repeat dropped), 6.5x the model's work."""
+    from training.__main__ import parse
+    from training.export import Tta
+    from training.options import tta_of
+
+    a = parse(["export", "--model", "r", "--out", "o", "--tta", "flip", "--tta-scales", "1", "1.5", "1.5"])
+    assert tta_of(a) == Tta(flip=True, scales=(1.0, 1.5)) and tta_of(a).work == 6.5
+    plain = tta_of(parse(["export", "--model", "r", "--out", "o"]))
+    assert plain == Tta() and not plain and str(plain) == "none" and str(Tta(scales=(1.0, 1.25))) == "scales 1 1.25"
 
 
 def test_fp16_variant_checks_and_runs(tiny_export):
