@@ -89,9 +89,11 @@ def check_parity(learn, onnx_path: Path, paths, size, tta=None, mean=None, std=N
 
     `identical` holds when every pixel's class is the same, except numerical ties (fastai's two best
     probabilities within TIE_TOL, far below any real export error), and no probability differs by PROB_TOL or
-    more; ties that flip are counted and reported."""
-    images, ref, tta = load_images(paths, size), _fastai_probs(learn, paths), as_tta(tta)
-    row, ok = _compare(session(onnx_path), images, _eager_probs(learn, images, mean, std, tta) if tta else ref)
+    more; ties that flip are counted and reported. With test-time augmentation (`tta`) the reference is fastai's
+    model in PyTorch through the same passes (graph.tta_probs), as at the other shapes."""
+    images, tta = load_images(paths, size), as_tta(tta)
+    ref = _eager_probs(learn, images, mean, std, tta) if tta else _fastai_probs(learn, paths)
+    row, ok = _compare(session(onnx_path), images, ref)
     return {
         "images": len(paths),
         "batch_sizes": list(PARITY_BATCHES),
@@ -138,7 +140,7 @@ def _eager_probs(learn, images: np.ndarray, mean, std, tta: Tta = Tta()) -> np.n
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.inference_mode():
-        return tta_probs(learn.model.eval(), x, tta).float().numpy()
+        return tta_probs(learn.model.float().eval(), x, tta).numpy()
 
 
 def check_shapes(learn, onnx_path: Path, paths, shapes, mean, std, tta=None) -> dict:
