@@ -106,6 +106,9 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True  # the model in channels-last memory format while training (oneDNN's fast layout)
     keep_best: bool = True  # keep the epoch with the best validation Dice (fastai SaveModelCallback)
+    # validate only in the last N epochs of the fit (a frozen phase before an unfrozen one: its last epoch); 0: every
+    # epoch. A plan chooses a fifth of the unfrozen epochs (training.plan.VALID_SHARE)
+    valid_last: int = 0
     # flip | affine (+ rotation, zoom, warp, lighting) | field (+ camera shifts: training.augment) | none; auto = flip
     augment: str = "field"
     field_p: float = 0.3  # with augment "field": the share of training images shifted as a camera would
@@ -189,6 +192,8 @@ class TrainConfig:
             raise TrainingError(
                 f"--bn-momentum {self.bn_momentum}: use a number in (0, 1], e.g. 0.1 (PyTorch's default)"
             )
+        if self.valid_last < 0:
+            raise TrainingError(f"--valid-last {self.valid_last}: give a number of epochs >= 0 (0: every epoch)")
         if self.minutes is not None and not 0 < self.minutes <= 24 * 60:
             raise TrainingError(f"--minutes {self.minutes:g}: give a budget in minutes, e.g. --minutes 20")
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastai.callback.core import Callback, CancelValidException
 
 from .config import SCHEDULES, TrainConfig
 from .data import fit_dataset, split_pairs
@@ -190,9 +191,10 @@ def _train(
     finally:
         learn.remove_cbs(speed)
     last_phase = [h for h in history if h["phase"] == ("unfrozen" if unfrozen else "frozen")]
+    validated = [h for h in last_phase if h.get("dice_fg") is not None] or last_phase  # as SaveModelCallback saw
     kept = (
-        max(last_phase, key=lambda h: h.get("dice_fg") or 0)["epoch"]
-        if config.keep_best and last_phase
+        max(validated, key=lambda h: h.get("dice_fg") or 0)["epoch"]
+        if config.keep_best and validated
         else (history[-1]["epoch"] if history else None)
     )
     (learn.path / "best.pth").unlink(missing_ok=True)
@@ -211,7 +213,8 @@ def epoch_lines(learn, out=None):
     def line(log):
         if log and log[0] == 0:
             print("  ".join(f"{n:>10}" for n in learn.recorder.metric_names), file=out, flush=True)
-        print("  ".join(f"{v:>10.6f}" if isinstance(v, float) else f"{v!s:>10}" for v in log), file=out, flush=True)
+        cells = (("-" if v != v else f"{v:.6f}") if isinstance(v, float) else str(v) for v in log)  # NaN: not run
+        print("  ".join(f"{c:>10}" for c in cells), file=out, flush=True)
 
     with learn.no_bar():
         old, learn.logger = learn.logger, line
@@ -229,16 +232,20 @@ def _phases(
     frozen, unfrozen = epochs
     t = time.perf_counter()
     method, shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
+    check = ValidateLast(config.valid_last if not unfrozen else min(config.valid_last, 1))
     if frozen:
         learn.freeze()
-        getattr(learn, method)(frozen, config.lr, cbs=best if not unfrozen else [], **shape_frozen)
+        getattr(learn, method)(frozen, config.lr, cbs=[check] + (best if not unfrozen else []), **shape_frozen)
         history += _history(learn, "frozen", 0)
     timings["frozen_s"] = time.perf_counter() - t
     if plan is not None and frozen and "unfrozen_epochs" in plan.choices and "unfrozen_epochs" not in config.fixed:
-        unfrozen = plan.unfrozen_epochs(time.perf_counter() - t0, timings["frozen_s"] / frozen)
+        train_s = (timings["frozen_s"] - sum(check.seconds)) / frozen
+        unfrozen = plan.unfrozen_epochs(time.perf_counter() - t0, train_s, np.mean(check.seconds) if check.seconds
+                                        else None)  # fmt: skip
         print(
             f"      {unfrozen} unfrozen epochs fit in what is left of {plan.minutes:g} min (planned "
-            f"{plan.choices['unfrozen_epochs']}; frozen epochs took {timings['frozen_s'] / frozen:.0f} s)",
+            f"{plan.choices['unfrozen_epochs']}; a frozen epoch trained in {train_s:.0f} s"
+            + (f", a validation took {np.mean(check.seconds):.0f} s)" if check.seconds else ")"),
             flush=True,
         )
     t = time.perf_counter()
@@ -246,11 +253,36 @@ def _phases(
         if config.progressive and frozen:
             learn.dls = dataloaders_for(config, ds)
         learn.unfreeze()
-        getattr(learn, method)(unfrozen, slice(*config.lr_unfrozen), cbs=best, **shape_unfrozen)
+        check = ValidateLast(config.valid_last)
+        getattr(learn, method)(unfrozen, slice(*config.lr_unfrozen), cbs=[check] + best, **shape_unfrozen)
         history += _history(learn, "unfrozen", len(history))
     timings["unfrozen_s"] = time.perf_counter() - t
     timings["train_s"] = timings["frozen_s"] + timings["unfrozen_s"]
     return unfrozen
+
+
+class ValidateLast(Callback):
+    """Validate only in the last `last` epochs of a fit (0: every epoch); an epoch not validated gets NaN for the
+    validation loss and metrics (SaveModelCallback never takes it for the best; the history holds None). `seconds`:
+    the time of each validation run, for the plan's re-sizing. Ordered after fastai's Recorder, before its trackers."""
+
+    order = 55
+
+    def __init__(self, last: int):
+        self.last, self.seconds = last, []
+
+    def before_validate(self):
+        if self.last and self.epoch < self.n_epoch - self.last:
+            raise CancelValidException()
+        self._t = time.perf_counter()
+
+    def after_cancel_validate(self):
+        self.recorder.log += [float("nan")] * (1 + len(self.learn.metrics))
+        self._t = None
+
+    def after_validate(self):
+        if self._t is not None:
+            self.seconds.append(time.perf_counter() - self._t)
 
 
 def _history(learn, phase: str, start_epoch: int) -> list[dict]:
@@ -258,6 +290,6 @@ def _history(learn, phase: str, start_epoch: int) -> list[dict]:
     rows = []
     for i, vals in enumerate(learn.recorder.values):
         row = {"epoch": start_epoch + i, "phase": phase}
-        row.update({n: (float(v) if v is not None else None) for n, v in zip(names, vals)})
+        row.update({n: (float(v) if v is not None and v == v else None) for n, v in zip(names, vals)})  # NaN: None
         rows.append(row)
     return rows

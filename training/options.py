@@ -202,6 +202,14 @@ def _schedule_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         help="keep the last epoch instead of the best validation Dice",
     )
     p.add_argument(
+        "--valid-last",
+        type=int,
+        default=d.valid_last,
+        metavar="N",
+        help="validate only in the last N epochs (the frozen phase: its last; default 0: every epoch; planned: a fifth "
+        "of the unfrozen epochs, at least 2): the time of the others goes to training",
+    )
+    p.add_argument(
         "--schedule",
         dest="schedule_shape",
         choices=SCHEDULES,

@@ -10,8 +10,13 @@ the budget is minutes on the CPU at hand, so the plan also measures what a train
    crop and batch, and of one full-size prediction, measured with real steps on this machine;
 3. `choose` (pure: fingerprint + step times + minutes -> `Plan`): training scale, crops, scale jitter, batch,
    encoder, frozen and unfrozen epochs, loss and class weights, augmentation, precision, each with its reason;
-4. during the fit, after the frozen phase, `Plan.unfrozen_epochs` sizes the unfrozen phase from the epoch time
-   measured so far, so that the whole fit, final evaluation included, ends within the budget.
+4. during the fit, after the frozen phase, `Plan.unfrozen_epochs` sizes the unfrozen phase from the epoch and
+   validation times measured so far, so that the whole fit, final evaluation included, ends within the budget.
+
+Validation runs only where it decides something: the best epoch of a one-cycle schedule comes at its end, when the
+learning rate has come down, so a plan validates the last fifth of the unfrozen epochs (`valid_last`) and the frozen
+phase's last epoch; every other epoch's validation (a prediction per held-out image at its own size) is time given to
+training instead.
 
 Every option given on the command line overrides its part of the plan (`TrainConfig.fixed`).
 """
@@ -24,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .errors import TrainingError
 from .losses import IMBALANCE_RATIO  # the threshold of class_weights="auto": one for both
 
 DEFAULT_MINUTES = 20.0  # `fit`'s budget when none is given (README: why)
@@ -32,6 +38,7 @@ THIN_PX = 3.0  # the thinnest class stays at least this wide (px) at the trainin
 WHOLE_PIXELS = 256 * 256  # images up to this size train whole; larger ones on random crops
 CROP_PIXELS = 192 * 256  # the crops' area (CamVid: 192x256, measured best of the sizes tried: docs/training.md)
 FROZEN_SHARE = 0.15  # of the epochs, with the encoder frozen (at least one)
+VALID_SHARE = 0.2  # a plan validates the last fifth of the unfrozen epochs (at least 2) and the frozen phase's last
 MARGIN = 0.04  # the plan aims at (1 - MARGIN) of the budget: epoch times vary by a few per cent
 SHIFT_IMAGES = 24  # held-out images scored under each camera shift at the end of a planned fit
 WRITE_S = 10.0  # writing the run folder: the model, its pictures (results, curves, shifts), the report
@@ -145,17 +152,24 @@ class Plan:
         e = self.estimate
         out = [f"plan for {self.minutes:g} min on this machine (every option given overrides its part):"]
         out += [f"  {k:<15} {_show(self.choices[k]):<24} {self.reasons[k]}" for k in self.choices]
-        out.append(f"  expected: {e['epochs']} epochs of {e['epoch_s']:.0f} s, final evaluation {e['final_s']:.0f} s, "
-                   f"set-up {e['setup_s']:.0f} s: {e['total_s'] / 60:.1f} of {self.minutes:g} min")  # fmt: skip
+        out.append(f"  expected: {e['epochs']} epochs of {e['epoch_s']:.0f} s, {e['validations']} validations of "
+                   f"{e['valid_s']:.0f} s, final evaluation {e['final_s']:.0f} s, set-up {e['setup_s']:.0f} s: "
+                   f"{e['total_s'] / 60:.1f} of {self.minutes:g} min")  # fmt: skip
         return out
 
-    def unfrozen_epochs(self, elapsed: float, frozen_epoch_s: float) -> int:
+    def unfrozen_epochs(self, elapsed: float, frozen_epoch_s: float, valid_s: float | None = None) -> int:
         """The unfrozen epochs that still fit in the budget after the frozen phase, from the frozen epochs' measured
-        time (scaled by the probe's unfrozen / frozen step time) and the final evaluation's estimate."""
+        training time (scaled by the probe's unfrozen / frozen step time), a validation's measured time (`valid_s`;
+        None: the estimate's), the validations `valid_last` asks for and the final evaluation's estimate."""
         e = self.estimate
-        epoch = frozen_epoch_s + e["steps_per_epoch"] * (e["unfrozen_step_s"] - e["frozen_step_s"])
+        epoch = max(frozen_epoch_s + e["steps_per_epoch"] * (e["unfrozen_step_s"] - e["frozen_step_s"]), 1e-6)
+        val = e["valid_s"] if valid_s is None else valid_s
         left = self.minutes * 60 * (1 - MARGIN) - elapsed - e["final_s"]
-        return max(1, int(left // max(epoch, 1e-6)))
+        last = self.choices.get("valid_last", 0)
+        n = 1
+        while (n + 1) * epoch + validations(n + 1, last) * val <= left:
+            n += 1
+        return n
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -215,24 +229,33 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
     k = min(n_val, SHIFT_IMAGES)  # the shifts' sample (scored clean again when it is not the whole set)
     final = {e: WRITE_S + (n_val + k * 7 + (k if k < n_val else 0)) * t for e, t in times.predict.items()}
     train = {e: minutes * 60 * (1 - MARGIN) - setup_s - final[e] for e in times.unfrozen}
-    steps = {e: int(train[e] / (times.unfrozen[e] + times.batch_data)) for e in times.unfrozen}
+    steps = {e: max(0, int(train[e] / (times.unfrozen[e] + times.batch_data))) for e in times.unfrozen}
     schedule_given = bool({"steps", "frozen_epochs", "unfrozen_epochs"} & fixed.keys())
     enc = fixed.get("encoder") or next(e for e in ENCODER_MIN_STEPS if e in steps and steps[e] >= ENCODER_MIN_STEPS[e]
                                        and (not schedule_given or ENCODER_MIN_STEPS[e] == 0))  # fmt: skip
     c["encoder"] = enc
     r["encoder"] = (f"the budget buys ~{steps[enc]} steps of it (lite2 from {ENCODER_MIN_STEPS['efficientnet_lite2']})"
                     if not schedule_given else "the schedule was given: the smallest encoder")  # fmt: skip
-    fe, ue = (
-        per_epoch * (t[enc] + times.batch_data) + n_val * times.predict[enc] for t in (times.frozen, times.unfrozen)
-    )
-    epochs = max(2, int(train[enc] // (FROZEN_SHARE * fe + (1 - FROZEN_SHARE) * ue)))
-    frozen = max(1, round(FROZEN_SHARE * epochs))
+    fe, ue = (per_epoch * (t[enc] + times.batch_data) for t in (times.frozen, times.unfrozen))  # training alone
+    val = n_val * times.predict[enc]  # one validation: each held-out image at its own size
+    cost = _Cost(fe, ue, val, fixed.get("valid_last"))
+    epochs = 2
+    if cost(epochs) > train[enc] and not schedule_given:
+        need = (minutes * 60 * (1 - MARGIN) - train[enc] + cost(epochs)) / 60 / (1 - MARGIN)
+        raise TrainingError(f"--minutes {minutes:g}: too short for this data here: set-up, 2 epochs and the final "
+                            f"evaluation take ~{need:.1f} min; give --minutes {math.ceil(need)} or more")  # fmt: skip
+    while cost(epochs + 1) <= train[enc]:
+        epochs += 1
+    frozen = _frozen(epochs)
     if schedule_given:  # estimated, not planned
         frozen = fixed.get("frozen_epochs") or 0
         epochs = frozen + (fixed.get("unfrozen_epochs") or 0) or max(2, round(fixed.get("steps", 0) / per_epoch))
     else:
         c["frozen_epochs"], r["frozen_epochs"] = frozen, f"{FROZEN_SHARE:.0%} of the epochs: the head first"
         c["unfrozen_epochs"], r["unfrozen_epochs"] = epochs - frozen, "the rest (re-sized after the frozen ones)"
+    c["valid_last"] = cost.last(epochs - frozen)
+    r["valid_last"] = (f"validate the last {VALID_SHARE:.0%} of the unfrozen epochs (at least 2), where the best "
+                       f"one comes; each other validation ({val:.0f} s) trains instead")  # fmt: skip
     c["loss"], r["loss"] = ("ce+dice", "cross-entropy + soft Dice: thin classes count by overlap") if crop else (
         "ce", "cross-entropy on whole images")  # fmt: skip
     c["class_weights"] = "sqrt" if fp.imbalance > IMBALANCE_RATIO else "off"
@@ -246,11 +269,51 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
     for k in fixed:  # what the user gave stays as given
         if k in c:
             c[k], r[k] = fixed[k], "given"
-    total = setup_s + frozen * fe + (epochs - frozen) * ue + final[enc]
+    n_valid = fit_validations(frozen, epochs - frozen, c["valid_last"])
+    total = setup_s + frozen * fe + (epochs - frozen) * ue + n_valid * val + final[enc]
     estimate = {"epochs": epochs, "steps_per_epoch": per_epoch, "epoch_s": ue, "final_s": final[enc],
+                "valid_s": val, "validations": n_valid,
                 "setup_s": setup_s, "total_s": total, "frozen_step_s": times.frozen[enc],
                 "unfrozen_step_s": times.unfrozen[enc], "batch_data_s": times.batch_data}  # fmt: skip
     return Plan(minutes, c, r, estimate, _fp_json(fp))
+
+
+def validations(epochs: int, last: int) -> int:
+    """How many of a phase's `epochs` are validated with `valid_last` = `last` (0: every one)."""
+    return epochs if last == 0 else min(last, epochs)
+
+
+def fit_validations(frozen: int, unfrozen: int, last: int) -> int:
+    """Validations in a fit of `frozen` then `unfrozen` epochs with `valid_last` = `last` (0: every epoch): the last
+    phase's last `last` epochs, and a frozen phase before an unfrozen one its last epoch."""
+    if not unfrozen:
+        return validations(frozen, last)
+    return validations(frozen, 0 if last == 0 else 1) + validations(unfrozen, last)
+
+
+def _frozen(epochs: int) -> int:
+    return max(1, round(FROZEN_SHARE * epochs))
+
+
+@dataclass
+class _Cost:
+    """Seconds of training `epochs` (a share frozen), their validations included: `fe`/`ue` a frozen/unfrozen
+    epoch's training, `val` one validation, `given`: the valid_last the user gave (None: planned)."""
+
+    fe: float
+    ue: float
+    val: float
+    given: int | None
+
+    def last(self, unfrozen: int) -> int:
+        if self.given is not None:
+            return self.given
+        return min(unfrozen, max(2, math.ceil(VALID_SHARE * unfrozen)))
+
+    def __call__(self, epochs: int) -> float:
+        frozen = _frozen(epochs)
+        n = fit_validations(frozen, epochs - frozen, self.last(epochs - frozen))
+        return frozen * self.fe + (epochs - frozen) * self.ue + n * self.val
 
 
 def _fp_json(fp: Fingerprint) -> dict:

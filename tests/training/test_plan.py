@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from training.errors import TrainingError
 from training.plan import (
     ALL_KINDS,
     ENCODER_MIN_STEPS,
@@ -48,7 +49,7 @@ def test_street_scenes_train_at_their_own_size_on_crops_within_the_budget():
     assert c["augment"] == "field" and set(c["field_kinds"]) == set(ALL_KINDS) and c["field_p"] == FIELD_P
     assert c["frozen_epochs"] >= 1 and c["unfrozen_epochs"] > c["frozen_epochs"]
     assert e["total_s"] <= 20 * 60 * (1 - MARGIN) + 1e-6
-    assert e["total_s"] + e["epoch_s"] > 20 * 60 * (1 - MARGIN)  # no whole epoch left unused
+    assert e["total_s"] + e["epoch_s"] + e["valid_s"] > 20 * 60 * (1 - MARGIN)  # no whole epoch left unused
     assert "Pole" in plan.reasons["size"] and any(line.startswith("  crop") for line in plan.lines())
 
 
@@ -100,12 +101,67 @@ def test_options_given_override_their_part_of_the_plan():
 
 def test_unfrozen_phase_resized_to_the_time_left():
     plan = choose(_fp(), 20, _times(), setup_s=40, bf16=True, fixed={})
-    e = plan.estimate
+    e, last = plan.estimate, plan.choices["valid_last"]
     per = e["steps_per_epoch"] * (e["unfrozen_step_s"] - e["frozen_step_s"])
     left = 20 * 60 * (1 - MARGIN) - 300 - e["final_s"]
-    assert plan.unfrozen_epochs(elapsed=300, frozen_epoch_s=50) == int(left // (50 + per))
+    n = plan.unfrozen_epochs(elapsed=300, frozen_epoch_s=50, valid_s=10)
+    assert n * (50 + per) + min(last, n) * 10 <= left < (n + 1) * (50 + per) + min(last, n + 1) * 10
     assert plan.unfrozen_epochs(elapsed=600, frozen_epoch_s=50) < plan.unfrozen_epochs(elapsed=300, frozen_epoch_s=50)
+    assert plan.unfrozen_epochs(elapsed=300, frozen_epoch_s=50, valid_s=60) < n  # slower validations: fewer epochs
     assert plan.unfrozen_epochs(elapsed=20 * 60, frozen_epoch_s=50) == 1  # over budget already: one epoch
+
+
+def test_the_plan_validates_the_last_fifth_and_trains_in_the_time_saved():
+    """On the probe's figures of real CamVid (lite2 at 60 min: a validation of 101 images ~40 s against ~92 s of
+    training per epoch) validating every epoch costs a quarter of the budget: the plan validates the last fifth of
+    the unfrozen epochs (at least 2) and the frozen phase's last, and buys more epochs; --valid-last 0 (given)
+    validates every epoch, as the fixed recipe does."""
+    here = StepTimes(frozen={"efficientnet_lite0": 0.63, "efficientnet_lite2": 0.82},
+                     unfrozen={"efficientnet_lite0": 0.81, "efficientnet_lite2": 0.96},
+                     predict={"efficientnet_lite0": 0.30, "efficientnet_lite2": 0.39}, batch_data=0.047)  # fmt: skip
+    plan = choose(_fp(), 60, here, setup_s=20, bf16=True, fixed={})
+    every = choose(_fp(), 60, here, setup_s=20, bf16=True, fixed={"valid_last": 0})
+    c, e = plan.choices, plan.estimate
+    assert c["valid_last"] == max(2, -(-c["unfrozen_epochs"] // 5)) and e["validations"] == 1 + c["valid_last"]
+    assert every.choices["valid_last"] == 0 and every.reasons["valid_last"] == "given"
+    assert every.estimate["validations"] == every.estimate["epochs"]
+    assert e["epochs"] >= every.estimate["epochs"] + 5  # the time of ~20 validations trains instead
+    for p in (plan, every):
+        assert p.estimate["total_s"] <= 60 * 60 * (1 - MARGIN) + 1e-6
+    assert any("validations of" in line for line in plan.lines())
+    short = choose(_fp(), 8, here, setup_s=20, bf16=True, fixed={})  # a handful of epochs: at least two validated
+    assert short.choices["valid_last"] == min(2, short.choices["unfrozen_epochs"])
+    with pytest.raises(
+        TrainingError, match=r"--minutes 2: too short for this data here: .* give --minutes \d+ or more"
+    ):
+        choose(_fp(), 2, here, setup_s=20, bf16=True, fixed={})
+
+
+def test_valid_last_skips_early_validations_in_a_real_fit(tmp_path, capsys):
+    """fastai's loop with ValidateLast: only the frozen phase's last epoch and the last 2 unfrozen ones are
+    validated; the others print '-' and hold None; the kept epoch is one validated; a negative count is refused."""
+    from training.config import TrainConfig
+    from training.data import fit_dataset
+    from training.fit import _train
+    from training.learner import learner_for
+    from training.plan import fit_validations
+    from training.synth import SynthConfig, synth
+
+    d = synth(SynthConfig(out=tmp_path / "s", n=8, size=64, seed=3))
+    config = TrainConfig(data=d, out=tmp_path / "run", size=(64, 64), bs=4, pretrained=False, allow_random=True,
+                         valid_last=2, precision="fp32")  # fmt: skip
+    ds = fit_dataset(d)
+    learn, _ = learner_for(config, ds)
+    learn.path, learn.model_dir = tmp_path, "."
+    history, _, kept, unfrozen = _train(learn, config, ds, 2, 4, "fp32")
+    validated = [h["epoch"] for h in history if h["dice_fg"] is not None]
+    assert validated == [1, 4, 5] == sorted(validated) and len(validated) == fit_validations(2, 4, 2)
+    assert all(h["valid_loss"] is None for h in history if h["epoch"] not in validated)
+    assert kept in (4, 5) and unfrozen == 4
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["0"]]
+    assert len(rows) == 2 and all(r[2] == "-" for r in rows)  # each phase's first: epoch, train loss, then "-"
+    with pytest.raises(TrainingError, match="--valid-last -1: give a number of epochs >= 0"):
+        TrainConfig(data=d, out=tmp_path / "r2", valid_last=-1)
 
 
 def test_structure_widths_read_off_masks(tmp_path):
