@@ -269,7 +269,7 @@ class ValidateLast(Callback):
     order = 55
 
     def __init__(self, last: int):
-        self.last, self.seconds = last, []
+        self.last, self.seconds, self._t = last, [], None
 
     def before_validate(self):
         if self.last and self.epoch < self.n_epoch - self.last:

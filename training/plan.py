@@ -239,13 +239,7 @@ def choose(fp: Fingerprint, minutes: float, times: StepTimes, *, setup_s: float,
     fe, ue = (per_epoch * (t[enc] + times.batch_data) for t in (times.frozen, times.unfrozen))  # training alone
     val = n_val * times.predict[enc]  # one validation: each held-out image at its own size
     cost = _Cost(fe, ue, val, fixed.get("valid_last"))
-    epochs = 2
-    if cost(epochs) > train[enc] and not schedule_given:
-        need = (minutes * 60 * (1 - MARGIN) - train[enc] + cost(epochs)) / 60 / (1 - MARGIN)
-        raise TrainingError(f"--minutes {minutes:g}: too short for this data here: set-up, 2 epochs and the final "
-                            f"evaluation take ~{need:.1f} min; give --minutes {math.ceil(need)} or more")  # fmt: skip
-    while cost(epochs + 1) <= train[enc]:
-        epochs += 1
+    epochs = 2 if schedule_given else _most_epochs(cost, train[enc], minutes)
     frozen = _frozen(epochs)
     if schedule_given:  # estimated, not planned
         frozen = fixed.get("frozen_epochs") or 0
@@ -289,6 +283,18 @@ def fit_validations(frozen: int, unfrozen: int, last: int) -> int:
     if not unfrozen:
         return validations(frozen, last)
     return validations(frozen, 0 if last == 0 else 1) + validations(unfrozen, last)
+
+
+def _most_epochs(cost: _Cost, train_s: float, minutes: float) -> int:
+    """The most epochs whose training and validations take at most `train_s`; fewer than 2 is a one-line error."""
+    epochs = 2
+    if cost(epochs) > train_s:
+        need = (minutes * 60 * (1 - MARGIN) - train_s + cost(epochs)) / 60 / (1 - MARGIN)
+        raise TrainingError(f"--minutes {minutes:g}: too short for this data here: set-up, 2 epochs and the final "
+                            f"evaluation take ~{need:.1f} min; give --minutes {math.ceil(need)} or more")  # fmt: skip
+    while cost(epochs + 1) <= train_s:
+        epochs += 1
+    return epochs
 
 
 def _frozen(epochs: int) -> int:
