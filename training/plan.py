@@ -45,8 +45,9 @@ WRITE_S = 10.0  # writing the run folder: the model, its pictures (results, curv
 FIELD_P = 0.15  # with every kind: CamVid val mean IoU 0.595 (0.578 at 0.3), shifted 0.95 of clean
 ALL_KINDS = ("haze", "blur", "lowres", "exposure", "cast", "noise", "jpeg")
 # The larger encoders when the budget buys at least this many of their optimiser steps (below it, the smaller
-# encoder's extra steps are worth more). Real CamVid val at 60 min (~3300 lite2 steps here): lite2 0.678 mean IoU
-# against lite0's 0.670 (test 0.595 against 0.602; one seed each); at 20 min (~1000 steps) lite2 0.598, lite0 0.617.
+# encoder's extra steps are worth more). Real CamVid val at 60 min, validating every epoch (~3300 lite2 steps):
+# lite2 0.678 mean IoU against lite0's 0.670 (test 0.595 against 0.602; one seed each); at 20 min (~1000 steps) lite2
+# 0.598, lite0 0.617.
 ENCODER_MIN_STEPS = {"efficientnet_lite2": 3000, "efficientnet_lite0": 0}
 SAMPLE_MASKS = 24  # masks read for the structure widths
 
