@@ -27,6 +27,7 @@ from .data import fit_dataset, split_pairs
 from .errors import TrainingError
 from .learner import dataloaders_for, learner_for
 from .losses import class_balance
+from .plan import frozen_last
 from .run import write_run
 
 
@@ -232,7 +233,7 @@ def _phases(
     frozen, unfrozen = epochs
     t = time.perf_counter()
     method, shape_frozen, shape_unfrozen = SCHEDULES[config.schedule_shape]
-    check = ValidateLast(config.valid_last if not unfrozen else min(config.valid_last, 1))
+    check = ValidateLast(frozen_last(config.valid_last, unfrozen))
     if frozen:
         learn.freeze()
         getattr(learn, method)(frozen, config.lr, cbs=[check] + (best if not unfrozen else []), **shape_frozen)

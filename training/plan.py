@@ -278,12 +278,14 @@ def validations(epochs: int, last: int) -> int:
     return epochs if last == 0 else min(last, epochs)
 
 
+def frozen_last(last: int, unfrozen: int) -> int:
+    """The frozen phase's `valid_last`: the fit's `last` when it ends the fit, else its last epoch alone (0: every)."""
+    return last if not unfrozen else min(last, 1)
+
+
 def fit_validations(frozen: int, unfrozen: int, last: int) -> int:
-    """Validations in a fit of `frozen` then `unfrozen` epochs with `valid_last` = `last` (0: every epoch): the last
-    phase's last `last` epochs, and a frozen phase before an unfrozen one its last epoch."""
-    if not unfrozen:
-        return validations(frozen, last)
-    return validations(frozen, 0 if last == 0 else 1) + validations(unfrozen, last)
+    """Validations in a fit of `frozen` then `unfrozen` epochs with `valid_last` = `last` (0: every epoch)."""
+    return validations(frozen, frozen_last(last, unfrozen)) + validations(unfrozen, last)
 
 
 def _most_epochs(cost: _Cost, train_s: float, minutes: float) -> int:
