@@ -241,12 +241,12 @@ def _phases(
     timings["frozen_s"] = time.perf_counter() - t
     if plan is not None and frozen and "unfrozen_epochs" in plan.choices and "unfrozen_epochs" not in config.fixed:
         train_s = (timings["frozen_s"] - sum(check.seconds)) / frozen
-        unfrozen = plan.unfrozen_epochs(time.perf_counter() - t0, train_s, np.mean(check.seconds) if check.seconds
-                                        else None)  # fmt: skip
+        valid_s = float(np.mean(check.seconds)) if check.seconds else None
+        unfrozen = plan.unfrozen_epochs(time.perf_counter() - t0, train_s, valid_s)
         print(
             f"      {unfrozen} unfrozen epochs fit in what is left of {plan.minutes:g} min (planned "
             f"{plan.choices['unfrozen_epochs']}; a frozen epoch trained in {train_s:.0f} s"
-            + (f", a validation took {np.mean(check.seconds):.0f} s)" if check.seconds else ")"),
+            + (f", a validation took {valid_s:.0f} s)" if valid_s is not None else ")"),
             flush=True,
         )
     t = time.perf_counter()
